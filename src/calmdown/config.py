@@ -1,0 +1,238 @@
+"""Configuration of calmdown: pydantic models, saved with every output.
+
+Every option a user can set lives here, with its unit and what to change when it is wrong.
+Unknown keys are rejected (``extra="forbid"``), so a typo is an error, not a silently ignored
+setting.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from calmdown.errors import InputError
+
+__all__ = [
+    "Config",
+    "GuardConfig",
+    "InferenceConfig",
+    "ModelConfig",
+    "NoiseConfig",
+    "TrainConfig",
+    "make_config",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class NoiseConfig(_Strict):
+    """Detector noise model: estimated from the movie unless given here."""
+
+    gain: float | None = Field(default=None, gt=0)
+    """Photon-transfer gain in ADU per detected photon (PMT excess noise included).
+    ``None`` estimates it from the movie."""
+
+    offset: float | None = None
+    """Baseline in ADU of a pixel that receives no light. ``None`` estimates it."""
+
+    read_noise: float | None = Field(default=None, ge=0)
+    """Standard deviation of the additive (photon-independent) noise in ADU. ``None``
+    estimates it."""
+
+    max_frames: int = Field(default=2000, ge=8)
+    """At most this many frames (spread over the movie) are used for the estimate."""
+
+
+class ModelConfig(_Strict):
+    """The context network (the prior)."""
+
+    context_frames: int = Field(default=3, ge=1, le=16)
+    """K: the network sees frames t-K..t-1 and t+1..t+K (never frame t itself)."""
+
+    use_mean_image: bool = True
+    """Feed the time-averaged image as an input channel (the static-morphology prior)."""
+
+    mean_window: int = Field(default=500, ge=16)
+    """Frames per block of the running mean image; blocks are interpolated linearly in time,
+    so slow drift and bleaching are followed. A movie shorter than this uses one global mean."""
+
+    width: int = Field(default=32, ge=4, le=256)
+    """Channels of the finest level of the network (half resolution); deeper levels use 1.5x
+    and 2x."""
+
+
+class TrainConfig(_Strict):
+    """Self-supervised training on the movie itself."""
+
+    patch_size: int = Field(default=64, ge=16)
+    """Side in pixels of the square training patches (multiple of 8)."""
+
+    batch_size: int = Field(default=16, ge=1)
+    """Patches per optimisation step."""
+
+    max_steps: int = Field(default=4000, ge=1)
+    """Upper bound on optimisation steps."""
+
+    time_budget_s: float | None = Field(default=180.0, gt=0)
+    """Wall-clock budget for training in seconds (``None``: no budget)."""
+
+    learning_rate: float = Field(default=2e-3, gt=0)
+    """Adam learning rate (cosine-decayed over the planned steps)."""
+
+    val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
+    """Fraction of frames held out for early stopping and calibration."""
+
+    val_every: int = Field(default=100, ge=1)
+    """Steps between held-out evaluations."""
+
+    patience: int = Field(default=8, ge=1)
+    """Stop after this many held-out evaluations without improvement."""
+
+    max_train_frames: int = Field(default=4000, ge=16)
+    """At most this many frames are loaded into memory for training."""
+
+    seed: int = 0
+    """Seed of every random choice in training (patch positions, initial weights)."""
+
+    @field_validator("patch_size")
+    @classmethod
+    def _multiple_of_4(cls, value: int) -> int:
+        if value % 8:
+            raise ValueError(
+                f"patch_size must be a multiple of 8, got {value}; use {value // 8 * 8}"
+            )
+        return value
+
+
+class GuardConfig(_Strict):
+    """The surprise guard: lets the data win where they disagree with the prior beyond noise."""
+
+    enabled: bool = True
+    """Switch the guard off to get the plain Bayesian posterior."""
+
+    window_frames: int = Field(default=15, ge=1)
+    """Frames of the space-time window over which evidence of a surprise is pooled (odd)."""
+
+    window_pixels: int = Field(default=3, ge=1)
+    """Side in pixels of that window (odd)."""
+
+    local_frames: int = Field(default=5, ge=1)
+    """Frames of the smaller window whose residual replaces the prior where the guard acts."""
+
+    local_pixels: int = Field(default=3, ge=1)
+    """Side in pixels of that smaller window."""
+
+    prior_odds: float = Field(default=1e-3, gt=0, lt=1)
+    """Prior probability that a given window holds a surprise (a rare event)."""
+
+    slab_ratio: float = Field(default=100.0, gt=1)
+    """Variance of a surprise relative to the null variance of the window mean."""
+
+    @field_validator("window_frames", "window_pixels", "local_frames", "local_pixels")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        if value % 2 == 0:
+            raise ValueError(f"window sizes must be odd, got {value}; use {value + 1}")
+        return value
+
+
+class InferenceConfig(_Strict):
+    """Applying a trained model to a movie."""
+
+    output: Literal["posterior", "prior"] = "posterior"
+    """``posterior``: Bayes combination of prior and the pixel's own value (the denoised
+    movie); ``prior``: the context network's prediction alone, for comparison."""
+
+    chunk_frames: int = Field(default=128, ge=1)
+    """Frames processed at once; memory grows with this, never with the movie's length."""
+
+    tile_size: int = Field(default=256, ge=32)
+    """Side of the spatial tiles; larger frames are tiled with overlap."""
+
+    tile_overlap: int = Field(default=32, ge=0)
+    """Overlap in pixels between tiles; blended linearly so there are no seams."""
+
+    batch_frames: int = Field(default=8, ge=1)
+    """Frames per network call."""
+
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    """The surprise guard."""
+
+
+class Config(_Strict):
+    """Everything calmdown needs to denoise a movie."""
+
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
+    device: str = "auto"
+    """``auto`` (a GPU when present, else the CPU), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+    threads: int | None = Field(default=None, ge=1)
+    """CPU threads for PyTorch (``None``: PyTorch's default)."""
+
+
+_SECTIONS = {
+    "noise": NoiseConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "inference": InferenceConfig,
+    "guard": GuardConfig,
+}
+
+
+def make_config(base: Config | None = None, **flat: Any) -> Config:
+    """Build a :class:`Config` from flat keyword options.
+
+    Parameters
+    ----------
+    base : Config, optional
+        Starting point; defaults to ``Config()``.
+    **flat
+        Options by their field name in any section (``context_frames=4``, ``gain=2.5``,
+        ``time_budget_s=60``, ``output="prior"``, ``device="cpu"``). ``None`` values are
+        ignored, so CLI options left unset keep the defaults.
+
+    Returns
+    -------
+    Config
+        A validated copy; ``base`` is not modified.
+
+    Raises
+    ------
+    InputError
+        If a name is unknown or a value is invalid; the message says which and why.
+
+    Examples
+    --------
+    >>> make_config(context_frames=2, time_budget_s=30).model.context_frames
+    2
+    """
+    data = (base or Config()).model_dump()
+    sections = {
+        "noise": data["noise"],
+        "model": data["model"],
+        "train": data["train"],
+        "inference": data["inference"],
+        "guard": data["inference"]["guard"],
+    }
+    for name, value in flat.items():
+        if value is None:
+            continue
+        if name in ("device", "threads"):
+            data[name] = value
+            continue
+        owners = [sec for sec, model in _SECTIONS.items() if name in model.model_fields]
+        if not owners:
+            known = sorted({f for m in _SECTIONS.values() for f in m.model_fields})
+            raise InputError(f"unknown option {name!r}; known options: {', '.join(known)}")
+        sections[owners[0]][name] = value
+    try:
+        return Config.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InputError(f"invalid option {where}: {first['msg']}") from err

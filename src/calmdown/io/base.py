@@ -1,0 +1,352 @@
+"""The :class:`MovieReader` protocol and the checks that every reader shares.
+
+A reader gives frames ``start:stop`` of a movie of shape ``(T, Y, X)`` as a fresh
+``float32`` array, without loading the rest of the movie. Every format module
+(:mod:`calmdown.io.tiff`, :mod:`calmdown.io.hdf5`, :mod:`calmdown.io.zarr_io`,
+:mod:`calmdown.io.npy`) builds on :class:`SlicedReader` or follows the same contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from calmdown.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "READ_FORMATS",
+    "ArrayReader",
+    "MovieReader",
+    "SlicedReader",
+    "check_dtype",
+    "check_range",
+    "movie_axes",
+]
+
+#: File extensions that :func:`calmdown.io.open_movie` reads, by format.
+READ_FORMATS: dict[str, str] = {
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".btf": "tiff",
+    ".h5": "hdf5",
+    ".hdf5": "hdf5",
+    ".hdf": "hdf5",
+    ".zarr": "zarr",
+    ".npy": "npy",
+}
+
+
+@runtime_checkable
+class MovieReader(Protocol):
+    """A lazy, read-only movie of shape ``(T, Y, X)``.
+
+    Attributes
+    ----------
+    path : Path or None
+        The file read, or None for an in-memory array.
+    shape : tuple of int
+        ``(T, Y, X)``: frames, rows, columns.
+    dtype : numpy.dtype
+        The data type stored on disk; :meth:`read` always returns ``float32``.
+    metadata : dict
+        What the file says about the recording (e.g. ``frame_rate`` in Hz); may be empty.
+    """
+
+    path: Path | None
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    metadata: dict[str, object]
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Return frames ``start:stop``: a new ``float32`` array ``(stop - start, Y, X)``."""
+        ...
+
+    def close(self) -> None:
+        """Release the file; later reads fail."""
+        ...
+
+    def __len__(self) -> int: ...
+
+    def __enter__(self) -> MovieReader: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def check_dtype(dtype: np.dtype, *, path: object | None = None, what: str = "the movie") -> None:
+    """Raise :class:`InputError` unless `dtype` is a real integer or floating type.
+
+    Parameters
+    ----------
+    dtype : numpy.dtype
+        The data type to check.
+    path : path-like or None
+        The file, named in the message.
+    what : str
+        What holds the data, for the message when there is no file.
+
+    Raises
+    ------
+    InputError
+        For bool, complex, object, string, structured and date types.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iuf":
+        return
+    kinds = {
+        "b": "boolean (a mask, not intensities)",
+        "c": "complex",
+        "O": "Python objects",
+        "U": "text",
+        "S": "bytes",
+        "V": "structured records",
+        "M": "dates",
+        "m": "time differences",
+    }
+    found = kinds.get(dtype.kind, "non-numeric")
+    subject = "data" if path is not None else what
+    raise InputError(
+        f"{subject} has data type {dtype} ({found}); calmdown needs real intensities "
+        "(an integer or floating-point type); convert the data, e.g. take the magnitude of "
+        "complex values",
+        path=path,
+    )
+
+
+def movie_axes(
+    shape: tuple[int, ...],
+    *,
+    path: object | None = None,
+    axes: str | None = None,
+    what: str = "the array",
+) -> tuple[int, ...]:
+    """Choose which axes of `shape` are ``(T, Y, X)``, dropping singleton axes if needed.
+
+    A movie may carry extra axes of length 1, e.g. ``(T, 1, Y, X)`` for one channel; they are
+    dropped (leftmost first) until three axes remain.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        The shape stored.
+    path : path-like or None
+        The file, named in error messages.
+    axes : str or None
+        Axis letters as the file labels them (e.g. ``"TZYX"``), shown in error messages.
+    what : str
+        What holds the data, for messages when there is no file.
+
+    Returns
+    -------
+    tuple of int
+        The indices of the three axes kept, in order.
+
+    Raises
+    ------
+    InputError
+        When the data are not a movie: fewer than three axes, or more than three axes of
+        length above 1.
+    """
+    shape = tuple(int(n) for n in shape)
+    ndim = len(shape)
+    subject = "the file" if path is not None else what
+    labelled = f"{shape} (axes {axes})" if axes and len(axes) == ndim else f"{shape}"
+    if ndim == 2:
+        raise InputError(
+            f"expected a 3-D movie (T, Y, X) but {subject} holds a single 2-D image of shape "
+            f"{shape}; pass a time series of frames",
+            path=path,
+        )
+    if ndim < 2:
+        raise InputError(
+            f"expected a 3-D movie (T, Y, X) but {subject} holds a {ndim}-D array of shape "
+            f"{shape}; pass a time series of 2-D frames",
+            path=path,
+        )
+    keep = list(range(ndim))
+    for axis in range(ndim):
+        if len(keep) == 3:
+            break
+        if shape[axis] == 1:
+            keep.remove(axis)
+    if len(keep) != 3:
+        raise InputError(
+            f"expected a 3-D movie (T, Y, X) but {subject} holds a {ndim}-D array of shape "
+            f"{labelled}; calmdown expects axes T, Y, X (extra axes of length 1 are dropped); "
+            "select a single channel or plane and save it as a (T, Y, X) movie",
+            path=path,
+        )
+    return tuple(keep)
+
+
+def check_range(start: int, stop: int, length: int) -> tuple[int, int]:
+    """Check ``0 <= start <= stop <= length``.
+
+    Parameters
+    ----------
+    start, stop : int
+        The frames asked for.
+    length : int
+        The number of frames.
+
+    Returns
+    -------
+    tuple of int
+        `start` and `stop` as Python ints.
+
+    Raises
+    ------
+    ValueError
+        When the range is out of bounds (a programming error, not a bad file).
+    """
+    start, stop = int(start), int(stop)
+    if not 0 <= start <= stop <= length:
+        raise ValueError(
+            f"frames {start}:{stop} are out of range for a movie of {length} frames; "
+            f"need 0 <= start <= stop <= {length}"
+        )
+    return start, stop
+
+
+class SlicedReader:
+    """A :class:`MovieReader` over any array-like that supports basic slicing.
+
+    The base of the HDF5, zarr and ``.npy`` readers and of :class:`ArrayReader`.
+
+    Parameters
+    ----------
+    array : array-like
+        Has ``shape``, ``dtype`` and ``__getitem__`` with slices (numpy, h5py, zarr, dask).
+    path : Path or None
+        The file it comes from, named in error messages.
+    metadata : dict or None
+        What the file says about the recording.
+    axes : str or None
+        Axis letters from the file, for error messages.
+    what : str
+        What holds the data, for messages when there is no file.
+    """
+
+    path: Path | None
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    metadata: dict[str, object]
+
+    def __init__(
+        self,
+        array: Any,
+        *,
+        path: Path | None = None,
+        metadata: dict[str, object] | None = None,
+        axes: str | None = None,
+        what: str = "the array",
+    ) -> None:
+        self.path = path
+        self.metadata = dict(metadata or {})
+        self.dtype = np.dtype(array.dtype)
+        check_dtype(self.dtype, path=path, what=what)
+        full_shape = tuple(int(n) for n in array.shape)
+        keep = movie_axes(full_shape, path=path, axes=axes, what=what)
+        self._array = array
+        self._time_axis = keep[0]
+        self._index = tuple(slice(None) if axis in keep else 0 for axis in range(len(full_shape)))
+        t, y, x = (full_shape[axis] for axis in keep)
+        self.shape = (t, y, x)
+        self._closed = False
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        where = f" {str(self.path)!r}" if self.path is not None else ""
+        return f"<{type(self).__name__}{where} shape={self.shape} dtype={self.dtype}>"
+
+    def __enter__(self) -> SlicedReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _fetch(self, start: int, stop: int) -> np.ndarray:
+        """Return frames ``start:stop`` in the stored dtype; may be a view of the source."""
+        index = list(self._index)
+        index[self._time_axis] = slice(start, stop)
+        return np.asarray(self._array[tuple(index)])
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Return frames ``start:stop`` as a new ``float32`` array.
+
+        Parameters
+        ----------
+        start, stop : int
+            First frame and one past the last, with ``0 <= start <= stop <= T``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(stop - start, Y, X)``, dtype ``float32``, C-contiguous, owning its data.
+
+        Raises
+        ------
+        ValueError
+            When the range is out of bounds or the reader is closed.
+        InputError
+            When the file cannot be read (truncated or corrupt).
+        """
+        start, stop = check_range(start, stop, self.shape[0])
+        if self._closed:
+            raise ValueError(f"{self!r} is closed; open the movie again to read it")
+        block = self._fetch(start, stop)
+        # np.array copies: the result never shares memory with a memory map or the caller's array.
+        return np.array(block, dtype=np.float32, order="C", copy=True)
+
+    def close(self) -> None:
+        """Release the source; reading afterwards raises ValueError."""
+        self._closed = True
+
+
+class ArrayReader(SlicedReader):
+    """Wrap an in-memory movie as a :class:`MovieReader`.
+
+    No copy is made; :meth:`read` returns ``float32`` copies of the frames asked for.
+
+    Parameters
+    ----------
+    array : numpy.ndarray
+        Shape ``(T, Y, X)`` (extra axes of length 1 are dropped), any integer or float dtype.
+        Other array-likes with ``shape``, ``dtype`` and slicing (dask, zarr) work as well.
+
+    Raises
+    ------
+    InputError
+        When `array` is not a movie or not of a real numeric type.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> reader = ArrayReader(np.zeros((10, 4, 5), dtype=np.uint16))
+    >>> len(reader), reader.shape
+    (10, (10, 4, 5))
+    >>> reader.read(2, 5).dtype
+    dtype('float32')
+    """
+
+    def __init__(self, array: np.ndarray) -> None:
+        if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+            array = np.asarray(array)
+        super().__init__(array, path=None, what="the array")

@@ -1,0 +1,350 @@
+"""Poisson-Gaussian detector noise model, estimated from the movie itself.
+
+A two-photon detector records ``x = offset + sum of PMT pulses + read noise``: the variance of a
+pixel grows linearly with its mean, ``var = gain * (mean - offset) + read_noise**2`` (photon
+transfer), where ``gain`` (ADU per detected photon) includes the PMT's excess noise. We measure
+the variance on temporal differences of consecutive frames, which removes the static image and
+most of the slow activity, and fit the line robustly over brightness bins.
+
+Motion correction interpolates pixels, which correlates the noise of neighbours and shrinks the
+variance each pixel shows. The sum of the noise covariance over all spatial lags is unchanged by
+interpolation (its weights sum to one), so we measure the correlation of temporal differences
+between neighbours and fit the photon-transfer line to that sum: the photon gain stays right, and
+``variance_ratio`` records how much smaller the per-pixel variance is.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from calmdown.errors import InputError
+
+__all__ = ["NoiseModel", "estimate_noise"]
+
+logger = logging.getLogger(__name__)
+
+_LAGS = tuple((dy, dx) for dy in range(0, 3) for dx in range(-2, 3) if (dy, dx) > (0, 0))
+
+
+@dataclass(frozen=True)
+class NoiseModel:
+    """Poisson-Gaussian noise of one recording.
+
+    Attributes
+    ----------
+    gain : float
+        Photon-transfer gain, ADU per detected photon (PMT excess noise included).
+    offset : float
+        ADU of a pixel that receives no light.
+    read_noise : float
+        Standard deviation in ADU of the photon-independent noise.
+    variance_ratio : float
+        Per-pixel noise variance divided by what the photon count implies (1 for raw data,
+        below 1 where registration interpolated neighbouring pixels).
+    neighbour_correlation : tuple of float
+        Correlation of the noise between a pixel and its neighbour along y and along x.
+    photons_per_pixel : float
+        Median over pixels of the mean detected photons per pixel per frame.
+    source : str
+        ``"estimated"``, ``"given"`` or ``"partly given"``.
+    bin_means, bin_variances : list of float
+        The photon-transfer points (mean, noise variance summed over lags) the fit used.
+    """
+
+    gain: float
+    offset: float
+    read_noise: float
+    variance_ratio: float = 1.0
+    neighbour_correlation: tuple[float, float] = (0.0, 0.0)
+    photons_per_pixel: float = float("nan")
+    source: str = "estimated"
+    bin_means: list[float] = field(default_factory=list)
+    bin_variances: list[float] = field(default_factory=list)
+
+    @property
+    def read_noise_photons(self) -> float:
+        """Read noise in photon units."""
+        return self.read_noise / self.gain
+
+    def to_photons(self, adu: np.ndarray) -> np.ndarray:
+        """Convert ADU to detected photons (float32)."""
+        return ((np.asarray(adu, dtype=np.float32) - self.offset) / self.gain).astype(
+            np.float32, copy=False
+        )
+
+    def to_adu(self, photons: np.ndarray) -> np.ndarray:
+        """Convert detected photons to ADU (float32)."""
+        return (np.asarray(photons, dtype=np.float32) * self.gain + self.offset).astype(
+            np.float32, copy=False
+        )
+
+    def pixel_variance_photons(self, photons: np.ndarray) -> np.ndarray:
+        """Noise variance of one pixel, in photon units squared, at a given clean level."""
+        rn2 = self.read_noise_photons**2
+        return self.variance_ratio * (np.maximum(photons, 0.0) + rn2)
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain-type dictionary (for JSON and model files)."""
+        out = asdict(self)
+        out["neighbour_correlation"] = list(self.neighbour_correlation)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> NoiseModel:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["neighbour_correlation"] = tuple(values.get("neighbour_correlation", (0.0, 0.0)))
+        return cls(**values)  # type: ignore[arg-type]
+
+    def summary(self) -> str:
+        """One line for humans."""
+        return (
+            f"gain {self.gain:.3g} ADU/photon, offset {self.offset:.4g} ADU, read noise "
+            f"{self.read_noise:.3g} ADU, {self.photons_per_pixel:.3g} photons/pixel/frame, "
+            f"neighbour noise correlation y {self.neighbour_correlation[0]:.2f} "
+            f"x {self.neighbour_correlation[1]:.2f} ({self.source})"
+        )
+
+
+def _frame_blocks(n_frames: int, max_frames: int, block: int = 64) -> list[tuple[int, int]]:
+    """Contiguous blocks of frames spread evenly over the movie, at most ``max_frames`` in all."""
+    if n_frames <= max_frames:
+        return [(0, n_frames)]
+    n_blocks = max(1, max_frames // block)
+    starts = np.linspace(0, n_frames - block, n_blocks).astype(int)
+    return [(int(s), int(s) + block) for s in starts]
+
+
+@dataclass
+class _Accumulator:
+    """Running sums over pairs of consecutive frames."""
+
+    shape: tuple[int, int]
+    n: int = 0
+    sum_x: np.ndarray = field(init=False)
+    sum_d2: np.ndarray = field(init=False)
+    sum_cross: dict[tuple[int, int], np.ndarray] = field(init=False)
+    low_values: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.sum_x = np.zeros(self.shape, np.float64)
+        self.sum_d2 = np.zeros(self.shape, np.float64)
+        self.sum_cross = {lag: np.zeros(self.shape, np.float64) for lag in _LAGS}
+
+    def add(self, frames: np.ndarray) -> None:
+        x = frames.astype(np.float64)
+        d = np.diff(x, axis=0)
+        self.n += d.shape[0]
+        self.sum_x += 0.5 * (x[1:] + x[:-1]).sum(axis=0)
+        self.sum_d2 += (d * d).sum(axis=0)
+        for (dy, dx), acc in self.sum_cross.items():
+            acc += (d * _shift(d, dy, dx)).sum(axis=0)
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """Return ``a[..., y + dy, x + dx]`` with zeros outside."""
+    out = np.zeros_like(a)
+    h, w = a.shape[-2:]
+    ys, yd = slice(max(dy, 0), h + min(dy, 0)), slice(max(-dy, 0), h + min(-dy, 0))
+    xs, xd = slice(max(dx, 0), w + min(dx, 0)), slice(max(-dx, 0), w + min(-dx, 0))
+    out[..., yd, xd] = a[..., ys, xs]
+    return out
+
+
+def _binned_fit(
+    means: np.ndarray, variances: np.ndarray, n_bins: int = 24
+) -> tuple[float, float, np.ndarray, np.ndarray]:
+    """Fit ``variance = slope * mean + intercept`` over brightness bins (medians per bin)."""
+    order = np.argsort(means)
+    m_sorted, v_sorted = means[order], variances[order]
+    # Drop the brightest 1 % (saturation, vessels) before binning.
+    keep = max(int(0.99 * m_sorted.size), min(m_sorted.size, 2 * n_bins))
+    m_sorted, v_sorted = m_sorted[:keep], v_sorted[:keep]
+    chunks_m = np.array_split(m_sorted, n_bins)
+    chunks_v = np.array_split(v_sorted, n_bins)
+    bm = np.array([np.median(c) for c in chunks_m if c.size])
+    bv = np.array([np.median(c) for c in chunks_v if c.size])
+    weights = np.array([c.size for c in chunks_v if c.size], float)
+    # Iteratively reweighted least squares: the spread of a bin's median variance grows with
+    # the variance itself.
+    slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights))
+    for _ in range(3):
+        pred = np.maximum(slope * bm + intercept, 1e-12)
+        slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights) / pred)
+    return float(slope), float(intercept), bm, bv
+
+
+def estimate_noise(
+    read_frames: object,
+    n_frames: int,
+    *,
+    gain: float | None = None,
+    offset: float | None = None,
+    read_noise: float | None = None,
+    max_frames: int = 2000,
+    name: str | None = None,
+) -> NoiseModel:
+    """Estimate the Poisson-Gaussian noise model of a movie.
+
+    Parameters
+    ----------
+    read_frames : callable
+        ``read_frames(start, stop) -> ndarray (stop - start, Y, X)``, e.g. ``reader.read``.
+    n_frames : int
+        Number of frames in the movie.
+    gain, offset, read_noise : float, optional
+        Values to use instead of estimating them (ADU per photon, ADU, ADU).
+    max_frames : int
+        At most this many frames, in blocks spread over the movie, are read.
+    name : str, optional
+        The movie's name, for error messages.
+
+    Returns
+    -------
+    NoiseModel
+
+    Raises
+    ------
+    InputError
+        If the movie has too few frames or no measurable noise (a constant movie).
+
+    Notes
+    -----
+    The variance of a pixel's temporal difference ``x[t+1] - x[t]`` is twice the noise
+    variance plus the (small) change of the clean signal between frames. Summing its
+    covariance over spatial lags up to 2 pixels gives the variance the photon count implies
+    even where registration interpolated the pixels. The line ``var = gain * mean + b`` is fit
+    over 24 brightness bins by reweighted least squares on bin medians. The offset is where
+    the line meets the read-noise variance, which is measured from the spread of values below
+    the zero-photon level of dim pixels.
+
+    References
+    ----------
+    .. [1] J. R. Janesick, "Photon Transfer", SPIE Press, 2007.
+    .. [2] A. Foi et al., "Practical Poissonian-Gaussian noise modeling and fitting for
+       single-image raw-data", IEEE TIP 17(10), 2008.
+    """
+    if n_frames < 8:
+        raise InputError(
+            f"only {n_frames} frames: the noise model needs at least 8; "
+            "pass a longer recording or give --gain, --offset and --read-noise",
+            path=name,
+        )
+    blocks = _frame_blocks(n_frames, max_frames)
+    acc: _Accumulator | None = None
+    dim_samples: list[np.ndarray] = []
+    for start, stop in blocks:
+        frames = np.asarray(read_frames(start, stop), dtype=np.float32)  # type: ignore[operator]
+        if not np.all(np.isfinite(frames)):
+            raise InputError(
+                "the movie contains NaN or infinite values; replace them (e.g. with the "
+                "neighbouring frames' values) before denoising",
+                path=name,
+            )
+        if acc is None:
+            acc = _Accumulator(frames.shape[1:])
+        acc.add(frames)
+        dim_samples.append(frames[:: max(1, frames.shape[0] // 8)].reshape(-1))
+    assert acc is not None
+    n = max(acc.n, 1)
+    mean = acc.sum_x / n
+    var_pix = acc.sum_d2 / (2 * n)
+    if not np.any(var_pix > 0):
+        raise InputError(
+            "the movie does not change over time (constant frames): there is no noise to "
+            "model and nothing to denoise; check that this is the recording you meant",
+            path=name,
+        )
+    # Correlation of temporal differences with neighbours (interior pixels only).
+    h, w = mean.shape
+    inner = (slice(2, max(h - 2, 3)), slice(2, max(w - 2, 3)))
+    cov_sum = var_pix.copy()
+    corr: dict[tuple[int, int], float] = {}
+    for lag, cross in acc.sum_cross.items():
+        c = cross / (2 * n)
+        cov_sum += 2 * c  # lag and its mirror image
+        corr[lag] = float(np.mean(c[inner]) / max(np.mean(var_pix[inner]), 1e-12))
+    rho_y, rho_x = corr[(1, 0)], corr[(0, 1)]
+    summed_ratio = float(np.mean(cov_sum[inner]) / max(np.mean(var_pix[inner]), 1e-12))
+    # Use the summed covariance only where the noise is measurably correlated: otherwise it
+    # only adds the variance of 24 extra terms to the fit.
+    correlated = max(abs(rho_y), abs(rho_x)) > 0.05
+    variance_ratio = 1.0 / summed_ratio if correlated and summed_ratio > 1.0 else 1.0
+    fit_var = cov_sum if correlated else var_pix
+    sel = (slice(None), slice(None)) if not correlated else inner
+    m_flat, v_flat = mean[sel].ravel(), fit_var[sel].ravel()
+    slope, intercept, bm, bv = _binned_fit(m_flat, v_flat)
+
+    source = "estimated"
+    given = [v is not None for v in (gain, offset, read_noise)]
+    if all(given):
+        source = "given"
+    elif any(given):
+        source = "partly given"
+    est_gain = slope if gain is None else float(gain)
+    if est_gain <= 0 or not np.isfinite(est_gain):
+        raise InputError(
+            "could not measure a positive photon-transfer gain (noise variance does not grow "
+            "with brightness); give it with --gain (ADU per photon)",
+            path=name,
+        )
+    if gain is not None:
+        # Refit the intercept with the slope fixed.
+        intercept = float(np.median(bv - est_gain * bm))
+    values = np.concatenate(dim_samples)
+    est_offset, est_read = _offset_and_read_noise(
+        values, mean, est_gain, intercept, offset=offset, read_noise=read_noise
+    )
+    photons = float(np.median((mean - est_offset) / est_gain))
+    model = NoiseModel(
+        gain=float(est_gain),
+        offset=float(est_offset),
+        read_noise=float(est_read),
+        variance_ratio=float(variance_ratio),
+        neighbour_correlation=(rho_y, rho_x),
+        photons_per_pixel=photons,
+        source=source,
+        bin_means=[float(v) for v in bm],
+        bin_variances=[float(v) for v in bv],
+    )
+    logger.info("noise model: %s", model.summary())
+    return model
+
+
+def _offset_and_read_noise(
+    values: np.ndarray,
+    mean: np.ndarray,
+    gain: float,
+    intercept: float,
+    *,
+    offset: float | None,
+    read_noise: float | None,
+) -> tuple[float, float]:
+    """Split the fitted intercept ``read_noise**2 - gain * offset`` into its two parts.
+
+    Values below the zero-photon level can only come from read noise, so their spread below the
+    offset measures it; the offset then follows from the intercept. Two fixed-point rounds.
+    """
+    if offset is not None and read_noise is not None:
+        return float(offset), float(read_noise)
+    if offset is not None:
+        rn2 = intercept + gain * float(offset)
+        return float(offset), float(np.sqrt(max(rn2, 0.0))) if read_noise is None else read_noise
+    rn = 0.0 if read_noise is None else float(read_noise)
+    off = (rn**2 - intercept) / gain
+    # Only values of dim pixels carry a zero-photon peak.
+    dim_level = np.quantile(mean, 0.25)
+    floor = 0.5 / np.sqrt(12.0)  # integer quantisation alone
+    for _ in range(3):
+        if read_noise is None:
+            below = values[(values < off) & (values > off - 10 * max(rn, 1.0 * gain))]
+            if below.size >= 200 and dim_level < off + 5 * gain:
+                rn = float(np.sqrt(np.mean((below - off) ** 2)))
+            else:
+                rn = float(np.sqrt(max(intercept + gain * off, 0.0)))
+            rn = max(rn, floor)
+        off = (rn**2 - intercept) / gain
+    return float(off), float(rn)

@@ -1,0 +1,116 @@
+"""Saving and loading trained models (one file, plain types and tensors only)."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from calmdown import __version__
+from calmdown.calibration import ScaleCalibration
+from calmdown.config import Config
+from calmdown.errors import InputError, ModelFileError
+from calmdown.noise import NoiseModel
+from calmdown.pipeline import TrainedModel
+
+__all__ = ["FORMAT_VERSION", "load_model", "save_model"]
+
+FORMAT = "calmdown-model"
+FORMAT_VERSION = 1
+
+
+def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
+    """Write a model file atomically (``<path>.partial``, then renamed).
+
+    Parameters
+    ----------
+    model : TrainedModel
+        What :func:`calmdown.train` returned.
+    path : path
+        Destination, conventionally ``*.pt``.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    path = Path(path)
+    payload: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "calmdown_version": model.version,
+        "config": model.config.model_dump(mode="json"),
+        "noise": model.noise.to_dict(),
+        "scale0": float(model.scale0),
+        "state_dict": model.state_dict,
+        "calibration": model.calibration.to_dict(),
+        "guard_null_scale": float(model.guard_null_scale),
+        "training": model.training,
+        "heldout": model.heldout,
+        "data_hash": model.data_hash,
+    }
+    partial = path.with_name(path.name + ".partial")
+    try:
+        torch.save(payload, partial)
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise InputError(
+            f"cannot write the model: {err}; choose a writable location", path=path
+        ) from err
+    return path
+
+
+def load_model(path: str | os.PathLike[str]) -> TrainedModel:
+    """Read a model file written by :func:`save_model`.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, is not a calmdown model, is corrupt, or comes from an
+        incompatible version; the message says what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError("no such model file; train one with `calmdown train`", path=path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise ModelFileError(
+            "not a readable calmdown model file (corrupt or another kind of file); "
+            "retrain with `calmdown train`",
+            path=path,
+        ) from err
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ModelFileError(
+            "not a calmdown model file; pass a file written by `calmdown train`", path=path
+        )
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"model file format {data.get('format_version')} (calmdown "
+            f"{data.get('calmdown_version')}) cannot be read by calmdown {__version__} (format "
+            f"{FORMAT_VERSION}); retrain the model with this version",
+            path=path,
+        )
+    try:
+        return TrainedModel(
+            config=Config.model_validate(data["config"]),
+            noise=NoiseModel.from_dict(data["noise"]),
+            scale0=float(data["scale0"]),
+            state_dict=data["state_dict"],
+            calibration=ScaleCalibration(**data["calibration"]),
+            guard_null_scale=float(data["guard_null_scale"]),
+            training=dict(data["training"]),
+            heldout=dict(data["heldout"]),
+            data_hash=str(data["data_hash"]),
+            version=str(data["calmdown_version"]),
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise ModelFileError(
+            f"model file is incomplete or damaged ({err}); retrain with `calmdown train`",
+            path=path,
+        ) from err

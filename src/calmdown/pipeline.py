@@ -1,0 +1,528 @@
+"""The denoiser end to end: noise model, mean image, training, calibration, streamed inference.
+
+Everything here takes arrays or :class:`~calmdown.io.MovieReader` objects and returns arrays or
+generators of chunks; reading and writing files is left to :mod:`calmdown.io` and the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from scipy import stats
+
+from calmdown import __version__
+from calmdown.calibration import ScaleCalibration, fit_scale_calibration, predictive_check
+from calmdown.config import Config, make_config
+from calmdown.context import MeanImage, compute_mean_image, context_indices, min_frames
+from calmdown.device import resolve_device
+from calmdown.errors import InputError
+from calmdown.io import MovieReader, open_movie
+from calmdown.network import ContextNet
+from calmdown.noise import NoiseModel, estimate_noise
+from calmdown.posterior import gaussian_posterior, guard_halo, surprise_guard, window_zscores
+from calmdown.tiling import predict_tiled, time_chunks
+from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask
+
+__all__ = [
+    "DenoisedChunk",
+    "TrainedModel",
+    "apply",
+    "denoise",
+    "iter_apply",
+    "prepare",
+    "train",
+]
+
+logger = logging.getLogger(__name__)
+
+MovieLike = Any  # np.ndarray | str | os.PathLike | MovieReader
+
+
+@dataclass
+class Prepared:
+    """First pass over a movie: its noise model and running mean image."""
+
+    reader: MovieReader
+    noise: NoiseModel
+    mean_image: MeanImage
+
+
+@dataclass
+class TrainedModel:
+    """A trained context network with everything needed to apply it.
+
+    Attributes
+    ----------
+    config : Config
+        Settings it was trained with.
+    noise : NoiseModel
+        Noise model of the training movie.
+    scale0 : float
+        Brightness scale (photons) network inputs are divided by.
+    state_dict : dict
+        Network weights.
+    calibration : ScaleCalibration
+        Per-bin factors on the prior variance, fitted on held-out frames.
+    guard_null_scale : float
+        Standard deviation of the guard's window z-score on held-out frames.
+    training : dict
+        Steps, seconds, best held-out loss, why it stopped.
+    heldout : dict
+        Predictive check on held-out frames (coverage of 90 % raw intervals, PIT KS).
+    data_hash : str
+        Hash of the training movie's summary (shape, noise model, mean image).
+    version : str
+        calmdown version that trained it.
+    """
+
+    config: Config
+    noise: NoiseModel
+    scale0: float
+    state_dict: dict[str, torch.Tensor]
+    calibration: ScaleCalibration
+    guard_null_scale: float
+    training: dict[str, Any]
+    heldout: dict[str, float]
+    data_hash: str
+    version: str = __version__
+    _net: ContextNet | None = field(default=None, repr=False)
+
+    def network(self, device: torch.device) -> ContextNet:
+        """Return the network on ``device``, in evaluation mode."""
+        if self._net is None or next(self._net.parameters()).device != device:
+            m = self.config.model
+            net = ContextNet(m.context_frames, m.width, m.use_mean_image)
+            net.load_state_dict(self.state_dict)
+            self._net = net.to(device).eval()
+        return self._net
+
+
+@dataclass
+class DenoisedChunk:
+    """Results for frames ``start..stop`` (ADU, float32 arrays of shape (n, Y, X))."""
+
+    start: int
+    stop: int
+    denoised: np.ndarray
+    prior: np.ndarray
+    lower: np.ndarray | None = None
+    upper: np.ndarray | None = None
+    p_surprise: np.ndarray | None = None
+
+
+# -- first pass ----------------------------------------------------------------------------
+
+
+def _set_threads(config: Config) -> None:
+    if config.threads is not None:
+        torch.set_num_threads(config.threads)
+
+
+def prepare(
+    movie: MovieLike, config: Config, *, key: str | None = None, noise: NoiseModel | None = None
+) -> Prepared:
+    """Open a movie, estimate its noise model (unless given) and its running mean image."""
+    reader = open_movie(movie, key=key)
+    n_frames = reader.shape[0]
+    name = str(reader.path) if reader.path is not None else None
+    k = config.model.context_frames
+    if n_frames < min_frames(k):
+        raise InputError(
+            f"the movie has {n_frames} frames; a context of {k} frames on each side needs at "
+            f"least {min_frames(k)}: pass a longer recording or --context-frames "
+            f"{max(1, (n_frames - 1) // 2)}",
+            path=name,
+        )
+    if noise is None:
+        nc = config.noise
+        noise = estimate_noise(
+            reader.read,
+            n_frames,
+            gain=nc.gain,
+            offset=nc.offset,
+            read_noise=nc.read_noise,
+            max_frames=nc.max_frames,
+            name=name,
+        )
+    mean_image = compute_mean_image(
+        reader.read, n_frames, window=config.model.mean_window, to_photons=noise.to_photons
+    )
+    return Prepared(reader=reader, noise=noise, mean_image=mean_image)
+
+
+def _data_hash(prep: Prepared) -> str:
+    h = hashlib.sha256()
+    h.update(repr(prep.reader.shape).encode())
+    h.update(repr(sorted(prep.noise.to_dict().items())).encode())
+    h.update(np.ascontiguousarray(prep.mean_image.means[:, ::4, ::4]).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _training_segments(reader: MovieReader, noise: NoiseModel, config: Config) -> list[Segment]:
+    n_frames, h, w = reader.shape
+    budget = min(config.train.max_train_frames, max(int(1.0e9 / (4 * h * w)), 64), n_frames)
+    need = max(min_frames(config.model.context_frames), 64)
+    if budget >= n_frames:
+        return [Segment(0, noise.to_photons(reader.read(0, n_frames)))]
+    n_seg = max(1, budget // 256)
+    length = max(budget // n_seg, need)
+    starts = np.linspace(0, n_frames - length, n_seg).round().astype(int)
+    return [Segment(int(s), noise.to_photons(reader.read(int(s), int(s) + length))) for s in starts]
+
+
+# -- prediction ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _predict_prior(
+    net: ContextNet,
+    photons: np.ndarray,
+    offset: int,
+    n_frames: int,
+    targets: np.ndarray,
+    mean_image: MeanImage | _SegmentMean,
+    *,
+    scale0: float,
+    config: Config,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prior location and variance (photon units, on ``device``) of frames ``targets``.
+
+    ``photons`` holds frames ``offset..offset + len(photons)`` of a movie of ``n_frames``
+    frames, including every context frame the targets need.
+    """
+    k = config.model.context_frames
+    inf = config.inference
+    locs, variances = [], []
+    for i in range(0, len(targets), inf.batch_frames):
+        ts = targets[i : i + inf.batch_frames]
+        ctx = context_indices(ts, k, n_frames) - offset
+        own = photons[ts - offset]
+        mean = mean_image.images(ts, own_frames=own)
+        frames_t = torch.from_numpy(np.ascontiguousarray(photons[ctx])).to(device) / scale0
+        mean_t = torch.from_numpy(mean[:, None]).to(device) / scale0
+        loc, scale = predict_tiled(
+            net, mean_t, frames_t, tile=inf.tile_size, overlap=inf.tile_overlap
+        )
+        locs.append(loc[:, 0] * scale0)
+        variances.append((scale[:, 0] * scale0) ** 2)
+    return torch.cat(locs), torch.cat(variances)
+
+
+def _noise_var(noise: NoiseModel, level: torch.Tensor) -> torch.Tensor:
+    return noise.variance_ratio * (torch.clamp(level, min=0.0) + noise.read_noise_photons**2)
+
+
+def _calibrate(
+    net: ContextNet,
+    segments: list[Segment],
+    mean_image: MeanImage,
+    noise: NoiseModel,
+    scale0: float,
+    config: Config,
+    device: torch.device,
+) -> tuple[ScaleCalibration, float, dict[str, float]]:
+    """Fit the prior-variance calibration and the guard's null scale on held-out runs."""
+    runs: list[tuple[Segment, np.ndarray]] = []
+    for seg in segments:
+        local = np.arange(seg.photons.shape[0])
+        held = local[held_out_mask(seg.start + local, config.train.val_fraction)]
+        if held.size == 0:
+            continue
+        breaks = np.flatnonzero(np.diff(held) > 1) + 1
+        runs.extend((seg, run) for run in np.split(held, breaks))
+    rng = np.random.default_rng(config.train.seed + 2)
+    order = rng.permutation(len(runs))[:8]
+    fit_parts: list[tuple[torch.Tensor, ...]] = []
+    check_parts: list[tuple[torch.Tensor, ...]] = []
+    zs = []
+    for j, i in enumerate(order):
+        seg, run = runs[i]
+        loc, pvar = _predict_prior(
+            net,
+            seg.photons,
+            0,
+            seg.photons.shape[0],
+            run,
+            _SegmentMean(mean_image, seg.start),
+            scale0=scale0,
+            config=config,
+            device=device,
+        )
+        x = torch.from_numpy(seg.photons[run]).to(device)
+        nvar = _noise_var(noise, loc)
+        (fit_parts if j % 2 == 0 else check_parts).append((x, loc, pvar, nvar))
+    if not check_parts:
+        check_parts = fit_parts
+    cat = [torch.cat([p[i] for p in fit_parts]).cpu().numpy() for i in range(4)]
+    x, loc, pvar, nvar = cat
+    calib = fit_scale_calibration(pvar, (x - loc) ** 2, nvar)
+    # Null scale of the guard's window statistic, after calibration, on every held-out run.
+    for x_t, loc_t, pvar_t, nvar_t in fit_parts + check_parts:
+        z = window_zscores(x_t - loc_t, calib.apply(pvar_t) + nvar_t, config.inference.guard)
+        zs.append(z.flatten().cpu().numpy())
+    zall = np.concatenate(zs)
+    null_scale = float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall)))))
+    cat = [torch.cat([p[i] for p in check_parts]) for i in range(4)]
+    x_c, loc_c, pvar_c, nvar_c = cat
+    check = predictive_check(
+        x_c.cpu().numpy(), loc_c.cpu().numpy(), (calib.apply(pvar_c) + nvar_c).cpu().numpy()
+    )
+    return calib, null_scale, check
+
+
+class _SegmentMean:
+    """A MeanImage seen through a segment's local frame numbering."""
+
+    def __init__(self, mean_image: MeanImage, start: int) -> None:
+        self.mean_image = mean_image
+        self.start = start
+
+    def images(self, t: np.ndarray, own_frames: np.ndarray | None = None) -> np.ndarray:
+        return self.mean_image.images(np.asarray(t) + self.start, own_frames=own_frames)
+
+
+# -- public API ----------------------------------------------------------------------------
+
+
+def train(
+    movie: MovieLike,
+    *,
+    config: Config | None = None,
+    key: str | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    prepared: Prepared | None = None,
+    **options: Any,
+) -> TrainedModel:
+    """Train the context network on a movie (self-supervised).
+
+    Parameters
+    ----------
+    movie : ndarray, path or MovieReader
+        (T, Y, X) movie, any integer or float dtype, in the detector's units (ADU).
+    config : Config, optional
+        Settings; ``**options`` override single fields (see :func:`calmdown.make_config`).
+    key : str, optional
+        Dataset inside an HDF5 or Zarr file.
+    progress : callable, optional
+        Called with a :class:`~calmdown.train.TrainProgress` after every held-out evaluation.
+    prepared : Prepared, optional
+        A first pass already made by :func:`prepare`.
+    **options
+        Flat overrides, e.g. ``time_budget_s=60``, ``gain=2.0``, ``seed=1``.
+
+    Returns
+    -------
+    TrainedModel
+    """
+    cfg = make_config(config, **options)
+    _set_threads(cfg)
+    device = resolve_device(cfg.device)
+    prep = prepared or prepare(movie, cfg, key=key)
+    t0 = time.perf_counter()
+    segments = _training_segments(prep.reader, prep.noise, cfg)
+    scale0 = float(max(np.mean(prep.mean_image.global_mean), 0.05))
+    trainer = Trainer(
+        segments,
+        prep.mean_image,
+        prep.noise,
+        scale0,
+        model_config=cfg.model,
+        train_config=cfg.train,
+        device=device,
+    )
+    for info in trainer.steps():
+        if progress is not None:
+            progress(info)
+    result = trainer.result
+    calib, null_scale, check = _calibrate(
+        trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device
+    )
+    logger.info(
+        "trained %d steps in %.1f s (%s); held-out 90%% raw-interval coverage %.3f",
+        result.steps,
+        result.seconds,
+        result.stopped_because,
+        check["coverage"],
+    )
+    return TrainedModel(
+        config=cfg,
+        noise=prep.noise,
+        scale0=scale0,
+        state_dict=result.state_dict,
+        calibration=calib,
+        guard_null_scale=null_scale,
+        training={
+            "steps": result.steps,
+            "seconds": time.perf_counter() - t0,
+            "best_val_loss": result.best_val_loss,
+            "stopped_because": result.stopped_because,
+            "device": str(device),
+        },
+        heldout=check,
+        data_hash=_data_hash(prep),
+    )
+
+
+def iter_apply(
+    model: TrainedModel,
+    movie: MovieLike,
+    *,
+    key: str | None = None,
+    interval: float | None = None,
+    prepared: Prepared | None = None,
+    config: Config | None = None,
+    **options: Any,
+) -> Iterator[DenoisedChunk]:
+    """Denoise a movie chunk by chunk (memory does not grow with its length).
+
+    Parameters
+    ----------
+    model : TrainedModel
+        From :func:`train` or :func:`calmdown.persist.load_model`.
+    movie : ndarray, path or MovieReader
+        The movie to denoise; another recording of the same rig is fine.
+    key : str, optional
+        Dataset inside an HDF5 or Zarr file.
+    interval : float, optional
+        Also return the central credible interval at this level (e.g. 0.9).
+    prepared : Prepared, optional
+        First pass already made.
+    config : Config, optional
+        Inference settings (defaults: the model's); ``**options`` override fields.
+    **options
+        Flat overrides such as ``output="prior"`` or ``chunk_frames=64``.
+
+    Yields
+    ------
+    DenoisedChunk
+    """
+    base = config or model.config
+    cfg = make_config(base, **options)
+    # The network's shape comes from the model, whatever the caller's config says.
+    cfg = cfg.model_copy(update={"model": model.config.model})
+    _set_threads(cfg)
+    if interval is not None and not 0 < interval < 1:
+        raise InputError(f"interval must be between 0 and 1 (e.g. 0.9), got {interval}")
+    device = resolve_device(cfg.device)
+    # A new movie gets its own noise model (the offset can differ between sessions).
+    prep = prepared or prepare(movie, cfg, key=key)
+    net = model.network(device)
+    noise = prep.noise
+    n_frames = prep.reader.shape[0]
+    k = cfg.model.context_frames
+    gcfg = cfg.inference.guard
+    use_posterior = cfg.inference.output == "posterior"
+    g_halo = guard_halo(gcfg) if use_posterior else 0
+    z_half = float(stats.norm.ppf(0.5 + interval / 2)) if interval is not None else None
+    for chunk in time_chunks(n_frames, cfg.inference.chunk_frames, g_halo + k):
+        g0 = max(0, chunk.out_start - g_halo)
+        g1 = min(n_frames, chunk.out_stop + g_halo)
+        photons = noise.to_photons(prep.reader.read(chunk.read_start, chunk.read_stop))
+        targets = np.arange(g0, g1)
+        loc, pvar = _predict_prior(
+            net,
+            photons,
+            chunk.read_start,
+            n_frames,
+            targets,
+            prep.mean_image,
+            scale0=model.scale0,
+            config=cfg,
+            device=device,
+        )
+        pvar = model.calibration.apply(pvar)
+        x = torch.from_numpy(photons[g0 - chunk.read_start : g1 - chunk.read_start]).to(device)
+        keep = slice(chunk.out_start - g0, chunk.out_stop - g0)
+        prior_adu = noise.to_adu(loc[keep].cpu().numpy())
+        if not use_posterior:
+            yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
+            continue
+        nvar = _noise_var(noise, loc)
+        guarded = surprise_guard(x, loc, pvar, nvar, gcfg, null_scale=model.guard_null_scale)
+        nvar_g = _noise_var(noise, guarded.loc)
+        post_mean, post_var = gaussian_posterior(x, guarded.loc, guarded.var, nvar_g)
+        post_mean, post_var = post_mean[keep], post_var[keep]
+        out = DenoisedChunk(
+            chunk.out_start,
+            chunk.out_stop,
+            noise.to_adu(post_mean.cpu().numpy()),
+            prior_adu,
+            p_surprise=guarded.p_surprise[keep].cpu().numpy(),
+        )
+        if z_half is not None:
+            sd = torch.sqrt(post_var) * z_half
+            out.lower = noise.to_adu((post_mean - sd).cpu().numpy())
+            out.upper = noise.to_adu((post_mean + sd).cpu().numpy())
+        yield out
+
+
+def apply(
+    model: TrainedModel,
+    movie: MovieLike,
+    *,
+    key: str | None = None,
+    output: str | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Denoise a whole movie in memory with a trained model; returns float32 (T, Y, X) ADU.
+
+    ``output="prior"`` returns the context network's prediction alone.
+    """
+    chunks = list(iter_apply(model, movie, key=key, output=output, **options))
+    if not chunks:
+        raise InputError("the movie has no frames")
+    return np.concatenate([c.denoised for c in chunks]).astype(np.float32, copy=False)
+
+
+def denoise(
+    movie: MovieLike,
+    *,
+    config: Config | None = None,
+    key: str | None = None,
+    output: str | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
+    **options: Any,
+) -> np.ndarray:
+    """Train on a movie and denoise it; returns float32 (T, Y, X) in the movie's units.
+
+    Parameters
+    ----------
+    movie : ndarray, path or MovieReader
+        (T, Y, X) raw movie (ADU), any integer or float dtype. Not modified.
+    config : Config, optional
+        Settings; ``**options`` override single fields.
+    key : str, optional
+        Dataset inside an HDF5 or Zarr file.
+    output : {"posterior", "prior"}, optional
+        ``posterior`` (default) is the denoised movie; ``prior`` the context-only prediction.
+    progress : callable, optional
+        Training progress callback.
+    **options
+        Flat overrides, e.g. ``time_budget_s=60``, ``seed=1``, ``device="cpu"``.
+
+    Returns
+    -------
+    ndarray
+        Same shape as the input, float32.
+
+    Examples
+    --------
+    >>> import calmdown
+    >>> sim = calmdown.simulate("dense", photons=2.0, shape=(60, 32, 32), seed=0)
+    >>> out = calmdown.denoise(sim.raw, time_budget_s=5, max_steps=20)
+    >>> out.shape == sim.raw.shape
+    True
+    """
+    cfg = make_config(config, **options)
+    prep = prepare(movie, cfg, key=key)
+    model = train(movie, config=cfg, progress=progress, prepared=prep)
+    chunks = iter_apply(model, movie, prepared=prep, output=output)
+    return np.concatenate([c.denoised for c in chunks]).astype(np.float32, copy=False)

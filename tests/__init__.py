@@ -1,0 +1,1 @@
+"""Tests of calmdown, mirroring the package."""

@@ -1,0 +1,91 @@
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from calmdown.cli import app
+from calmdown.io import open_movie
+from calmdown.simulate import simulate
+
+runner = CliRunner()
+FAST = ["--max-steps", "20", "--time-budget", "30", "-q"]
+
+
+@pytest.fixture(scope="module")
+def raw_tif(tmp_path_factory):
+    sim = simulate("dense", photons=2.0, shape=(60, 32, 32), seed=0)
+    path = tmp_path_factory.mktemp("cli") / "raw.tif"
+    tifffile.imwrite(path, sim.raw.astype(np.uint16))
+    return path
+
+
+def test_denoise_writes_float32_of_the_same_shape(tmp_path, raw_tif):
+    before = raw_tif.read_bytes()
+    out = tmp_path / "out.tif"
+    res = runner.invoke(app, ["denoise", str(raw_tif), "-o", str(out), "--interval", "0.9", *FAST])
+    assert res.exit_code == 0, res.output
+    with open_movie(out) as r:
+        assert r.shape == (60, 32, 32) and r.dtype == np.float32
+    for extra in ("out.lower.tif", "out.upper.tif", "out.model.pt", "out.calmdown.json"):
+        assert (tmp_path / extra).is_file(), extra
+    meta = json.loads((tmp_path / "out.calmdown.json").read_text())
+    assert meta["noise_model"]["gain"] > 0
+    assert raw_tif.read_bytes() == before, "the input file changed"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_summary_paragraph(tmp_path, raw_tif):
+    res = runner.invoke(
+        app, ["denoise", str(raw_tif), "-o", str(tmp_path / "o.h5"), "--max-steps", "10"]
+    )
+    assert res.exit_code == 0, res.output
+    for word in ("gain", "offset", "read noise", "photons per pixel per frame", "Training",
+                 "held-out loss", "Model saved to", "frames/s"):
+        assert word in res.output
+
+
+def test_train_then_apply(tmp_path, raw_tif):
+    model = tmp_path / "m.pt"
+    res = runner.invoke(app, ["train", str(raw_tif), "-o", str(model), *FAST])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "den.zarr"
+    res = runner.invoke(app, ["apply", str(model), str(raw_tif), "-o", str(out), "-q"])
+    assert res.exit_code == 0, res.output
+    with open_movie(out) as r:
+        assert r.shape == (60, 32, 32)
+
+
+def test_simulate_command(tmp_path):
+    res = runner.invoke(
+        app, ["simulate", "-o", str(tmp_path / "sim"), "--frames", "40", "--size", "32"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "sim" / "raw.tif").is_file() and (tmp_path / "sim" / "clean.tif").is_file()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: None, "no such file"),
+        (lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint16)), "2-D"),
+        (lambda p: tifffile.imwrite(p, np.zeros((4, 32, 32), np.uint16)), "frames"),
+    ],
+)
+def test_bad_input_one_line_no_traceback_no_output(tmp_path, make, message):
+    src = tmp_path / "in.tif"
+    make(src)
+    out = tmp_path / "out.tif"
+    res = runner.invoke(app, ["denoise", str(src), "-o", str(out), *FAST])
+    assert res.exit_code == 2
+    assert "Traceback" not in res.output
+    assert message in res.output and "in.tif" in res.output
+    assert not out.exists()
+
+
+def test_output_equal_to_input_is_refused(raw_tif):
+    before = raw_tif.read_bytes()
+    res = runner.invoke(app, ["denoise", str(raw_tif), "-o", str(raw_tif), *FAST])
+    assert res.exit_code == 2 and "overwrit" in res.output
+    assert raw_tif.read_bytes() == before

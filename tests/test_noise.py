@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+from scipy.ndimage import convolve1d
+
+from calmdown.errors import InputError
+from calmdown.noise import NoiseModel, estimate_noise
+from calmdown.simulate import Detector, simulate
+
+
+def _estimate(raw: np.ndarray, **kw) -> NoiseModel:
+    return estimate_noise(lambda a, b: raw[a:b], raw.shape[0], **kw)
+
+
+@pytest.mark.parametrize("photons", [0.3, 1.0, 4.0, 20.0])
+def test_gain_within_10_percent_at_every_photon_level(photons):
+    sim = simulate("dense", photons=photons, shape=(300, 64, 64), seed=1)
+    model = _estimate(sim.raw)
+    true_gain = sim.detector.conversion_gain
+    assert abs(model.gain / true_gain - 1) < 0.10
+    assert abs(model.offset - sim.detector.offset) < 0.1 * true_gain
+
+
+def test_photons_per_pixel_is_reported():
+    sim = simulate("noise", photons=2.0, shape=(200, 48, 48), seed=0)
+    model = _estimate(sim.raw)
+    assert model.photons_per_pixel == pytest.approx(2.0 / sim.detector.excess_noise_factor, rel=0.1)
+
+
+def test_read_noise_and_another_detector():
+    det = Detector(gain=4.0, excess_noise_factor=1.0, offset=30.0, read_noise=3.0)
+    sim = simulate("noise", photons=1.0, shape=(300, 48, 48), seed=2, detector=det)
+    model = _estimate(sim.raw)
+    assert model.gain == pytest.approx(4.0, rel=0.1)
+    assert model.read_noise == pytest.approx(3.0, rel=0.25)
+
+
+def test_interpolated_noise_is_measured_and_does_not_bias_the_gain():
+    sim = simulate("dense", photons=2.0, shape=(300, 64, 64), seed=4)
+    kernel = np.array([0.25, 0.5, 0.25])
+    smooth = convolve1d(convolve1d(sim.raw, kernel, axis=1), kernel, axis=2)
+    model = _estimate(smooth)
+    assert min(model.neighbour_correlation) > 0.3
+    assert model.variance_ratio < 0.6
+    assert abs(model.gain / sim.detector.conversion_gain - 1) < 0.10
+    naive = _estimate(sim.raw)
+    assert max(abs(c) for c in naive.neighbour_correlation) < 0.05
+
+
+def test_user_values_override():
+    sim = simulate("noise", photons=1.0, shape=(100, 32, 32), seed=0)
+    model = _estimate(sim.raw, gain=7.0, offset=90.0, read_noise=1.0)
+    assert (model.gain, model.offset, model.read_noise, model.source) == (7.0, 90.0, 1.0, "given")
+
+
+def test_constant_movie_is_refused():
+    with pytest.raises(InputError, match="does not change"):
+        _estimate(np.full((50, 16, 16), 7.0, np.float32))
+
+
+def test_nan_is_refused():
+    raw = np.random.default_rng(0).poisson(2, (50, 16, 16)).astype(np.float32)
+    raw[3, 4, 5] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        _estimate(raw)
+
+
+def test_round_trip_dict():
+    model = _estimate(simulate("noise", photons=1.0, shape=(60, 32, 32), seed=0).raw)
+    assert NoiseModel.from_dict(model.to_dict()) == model

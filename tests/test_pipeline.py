@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+
+import calmdown
+from calmdown.errors import InputError
+from calmdown.simulate import simulate
+
+from .conftest import psnr
+
+
+def _ma(raw, width=5):
+    from scipy.ndimage import uniform_filter1d
+
+    return uniform_filter1d(raw.astype(np.float32), width, axis=0, mode="nearest")
+
+
+@pytest.fixture(scope="module")
+def outputs(small_sim, small_model):
+    raw_before = small_sim.raw.copy()
+    post = calmdown.apply(small_model, small_sim.raw)
+    prior = calmdown.apply(small_model, small_sim.raw, output="prior")
+    assert np.array_equal(small_sim.raw, raw_before), "the input array was modified"
+    return post, prior
+
+
+def test_shape_length_and_dtype_are_kept(small_sim, outputs):
+    post, prior = outputs
+    assert post.shape == small_sim.raw.shape and prior.shape == small_sim.raw.shape
+    assert post.dtype == np.float32
+    assert np.all(np.isfinite(post))
+    # First and last frames are denoised too, as well as the middle ones.
+    for t in (0, -1):
+        assert psnr(post[t], small_sim.clean[t]) > psnr(small_sim.raw[t], small_sim.clean[t]) + 6
+
+
+def test_beats_raw_and_moving_average(small_sim, outputs):
+    post, _ = outputs
+    gain_raw = psnr(post, small_sim.clean) - psnr(small_sim.raw, small_sim.clean)
+    gain_ma = psnr(post, small_sim.clean) - psnr(_ma(small_sim.raw), small_sim.clean)
+    assert gain_raw > 12.0
+    assert gain_ma > 4.0
+
+
+def test_posterior_at_least_as_good_as_prior(small_sim, outputs):
+    post, prior = outputs
+    assert psnr(post, small_sim.clean) >= psnr(prior, small_sim.clean) - 0.05
+
+
+def test_result_does_not_depend_on_chunking(small_sim, small_model):
+    a = np.concatenate([c.denoised for c in calmdown.iter_apply(small_model, small_sim.raw[:80])])
+    b = np.concatenate(
+        [c.denoised for c in calmdown.iter_apply(small_model, small_sim.raw[:80], chunk_frames=9)]
+    )
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
+
+
+def test_intervals_bracket_the_estimate(small_sim, small_model):
+    chunks = list(calmdown.iter_apply(small_model, small_sim.raw[:40], interval=0.9))
+    lower = np.concatenate([c.lower for c in chunks])
+    upper = np.concatenate([c.upper for c in chunks])
+    den = np.concatenate([c.denoised for c in chunks])
+    assert np.all(lower <= den) and np.all(den <= upper) and np.all(upper > lower)
+
+
+def test_same_seed_same_output():
+    sim = simulate("dense", photons=2.0, shape=(40, 32, 32), seed=5)
+    kw = {"max_steps": 15, "val_every": 5, "time_budget_s": None, "seed": 7}
+    a = calmdown.denoise(sim.raw, **kw)
+    b = calmdown.denoise(sim.raw, **kw)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_too_short_movie_is_refused():
+    with pytest.raises(InputError, match="at least 7"):
+        calmdown.denoise(np.random.default_rng(0).poisson(2, (5, 32, 32)).astype(np.uint16))
+
+
+def test_model_applies_to_another_recording(small_model):
+    other = simulate("dense", photons=1.5, shape=(60, 64, 64), seed=11)
+    out = calmdown.apply(small_model, other.raw)
+    assert psnr(out, other.clean) > psnr(other.raw, other.clean) + 8

@@ -1,0 +1,45 @@
+import numpy as np
+import torch
+
+from calmdown.config import GuardConfig
+from calmdown.posterior import gaussian_posterior, surprise_guard
+
+
+def test_posterior_lies_between_prior_and_data_and_is_narrower():
+    x = torch.tensor([5.0, -1.0])
+    loc = torch.tensor([1.0, 1.0])
+    pv = torch.tensor([0.5, 2.0])
+    nv = torch.tensor([1.0, 1.0])
+    mean, var = gaussian_posterior(x, loc, pv, nv)
+    assert torch.all((mean - loc) * (x - loc) > 0) and torch.all((mean - x) * (loc - x) > 0)
+    assert torch.all(var < pv) and torch.all(var < nv)
+    torch.testing.assert_close(mean, loc + pv / (pv + nv) * (x - loc))
+
+
+def _noise_movie(seed=0, shape=(60, 24, 24), level=1.0):
+    rng = np.random.default_rng(seed)
+    loc = torch.full(shape, level)
+    x = torch.from_numpy(rng.poisson(level, shape).astype(np.float32))
+    return x, loc, torch.full(shape, 0.01), torch.full(shape, level)
+
+
+def test_guard_stays_quiet_on_noise():
+    x, loc, pv, nv = _noise_movie()
+    out = surprise_guard(x, loc, pv, nv, GuardConfig())
+    assert float(out.p_surprise.mean()) < 0.01
+    assert float((out.loc - loc).abs().mean()) < 0.02
+
+
+def test_guard_hands_a_clear_event_back_to_the_data():
+    x, loc, pv, nv = _noise_movie(seed=1)
+    rng = np.random.default_rng(2)
+    event = torch.zeros_like(x)
+    event[20:40, 10:13, 10:13] = 2.0  # 2 photons over a 3x3x20 support: z ~ 27
+    x = x + torch.from_numpy(rng.poisson(event.numpy()).astype(np.float32))
+    out = surprise_guard(x, loc, pv, nv + event, GuardConfig())
+    inside = (slice(22, 38), slice(10, 13), slice(10, 13))
+    kept = float((out.loc - loc)[inside].mean()) / 2.0
+    assert kept > 0.8
+    assert float(out.p_surprise[inside].mean()) > 0.9
+    # Where the data decide, the prior's variance grows to match.
+    assert float(out.var[inside].mean()) > 5 * float(pv[inside].mean())
