@@ -41,8 +41,16 @@ def test_summary_paragraph(tmp_path, raw_tif):
         app, ["denoise", str(raw_tif), "-o", str(tmp_path / "o.h5"), "--max-steps", "10"]
     )
     assert res.exit_code == 0, res.output
-    for word in ("gain", "offset", "read noise", "photons per pixel per frame", "Training",
-                 "held-out loss", "Model saved to", "frames/s"):
+    for word in (
+        "gain",
+        "offset",
+        "read noise",
+        "photons per pixel per frame",
+        "Training",
+        "held-out loss",
+        "Model saved to",
+        "frames/s",
+    ):
         assert word in res.output
 
 
@@ -70,7 +78,12 @@ def test_simulate_command(tmp_path):
     [
         (lambda p: None, "no such file"),
         (lambda p: tifffile.imwrite(p, np.zeros((32, 32), np.uint16)), "2-D"),
-        (lambda p: tifffile.imwrite(p, np.zeros((4, 32, 32), np.uint16)), "frames"),
+        (
+            lambda p: tifffile.imwrite(
+                p, np.ones((4, 32, 32), np.uint16), photometric="minisblack"
+            ),
+            "frames",
+        ),
     ],
 )
 def test_bad_input_one_line_no_traceback_no_output(tmp_path, make, message):

@@ -20,7 +20,7 @@ def test_round_trip_gives_the_same_output(tmp_path, small_sim, small_model):
 def test_corrupt_file(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a model at all" * 10)
-    with pytest.raises(ModelFileError, match="bad.pt"):
+    with pytest.raises(ModelFileError, match=r"bad\.pt"):
         load_model(bad)
 
 

@@ -43,3 +43,18 @@ def test_guard_hands_a_clear_event_back_to_the_data():
     assert float(out.p_surprise[inside].mean()) > 0.9
     # Where the data decide, the prior's variance grows to match.
     assert float(out.var[inside].mean()) > 5 * float(pv[inside].mean())
+
+
+def test_window_helpers_match_brute_force():
+    from calmdown.posterior import _box, _window_max
+
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.random((9, 6, 7), dtype=np.float32))
+    box, mx = _box(x, 5, 3), _window_max(x, 5, 3)
+    a = x.numpy()
+    for t, y, z in [(0, 0, 0), (4, 3, 3), (8, 5, 6), (1, 2, 0)]:
+        win = a[max(t - 2, 0) : t + 3, max(y - 1, 0) : y + 2, max(z - 1, 0) : z + 2]
+        assert abs(float(box[t, y, z]) - win.mean()) < 1e-5
+        assert float(mx[t, y, z]) == win.max()
+    # Windows longer than the movie shrink instead of failing.
+    assert _box(x[:2], 31, 3).shape == (2, 6, 7)

@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -6,7 +8,9 @@ from calmdown.network import ContextNet
 from calmdown.tiling import predict_tiled, tile_starts, time_chunks
 
 
-@pytest.mark.parametrize(("n", "chunk", "halo"), [(10, 4, 2), (100, 128, 5), (37, 1, 0), (50, 7, 9)])
+@pytest.mark.parametrize(
+    ("n", "chunk", "halo"), [(10, 4, 2), (100, 128, 5), (37, 1, 0), (50, 7, 9)]
+)
 def test_time_chunks_cover_every_frame_once(n, chunk, halo):
     chunks = time_chunks(n, chunk, halo)
     covered = np.concatenate([np.arange(c.out_start, c.out_stop) for c in chunks])
@@ -20,7 +24,7 @@ def test_time_chunks_cover_every_frame_once(n, chunk, halo):
 def test_tiles_cover_with_overlap(size, tile, overlap):
     starts = tile_starts(size, tile, overlap)
     assert starts[0] == 0 and starts[-1] + min(tile, size) == size
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
 
 
 def test_tiled_equals_untiled_for_a_local_function():

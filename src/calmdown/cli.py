@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -164,6 +164,8 @@ def _write_movies(
         targets.update(lower=lower, upper=upper)
     t0 = time.perf_counter()
     with ExitStack() as stack:
+        if prepared is None:
+            stack.callback(prep.close)
         writers = {
             name: stack.enter_context(
                 MovieWriter(path, shape, dtype="float32", inputs=inputs, key=key or "data")
@@ -289,37 +291,38 @@ def denoise(
         )
         _check_output(out, raw)
         prep = prepare(raw, cfg, key=key)
-        update, bar = _train_progress(quiet, cfg)
-        with bar:
-            model = train(raw, config=cfg, prepared=prep, progress=update)
-        model_path = save_model(model, model_out or _model_path(out))
-        seconds, n_frames = _write_movies(
-            model,
-            raw,
-            out,
-            key=key,
-            interval=interval,
-            prepared=prep,
-            quiet=quiet,
-            cfg=cfg,
-            inputs=[str(raw)],
-        )
-        _write_sidecar(
-            _sidecar_path(out),
-            model,
-            {"input": str(raw), "output": str(out), "inference_seconds": seconds},
-        )
-        if not quiet:
-            typer.echo(
-                _summary(
-                    model,
-                    out=out,
-                    model_path=model_path,
-                    infer_seconds=seconds,
-                    n_frames=n_frames,
-                    shape=prep.reader.shape,
-                )
+        with closing(prep):
+            update, bar = _train_progress(quiet, cfg)
+            with bar:
+                model = train(raw, config=cfg, prepared=prep, progress=update)
+            model_path = save_model(model, model_out or _model_path(out))
+            seconds, n_frames = _write_movies(
+                model,
+                raw,
+                out,
+                key=key,
+                interval=interval,
+                prepared=prep,
+                quiet=quiet,
+                cfg=cfg,
+                inputs=[str(raw)],
             )
+            _write_sidecar(
+                _sidecar_path(out),
+                model,
+                {"input": str(raw), "output": str(out), "inference_seconds": seconds},
+            )
+            if not quiet:
+                typer.echo(
+                    _summary(
+                        model,
+                        out=out,
+                        model_path=model_path,
+                        infer_seconds=seconds,
+                        n_frames=n_frames,
+                        shape=prep.reader.shape,
+                    )
+                )
 
 
 @app.command("train")
@@ -471,7 +474,7 @@ def demo(
         cfg = _config(time_budget_s=time_budget, device=device)
         prep = prepare(raw_path, cfg)
         update, bar = _train_progress(quiet, cfg)
-        with bar:
+        with closing(prep), bar:
             model = train(raw_path, config=cfg, prepared=prep, progress=update)
         model_path = save_model(model, out / "model.pt")
         den_path = out / "denoised.tif"
@@ -481,7 +484,7 @@ def demo(
             den_path,
             key=None,
             interval=0.9,
-            prepared=prep,
+            prepared=None,
             quiet=quiet,
             cfg=cfg,
             inputs=[str(raw_path)],

@@ -113,19 +113,19 @@ class GuardConfig(_Strict):
     enabled: bool = True
     """Switch the guard off to get the plain Bayesian posterior."""
 
-    window_frames: int = Field(default=15, ge=1)
+    window_frames: int = Field(default=31, ge=1)
     """Frames of the space-time window over which evidence of a surprise is pooled (odd)."""
 
     window_pixels: int = Field(default=3, ge=1)
     """Side in pixels of that window (odd)."""
 
-    local_frames: int = Field(default=5, ge=1)
+    local_frames: int = Field(default=11, ge=1)
     """Frames of the smaller window whose residual replaces the prior where the guard acts."""
 
-    local_pixels: int = Field(default=3, ge=1)
+    local_pixels: int = Field(default=1, ge=1)
     """Side in pixels of that smaller window."""
 
-    prior_odds: float = Field(default=1e-3, gt=0, lt=1)
+    prior_odds: float = Field(default=1e-2, gt=0, lt=1)
     """Prior probability that a given window holds a surprise (a rare event)."""
 
     slab_ratio: float = Field(default=100.0, gt=1)

@@ -16,6 +16,8 @@ between neighbours and fit the photon-transfer line to that sum: the photon gain
 from __future__ import annotations
 
 import logging
+import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -120,28 +122,47 @@ def _frame_blocks(n_frames: int, max_frames: int, block: int = 64) -> list[tuple
 
 @dataclass
 class _Accumulator:
-    """Running sums over pairs of consecutive frames."""
+    """Running sums over sub-blocks of frames, alternately for ranking (A) and measuring (B).
+
+    Pixels are binned by their mean over the A frames and measured (mean, difference variance,
+    neighbour covariance) on the B frames, so that the noise of the ranking is independent of
+    the noise of what is measured: ranking and measuring on the same frames biases the slope,
+    because the sample mean and sample variance of Poisson noise are correlated.
+    """
 
     shape: tuple[int, int]
+    sub_block: int = 8
+    n_a: int = 0
     n: int = 0
+    sum_a: np.ndarray = field(init=False)
     sum_x: np.ndarray = field(init=False)
     sum_d2: np.ndarray = field(init=False)
     sum_cross: dict[tuple[int, int], np.ndarray] = field(init=False)
-    low_values: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self.sum_a = np.zeros(self.shape, np.float64)
         self.sum_x = np.zeros(self.shape, np.float64)
         self.sum_d2 = np.zeros(self.shape, np.float64)
         self.sum_cross = {lag: np.zeros(self.shape, np.float64) for lag in _LAGS}
 
-    def add(self, frames: np.ndarray) -> None:
-        x = frames.astype(np.float64)
-        d = np.diff(x, axis=0)
-        self.n += d.shape[0]
-        self.sum_x += 0.5 * (x[1:] + x[:-1]).sum(axis=0)
-        self.sum_d2 += (d * d).sum(axis=0)
-        for (dy, dx), acc in self.sum_cross.items():
-            acc += (d * _shift(d, dy, dx)).sum(axis=0)
+    def add(self, frames: np.ndarray, start: int) -> None:
+        """Add consecutive frames that begin at frame ``start`` of the movie."""
+        x_all = frames.astype(np.float64)
+        sub = (start + np.arange(x_all.shape[0])) // self.sub_block
+        for s in np.unique(sub):
+            x = x_all[sub == s]
+            if s % 2 == 0:
+                self.sum_a += x.sum(axis=0)
+                self.n_a += x.shape[0]
+                continue
+            if x.shape[0] < 2:
+                continue
+            d = np.diff(x, axis=0)
+            self.n += d.shape[0]
+            self.sum_x += 0.5 * (x[1:] + x[:-1]).sum(axis=0)
+            self.sum_d2 += (d * d).sum(axis=0)
+            for (dy, dx), acc in self.sum_cross.items():
+                acc += (d * _shift(d, dy, dx)).sum(axis=0)
 
 
 def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -154,31 +175,50 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+def _robust_mean(values: np.ndarray) -> float:
+    """Mean of the values within 5 robust standard deviations of the median."""
+    med = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - med))
+    if mad == 0:
+        return float(np.mean(values))
+    return float(np.mean(values[np.abs(values - med) <= 5 * mad]))
+
+
 def _binned_fit(
-    means: np.ndarray, variances: np.ndarray, n_bins: int = 24
-) -> tuple[float, float, np.ndarray, np.ndarray]:
-    """Fit ``variance = slope * mean + intercept`` over brightness bins (medians per bin)."""
-    order = np.argsort(means)
-    m_sorted, v_sorted = means[order], variances[order]
+    rank: np.ndarray, means: np.ndarray, variances: np.ndarray, n_bins: int = 24
+) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+    """Fit ``variance = slope * mean + intercept`` over brightness bins.
+
+    Pixels are sorted into ``n_bins`` equal-count bins by ``rank``; each bin contributes the
+    robust means of ``means`` and ``variances``. Returns slope, intercept, the slope's relative
+    standard error, and the bin points.
+    """
+    order = np.argsort(rank)
     # Drop the brightest 1 % (saturation, vessels) before binning.
-    keep = max(int(0.99 * m_sorted.size), min(m_sorted.size, 2 * n_bins))
-    m_sorted, v_sorted = m_sorted[:keep], v_sorted[:keep]
-    chunks_m = np.array_split(m_sorted, n_bins)
-    chunks_v = np.array_split(v_sorted, n_bins)
-    bm = np.array([np.median(c) for c in chunks_m if c.size])
-    bv = np.array([np.median(c) for c in chunks_v if c.size])
-    weights = np.array([c.size for c in chunks_v if c.size], float)
-    # Iteratively reweighted least squares: the spread of a bin's median variance grows with
+    keep = max(int(0.99 * order.size), min(order.size, 2 * n_bins))
+    order = order[:keep]
+    groups = [g for g in np.array_split(order, n_bins) if g.size]
+    bm = np.array([_robust_mean(means[g]) for g in groups])
+    bv = np.array([_robust_mean(variances[g]) for g in groups])
+    weights = np.array([g.size for g in groups], float)
+    # Iteratively reweighted least squares: the spread of a bin's mean variance grows with
     # the variance itself.
     slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights))
+    cov = np.zeros((2, 2))
     for _ in range(3):
         pred = np.maximum(slope * bm + intercept, 1e-12)
-        slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights) / pred)
-    return float(slope), float(intercept), bm, bv
+        (slope, intercept), cov = np.polyfit(bm, bv, 1, w=np.sqrt(weights) / pred, cov="unscaled")
+    # Standard error from the scatter of the bins around the line.
+    pred = slope * bm + intercept
+    w = weights / np.maximum(pred, 1e-12) ** 2
+    dof = max(len(bm) - 2, 1)
+    chi2 = float(np.sum(w * (bv - pred) ** 2) / dof)
+    rel_se = float(np.sqrt(max(cov[0, 0] * chi2, 0.0)) / abs(slope)) if slope else float("inf")
+    return float(slope), float(intercept), rel_se, bm, bv
 
 
 def estimate_noise(
-    read_frames: object,
+    read_frames: Callable[[int, int], np.ndarray],
     n_frames: int,
     *,
     gain: float | None = None,
@@ -237,7 +277,7 @@ def estimate_noise(
     acc: _Accumulator | None = None
     dim_samples: list[np.ndarray] = []
     for start, stop in blocks:
-        frames = np.asarray(read_frames(start, stop), dtype=np.float32)  # type: ignore[operator]
+        frames = np.asarray(read_frames(start, stop), dtype=np.float32)
         if not np.all(np.isfinite(frames)):
             raise InputError(
                 "the movie contains NaN or infinite values; replace them (e.g. with the "
@@ -246,11 +286,12 @@ def estimate_noise(
             )
         if acc is None:
             acc = _Accumulator(frames.shape[1:])
-        acc.add(frames)
+        acc.add(frames, start)
         dim_samples.append(frames[:: max(1, frames.shape[0] // 8)].reshape(-1))
     assert acc is not None
     n = max(acc.n, 1)
     mean = acc.sum_x / n
+    rank = acc.sum_a / max(acc.n_a, 1)
     var_pix = acc.sum_d2 / (2 * n)
     if not np.any(var_pix > 0):
         raise InputError(
@@ -275,8 +316,17 @@ def estimate_noise(
     variance_ratio = 1.0 / summed_ratio if correlated and summed_ratio > 1.0 else 1.0
     fit_var = cov_sum if correlated else var_pix
     sel = (slice(None), slice(None)) if not correlated else inner
-    m_flat, v_flat = mean[sel].ravel(), fit_var[sel].ravel()
-    slope, intercept, bm, bv = _binned_fit(m_flat, v_flat)
+    slope, intercept, rel_se, bm, bv = _binned_fit(
+        rank[sel].ravel(), mean[sel].ravel(), fit_var[sel].ravel()
+    )
+    if gain is None and rel_se > 0.05:
+        warnings.warn(
+            f"{name or 'movie'}: the photon-transfer gain is poorly determined (relative standard "
+            f"error {rel_se:.0%}): the movie's brightness range is too narrow. Give the "
+            "detector's gain (--gain, ADU per photon) if it is known.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     source = "estimated"
     given = [v is not None for v in (gain, offset, read_noise)]

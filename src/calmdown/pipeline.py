@@ -52,6 +52,12 @@ class Prepared:
     reader: MovieReader
     noise: NoiseModel
     mean_image: MeanImage
+    owns_reader: bool = True
+
+    def close(self) -> None:
+        """Close the reader if this pass opened it."""
+        if self.owns_reader:
+            self.reader.close()
 
 
 @dataclass
@@ -129,7 +135,17 @@ def prepare(
     movie: MovieLike, config: Config, *, key: str | None = None, noise: NoiseModel | None = None
 ) -> Prepared:
     """Open a movie, estimate its noise model (unless given) and its running mean image."""
+    owns = not isinstance(movie, MovieReader)
     reader = open_movie(movie, key=key)
+    try:
+        return _prepare(reader, config, noise, owns)
+    except BaseException:
+        if owns:
+            reader.close()
+        raise
+
+
+def _prepare(reader: MovieReader, config: Config, noise: NoiseModel | None, owns: bool) -> Prepared:
     n_frames = reader.shape[0]
     name = str(reader.path) if reader.path is not None else None
     k = config.model.context_frames
@@ -154,7 +170,7 @@ def prepare(
     mean_image = compute_mean_image(
         reader.read, n_frames, window=config.model.mean_window, to_photons=noise.to_photons
     )
-    return Prepared(reader=reader, noise=noise, mean_image=mean_image)
+    return Prepared(reader=reader, noise=noise, mean_image=mean_image, owns_reader=owns)
 
 
 def _data_hash(prep: Prepared) -> str:
@@ -233,13 +249,15 @@ def _calibrate(
     runs: list[tuple[Segment, np.ndarray]] = []
     for seg in segments:
         local = np.arange(seg.photons.shape[0])
-        held = local[held_out_mask(seg.start + local, config.train.val_fraction)]
+        held = local[
+            held_out_mask(seg.start + local, config.train.val_fraction, mean_image.n_frames)
+        ]
         if held.size == 0:
             continue
         breaks = np.flatnonzero(np.diff(held) > 1) + 1
         runs.extend((seg, run) for run in np.split(held, breaks))
     rng = np.random.default_rng(config.train.seed + 2)
-    order = rng.permutation(len(runs))[:8]
+    order = rng.permutation(len(runs))[:40]
     fit_parts: list[tuple[torch.Tensor, ...]] = []
     check_parts: list[tuple[torch.Tensor, ...]] = []
     zs = []
@@ -263,7 +281,7 @@ def _calibrate(
         check_parts = fit_parts
     cat = [torch.cat([p[i] for p in fit_parts]).cpu().numpy() for i in range(4)]
     x, loc, pvar, nvar = cat
-    calib = fit_scale_calibration(pvar, (x - loc) ** 2, nvar)
+    calib = fit_scale_calibration(pvar, (x - loc) ** 2, nvar, n_bins=5)
     # Null scale of the guard's window statistic, after calibration, on every held-out run.
     for x_t, loc_t, pvar_t, nvar_t in fit_parts + check_parts:
         z = window_zscores(x_t - loc_t, calib.apply(pvar_t) + nvar_t, config.inference.guard)
@@ -326,6 +344,19 @@ def train(
     _set_threads(cfg)
     device = resolve_device(cfg.device)
     prep = prepared or prepare(movie, cfg, key=key)
+    try:
+        return _train(prep, cfg, device, progress)
+    finally:
+        if prepared is None:
+            prep.close()
+
+
+def _train(
+    prep: Prepared,
+    cfg: Config,
+    device: torch.device,
+    progress: Callable[[TrainProgress], None] | None,
+) -> TrainedModel:
     t0 = time.perf_counter()
     segments = _training_segments(prep.reader, prep.noise, cfg)
     scale0 = float(max(np.mean(prep.mean_image.global_mean), 0.05))
@@ -414,6 +445,20 @@ def iter_apply(
     device = resolve_device(cfg.device)
     # A new movie gets its own noise model (the offset can differ between sessions).
     prep = prepared or prepare(movie, cfg, key=key)
+    try:
+        yield from _apply_chunks(model, prep, cfg, device, interval)
+    finally:
+        if prepared is None:
+            prep.close()
+
+
+def _apply_chunks(
+    model: TrainedModel,
+    prep: Prepared,
+    cfg: Config,
+    device: torch.device,
+    interval: float | None,
+) -> Iterator[DenoisedChunk]:
     net = model.network(device)
     noise = prep.noise
     n_frames = prep.reader.shape[0]
@@ -523,6 +568,9 @@ def denoise(
     """
     cfg = make_config(config, **options)
     prep = prepare(movie, cfg, key=key)
-    model = train(movie, config=cfg, progress=progress, prepared=prep)
-    chunks = iter_apply(model, movie, prepared=prep, output=output)
-    return np.concatenate([c.denoised for c in chunks]).astype(np.float32, copy=False)
+    try:
+        model = train(movie, config=cfg, progress=progress, prepared=prep)
+        chunks = iter_apply(model, movie, prepared=prep, output=output)
+        return np.concatenate([c.denoised for c in chunks]).astype(np.float32, copy=False)
+    finally:
+        prep.close()

@@ -21,7 +21,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional as F
 
 from calmdown.config import GuardConfig
 
@@ -35,30 +34,51 @@ def guard_halo(cfg: GuardConfig) -> int:
     return cfg.window_frames // 2 + cfg.local_frames // 2
 
 
-def _box(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
-    """Mean over a centred (frames, pixels, pixels) window, shrinking at the edges."""
-    v = x[None, None]
-    out = F.avg_pool3d(
-        v,
-        kernel_size=(frames, pixels, pixels),
-        stride=1,
-        padding=(frames // 2, pixels // 2, pixels // 2),
-        count_include_pad=False,
-    )
-    return out[0, 0]
+def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
+    """Sum over ``[i - half, i + half]`` along ``dim``, clipped at the ends (cumulative sums)."""
+    if half == 0:
+        return x
+    n = x.shape[dim]
+    c = torch.cumsum(x.double(), dim=dim)
+    c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)
+    idx = torch.arange(n, device=x.device)
+    hi = torch.clamp(idx + half + 1, max=n)
+    lo = torch.clamp(idx - half, min=0)
+    return (c.index_select(dim, hi) - c.index_select(dim, lo)).to(x.dtype)
+
+
+def _window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
+    """Sum over a centred (frames, pixels, pixels) window of a (T, Y, X) tensor."""
+    out = _window_sum_1d(x, 0, frames // 2)
+    out = _window_sum_1d(out, 1, pixels // 2)
+    return _window_sum_1d(out, 2, pixels // 2)
 
 
 def _count(shape: tuple[int, ...], frames: int, pixels: int, device: torch.device) -> torch.Tensor:
     """Count the in-bounds elements of each centred window."""
-    ones = torch.ones((1, 1, *shape), device=device)
-    frac = F.avg_pool3d(
-        ones,
-        kernel_size=(frames, pixels, pixels),
-        stride=1,
-        padding=(frames // 2, pixels // 2, pixels // 2),
-        count_include_pad=True,
-    )
-    return frac[0, 0] * (frames * pixels * pixels)
+    return _window_sum(torch.ones(shape, device=device), frames, pixels)
+
+
+def _box(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
+    """Mean over a centred (frames, pixels, pixels) window, shrinking at the edges."""
+    return _window_sum(x, frames, pixels) / _count(tuple(x.shape), frames, pixels, x.device)
+
+
+def _window_max(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
+    """Maximum over a centred (frames, pixels, pixels) window, shrinking at the edges."""
+    out = x
+    for dim, half in ((0, frames // 2), (1, pixels // 2), (2, pixels // 2)):
+        n = out.shape[dim]
+        acc = out.clone()
+        for shift in range(1, min(half, n - 1) + 1):
+            fwd = out.narrow(dim, shift, n - shift)
+            bwd = out.narrow(dim, 0, n - shift)
+            head = acc.narrow(dim, 0, n - shift)
+            head.copy_(torch.maximum(head, fwd))
+            tail = acc.narrow(dim, shift, n - shift)
+            tail.copy_(torch.maximum(tail, bwd))
+        out = acc
+    return out
 
 
 def window_zscores(resid: torch.Tensor, var: torch.Tensor, cfg: GuardConfig) -> torch.Tensor:
@@ -120,16 +140,11 @@ def surprise_guard(
     )
     p = torch.sigmoid(log_odds)
     # Every pixel of a window that detected a surprise is handed to the data.
-    p = F.max_pool3d(
-        p[None, None],
-        kernel_size=(cfg.local_frames, cfg.local_pixels, cfg.local_pixels),
-        stride=1,
-        padding=(cfg.local_frames // 2, cfg.local_pixels // 2, cfg.local_pixels // 2),
-    )[0, 0]
+    p = _window_max(p, cfg.local_frames, cfg.local_pixels)
     # Leave-one-out local mean residual and its variance.
     n = _count(tuple(x.shape), cfg.local_frames, cfg.local_pixels, x.device)
-    sum_r = _box(resid, cfg.local_frames, cfg.local_pixels) * n
-    sum_v = _box(var, cfg.local_frames, cfg.local_pixels) * n
+    sum_r = _window_sum(resid, cfg.local_frames, cfg.local_pixels)
+    sum_v = _window_sum(var, cfg.local_frames, cfg.local_pixels)
     m = torch.clamp(n - 1, min=1)
     r_loo = (sum_r - resid) / m
     v_loo = (sum_v - var) / (m * m)

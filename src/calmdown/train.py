@@ -22,6 +22,7 @@ import torch
 
 from calmdown.config import ModelConfig, TrainConfig
 from calmdown.context import MeanImage, context_indices
+from calmdown.errors import InputError
 from calmdown.loss import marginal_nll
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel
@@ -30,13 +31,17 @@ __all__ = ["Segment", "TrainProgress", "Trainer", "TrainingResult", "held_out_ma
 
 logger = logging.getLogger(__name__)
 
-_VAL_RUN = 16  # frames per interleaved run of the train / held-out split
 
+def held_out_mask(frames: np.ndarray, val_fraction: float, n_frames: int) -> np.ndarray:
+    """Which global frame indices are held out.
 
-def held_out_mask(frames: np.ndarray, val_fraction: float) -> np.ndarray:
-    """Which global frame indices are held out: interleaved runs of 16 frames."""
+    Runs of up to 16 consecutive frames, one run in every ``1 / val_fraction``, so that held-out
+    frames are spread over the whole movie (bleaching, drift) and come in runs long enough for
+    the guard's window statistics. Short movies get shorter runs, so at least two exist.
+    """
     period = max(2, round(1.0 / val_fraction))
-    return (np.asarray(frames) // _VAL_RUN) % period == period // 2
+    run = int(np.clip(n_frames // (2 * period), 1, 16))
+    return (np.asarray(frames) // run) % period == period // 2
 
 
 @dataclass
@@ -122,12 +127,15 @@ class Trainer:
         self._val_t: list[np.ndarray] = []
         for seg in segments:
             local = np.arange(seg.photons.shape[0])
-            held = held_out_mask(seg.start + local, train_config.val_fraction)
+            held = held_out_mask(seg.start + local, train_config.val_fraction, mean_image.n_frames)
             self._train_t.append(local[~held])
             self._val_t.append(local[held])
         n_train = np.array([len(t) for t in self._train_t], float)
         if n_train.sum() == 0 or sum(len(t) for t in self._val_t) == 0:
-            raise ValueError("too few frames to split into training and held-out frames")
+            raise InputError(
+                "too few frames to hold some out for early stopping and calibration; pass a "
+                "longer movie (at least 20 frames)"
+            )
         self._seg_p = n_train / n_train.sum()
         self._val_batches = self._fixed_val_batches(n_patches=48)
         self.read_noise2 = noise.read_noise_photons**2
