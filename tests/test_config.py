@@ -27,7 +27,11 @@ def test_unknown_option_is_named():
 
 @pytest.mark.parametrize(
     ("name", "value", "hint"),
-    [("patch_size", 60, "multiple of 8"), ("window_frames", 14, "odd"), ("val_fraction", 0.9, "val_fraction")],
+    [
+        ("patch_size", 60, "multiple of 8"),
+        ("window_frames", 14, "odd"),
+        ("val_fraction", 0.9, "val_fraction"),
+    ],
 )
 def test_invalid_values_say_why(name, value, hint):
     with pytest.raises(InputError, match=hint):

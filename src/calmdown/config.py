@@ -128,10 +128,26 @@ class GuardConfig(_Strict):
     prior_odds: float = Field(default=1e-2, gt=0, lt=1)
     """Prior probability that a given window holds a surprise (a rare event)."""
 
+    correction: bool = True
+    """Apply the fitted soma-scale residual correction (:mod:`calmdown.correction`)."""
+
+    correction_frames: int = Field(default=3, ge=1)
+    """Frames of the window whose evidence selects the correction's gain (odd)."""
+
+    correction_pixels: int = Field(default=9, ge=1)
+    """Side in pixels of that window and of the frame-t ring whose residual is added back."""
+
     slab_ratio: float = Field(default=100.0, gt=1)
     """Variance of a surprise relative to the null variance of the window mean."""
 
-    @field_validator("window_frames", "window_pixels", "local_frames", "local_pixels")
+    @field_validator(
+        "window_frames",
+        "window_pixels",
+        "local_frames",
+        "local_pixels",
+        "correction_frames",
+        "correction_pixels",
+    )
     @classmethod
     def _odd(cls, value: int) -> int:
         if value % 2 == 0:

@@ -13,6 +13,7 @@ import torch
 from calmdown import __version__
 from calmdown.calibration import ScaleCalibration
 from calmdown.config import Config
+from calmdown.correction import ResidualCorrection
 from calmdown.errors import InputError, ModelFileError
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import TrainedModel
@@ -49,6 +50,7 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "state_dict": model.state_dict,
         "calibration": model.calibration.to_dict(),
         "guard_null_scale": float(model.guard_null_scale),
+        "correction": None if model.correction is None else model.correction.to_dict(),
         "training": model.training,
         "heldout": model.heldout,
         "data_hash": model.data_hash,
@@ -104,6 +106,11 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             state_dict=data["state_dict"],
             calibration=ScaleCalibration(**data["calibration"]),
             guard_null_scale=float(data["guard_null_scale"]),
+            correction=(
+                None
+                if data.get("correction") is None
+                else ResidualCorrection.from_dict(data["correction"])
+            ),
             training=dict(data["training"]),
             heldout=dict(data["heldout"]),
             data_hash=str(data["data_hash"]),

@@ -19,8 +19,9 @@ from scipy import stats
 
 from calmdown import __version__
 from calmdown.calibration import ScaleCalibration, fit_scale_calibration, predictive_check
-from calmdown.config import Config, make_config
+from calmdown.config import Config, GuardConfig, make_config
 from calmdown.context import MeanImage, compute_mean_image, context_indices, min_frames
+from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
@@ -78,6 +79,8 @@ class TrainedModel:
         Per-bin factors on the prior variance, fitted on held-out frames.
     guard_null_scale : float
         Standard deviation of the guard's window z-score on held-out frames.
+    correction : ResidualCorrection or None
+        The fitted soma-scale residual correction.
     training : dict
         Steps, seconds, best held-out loss, why it stopped.
     heldout : dict
@@ -94,6 +97,7 @@ class TrainedModel:
     state_dict: dict[str, torch.Tensor]
     calibration: ScaleCalibration
     guard_null_scale: float
+    correction: ResidualCorrection | None
     training: dict[str, Any]
     heldout: dict[str, float]
     data_hash: str
@@ -236,6 +240,34 @@ def _noise_var(noise: NoiseModel, level: torch.Tensor) -> torch.Tensor:
     return noise.variance_ratio * (torch.clamp(level, min=0.0) + noise.read_noise_photons**2)
 
 
+def _guard_and_correct(
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    pvar: torch.Tensor,
+    noise: NoiseModel,
+    gcfg: GuardConfig,
+    *,
+    null_scale: float,
+    correction: ResidualCorrection | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Apply the surprise guard and the fitted correction: location, variance, p_surprise."""
+    guarded = surprise_guard(x, loc, pvar, _noise_var(noise, loc), gcfg, null_scale=null_scale)
+    loc_g, var_g = guarded.loc, guarded.var
+    if correction is not None and gcfg.correction:
+        loc_g, var_g, _ = correction.apply(x, loc_g, var_g, _noise_var(noise, loc_g))
+    return loc_g, var_g, guarded.p_surprise
+
+
+def _correction_windows(gcfg: GuardConfig, noise: NoiseModel) -> dict[str, Any]:
+    core = 1 if noise.variance_ratio > 0.95 else 5
+    pixels = max(gcfg.correction_pixels, core + 2)
+    return {
+        "evidence": (gcfg.correction_frames, pixels),
+        "local": (1, pixels),
+        "core": core,
+    }
+
+
 def _calibrate(
     net: ContextNet,
     segments: list[Segment],
@@ -244,8 +276,16 @@ def _calibrate(
     scale0: float,
     config: Config,
     device: torch.device,
-) -> tuple[ScaleCalibration, float, dict[str, float]]:
-    """Fit the prior-variance calibration and the guard's null scale on held-out runs."""
+) -> tuple[ScaleCalibration, float, ResidualCorrection | None, dict[str, float]]:
+    """Fit, on held-out runs of frames, everything that sits on top of the network.
+
+    The prior-variance calibration, the guard's null scale and the residual correction are
+    fitted on half of the runs; the predictive check of raw values uses the other half. Each
+    run is predicted with a margin of neighbouring frames, which only serve as neighbours.
+    """
+    gcfg = config.inference.guard
+    windows = _correction_windows(gcfg, noise)
+    margin = guard_halo(gcfg) + max(windows["evidence"][0], 1) // 2
     runs: list[tuple[Segment, np.ndarray]] = []
     for seg in segments:
         local = np.arange(seg.photons.shape[0])
@@ -260,40 +300,60 @@ def _calibrate(
     order = rng.permutation(len(runs))[:40]
     fit_parts: list[tuple[torch.Tensor, ...]] = []
     check_parts: list[tuple[torch.Tensor, ...]] = []
-    zs = []
     for j, i in enumerate(order):
         seg, run = runs[i]
+        n_seg = seg.photons.shape[0]
+        frames = np.arange(max(0, run[0] - margin), min(n_seg, run[-1] + 1 + margin))
         loc, pvar = _predict_prior(
             net,
             seg.photons,
             0,
-            seg.photons.shape[0],
-            run,
+            n_seg,
+            frames,
             _SegmentMean(mean_image, seg.start),
             scale0=scale0,
             config=config,
             device=device,
         )
-        x = torch.from_numpy(seg.photons[run]).to(device)
-        nvar = _noise_var(noise, loc)
-        (fit_parts if j % 2 == 0 else check_parts).append((x, loc, pvar, nvar))
+        x = torch.from_numpy(seg.photons[frames]).to(device)
+        target = torch.from_numpy(np.isin(frames, run)).to(device)
+        (fit_parts if j % 2 == 0 else check_parts).append((x, loc, pvar, target))
     if not check_parts:
         check_parts = fit_parts
-    cat = [torch.cat([p[i] for p in fit_parts]).cpu().numpy() for i in range(4)]
-    x, loc, pvar, nvar = cat
-    calib = fit_scale_calibration(pvar, (x - loc) ** 2, nvar, n_bins=5)
-    # Null scale of the guard's window statistic, after calibration, on every held-out run.
-    for x_t, loc_t, pvar_t, nvar_t in fit_parts + check_parts:
-        z = window_zscores(x_t - loc_t, calib.apply(pvar_t) + nvar_t, config.inference.guard)
-        zs.append(z.flatten().cpu().numpy())
+
+    def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
+        return torch.cat([p[k][p[3]].flatten() for p in parts]).cpu().numpy()
+
+    x_f, loc_f, pvar_f = (targets(fit_parts, k) for k in range(3))
+    calib = fit_scale_calibration(
+        pvar_f, (x_f - loc_f) ** 2, _noise_var(noise, torch.from_numpy(loc_f)).numpy(), n_bins=5
+    )
+    # Null scale of the guard's window statistic, after calibration.
+    zs = []
+    for x, loc, pvar, target in fit_parts:
+        z = window_zscores(x - loc, calib.apply(pvar) + _noise_var(noise, loc), gcfg)
+        zs.append(z[target].flatten().cpu().numpy())
     zall = np.concatenate(zs)
     null_scale = float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall)))))
-    cat = [torch.cat([p[i] for p in check_parts]) for i in range(4)]
-    x_c, loc_c, pvar_c, nvar_c = cat
-    check = predictive_check(
-        x_c.cpu().numpy(), loc_c.cpu().numpy(), (calib.apply(pvar_c) + nvar_c).cpu().numpy()
-    )
-    return calib, null_scale, check
+
+    def guarded(parts: list[tuple[torch.Tensor, ...]], corr: ResidualCorrection | None) -> list:
+        out = []
+        for x, loc, pvar, target in parts:
+            loc_g, var_g, _ = _guard_and_correct(
+                x, loc, calib.apply(pvar), noise, gcfg, null_scale=null_scale, correction=corr
+            )
+            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target))
+        return out
+
+    correction = None
+    if gcfg.correction:
+        correction = fit_correction(guarded(fit_parts, None), **windows)
+    final = guarded(check_parts, correction)
+    x_c = torch.cat([p[0][p[4]].flatten() for p in final]).cpu().numpy()
+    loc_c = torch.cat([p[1][p[4]].flatten() for p in final]).cpu().numpy()
+    var_c = torch.cat([(p[2] + p[3])[p[4]].flatten() for p in final]).cpu().numpy()
+    check = predictive_check(x_c, loc_c, var_c)
+    return calib, null_scale, correction, check
 
 
 class _SegmentMean:
@@ -373,7 +433,7 @@ def _train(
         if progress is not None:
             progress(info)
     result = trainer.result
-    calib, null_scale, check = _calibrate(
+    calib, null_scale, correction, check = _calibrate(
         trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device
     )
     logger.info(
@@ -390,6 +450,7 @@ def _train(
         state_dict=result.state_dict,
         calibration=calib,
         guard_null_scale=null_scale,
+        correction=correction,
         training={
             "steps": result.steps,
             "seconds": time.perf_counter() - t0,
@@ -465,7 +526,8 @@ def _apply_chunks(
     k = cfg.model.context_frames
     gcfg = cfg.inference.guard
     use_posterior = cfg.inference.output == "posterior"
-    g_halo = guard_halo(gcfg) if use_posterior else 0
+    correction = model.correction if gcfg.correction else None
+    g_halo = guard_halo(gcfg) + (correction.halo if correction else 0) if use_posterior else 0
     z_half = float(stats.norm.ppf(0.5 + interval / 2)) if interval is not None else None
     for chunk in time_chunks(n_frames, cfg.inference.chunk_frames, g_halo + k):
         g0 = max(0, chunk.out_start - g_halo)
@@ -490,17 +552,17 @@ def _apply_chunks(
         if not use_posterior:
             yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
             continue
-        nvar = _noise_var(noise, loc)
-        guarded = surprise_guard(x, loc, pvar, nvar, gcfg, null_scale=model.guard_null_scale)
-        nvar_g = _noise_var(noise, guarded.loc)
-        post_mean, post_var = gaussian_posterior(x, guarded.loc, guarded.var, nvar_g)
+        loc_g, var_g, p_surprise = _guard_and_correct(
+            x, loc, pvar, noise, gcfg, null_scale=model.guard_null_scale, correction=correction
+        )
+        post_mean, post_var = gaussian_posterior(x, loc_g, var_g, _noise_var(noise, loc_g))
         post_mean, post_var = post_mean[keep], post_var[keep]
         out = DenoisedChunk(
             chunk.out_start,
             chunk.out_stop,
             noise.to_adu(post_mean.cpu().numpy()),
             prior_adu,
-            p_surprise=guarded.p_surprise[keep].cpu().numpy(),
+            p_surprise=p_surprise[keep].cpu().numpy(),
         )
         if z_half is not None:
             sd = torch.sqrt(post_var) * z_half

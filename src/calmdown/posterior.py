@@ -47,7 +47,7 @@ def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     return (c.index_select(dim, hi) - c.index_select(dim, lo)).to(x.dtype)
 
 
-def _window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
+def window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
     """Sum over a centred (frames, pixels, pixels) window of a (T, Y, X) tensor."""
     out = _window_sum_1d(x, 0, frames // 2)
     out = _window_sum_1d(out, 1, pixels // 2)
@@ -56,12 +56,12 @@ def _window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
 
 def _count(shape: tuple[int, ...], frames: int, pixels: int, device: torch.device) -> torch.Tensor:
     """Count the in-bounds elements of each centred window."""
-    return _window_sum(torch.ones(shape, device=device), frames, pixels)
+    return window_sum(torch.ones(shape, device=device), frames, pixels)
 
 
 def _box(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
     """Mean over a centred (frames, pixels, pixels) window, shrinking at the edges."""
-    return _window_sum(x, frames, pixels) / _count(tuple(x.shape), frames, pixels, x.device)
+    return window_sum(x, frames, pixels) / _count(tuple(x.shape), frames, pixels, x.device)
 
 
 def _window_max(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
@@ -143,8 +143,8 @@ def surprise_guard(
     p = _window_max(p, cfg.local_frames, cfg.local_pixels)
     # Leave-one-out local mean residual and its variance.
     n = _count(tuple(x.shape), cfg.local_frames, cfg.local_pixels, x.device)
-    sum_r = _window_sum(resid, cfg.local_frames, cfg.local_pixels)
-    sum_v = _window_sum(var, cfg.local_frames, cfg.local_pixels)
+    sum_r = window_sum(resid, cfg.local_frames, cfg.local_pixels)
+    sum_v = window_sum(var, cfg.local_frames, cfg.local_pixels)
     m = torch.clamp(n - 1, min=1)
     r_loo = (sum_r - resid) / m
     v_loo = (sum_v - var) / (m * m)

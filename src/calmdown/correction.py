@@ -1,0 +1,198 @@
+"""Self-supervised correction of the prior by the residuals of its neighbours.
+
+A context prior shrinks what it cannot see well toward the mean image: the rise of a soma's
+transient, seen in frame ``t`` alone, comes out too small in every pixel of the soma at once.
+Its errors are correlated over the soma, so the residuals ``x - loc`` of the neighbouring pixels
+say how much it missed. We add back ``g * S``, where ``S`` is the mean residual over a window
+around the pixel that leaves out the pixel itself (and, where registration correlated the noise
+of neighbours, the whole noise-correlated core in frame ``t``), so ``S`` holds no noise of
+``x[t, p]``. Then ``E[r * S] = E[e * S]`` for the prior error ``e``, and the least-squares gain
+``g = sum(r * S) / sum(S**2)`` fitted on held-out frames is the MSE-optimal one, with no ground
+truth (the Noise2Self argument). ``g`` is fitted per bin of the evidence ``|z|`` of a larger
+window, so it is near zero where the residuals look like noise and near one where they show
+that the prior missed something; bins without enough held-out pixels take the James-Stein gain
+``1 - 1/z**2``. The prior variance is refitted per bin the same way, so intervals widen where the
+correction acts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from calmdown.posterior import window_sum
+
+__all__ = ["ResidualCorrection", "fit_correction"]
+
+_Z_EDGES = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+_MIN_PIXELS = 2000
+
+
+def _loo_mean(
+    x: torch.Tensor, frames: int, pixels: int, core: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window sums of ``x`` without the core (frame t, core x core pixels), and their counts."""
+    ones = torch.ones_like(x)
+    total = window_sum(x, frames, pixels) - window_sum(x, 1, core)
+    count = window_sum(ones, frames, pixels) - window_sum(ones, 1, core)
+    return total, torch.clamp(count, min=1.0)
+
+
+@dataclass
+class ResidualCorrection:
+    """One fitted correction stage.
+
+    Attributes
+    ----------
+    evidence : tuple of int
+        (frames, pixels) of the window whose z-score selects the gain.
+    local : tuple of int
+        (frames, pixels) of the window whose mean residual is added back.
+    core : int
+        Side of the square left out in frame t (1: the pixel alone).
+    gains : list of float
+        Gain per |z| bin (bins split at ``z_edges``).
+    var_factors : list of float
+        Factor on the prior variance per |z| bin.
+    z_edges : list of float
+        Bin edges of |z|.
+    """
+
+    evidence: tuple[int, int]
+    local: tuple[int, int]
+    core: int
+    gains: list[float]
+    var_factors: list[float]
+    z_edges: list[float]
+
+    @property
+    def halo(self) -> int:
+        """Frames on each side this stage needs beyond those it corrects."""
+        return max(self.evidence[0], self.local[0]) // 2
+
+    def statistics(
+        self, resid: torch.Tensor, var: torch.Tensor, noise_var: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Local mean residual, its noise variance, and the evidence z-score."""
+        s_sum, s_n = _loo_mean(resid, *self.local, self.core)
+        nv_sum, _ = _loo_mean(noise_var, *self.local, self.core)
+        e_sum, e_n = _loo_mean(resid, *self.evidence, self.core)
+        v_sum, _ = _loo_mean(var, *self.evidence, self.core)
+        z = (e_sum / e_n) / torch.sqrt(v_sum / (e_n * e_n))
+        return s_sum / s_n, nv_sum / (s_n * s_n), z
+
+    def bins(self, z: torch.Tensor) -> torch.Tensor:
+        """Bin index of each |z|."""
+        edges = torch.as_tensor(self.z_edges, dtype=z.dtype, device=z.device)
+        return torch.bucketize(z.abs().contiguous(), edges)
+
+    def apply(
+        self,
+        x: torch.Tensor,
+        loc: torch.Tensor,
+        prior_var: torch.Tensor,
+        noise_var: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Corrected prior location and variance, and the evidence z-score."""
+        s, v_s, z = self.statistics(x - loc, prior_var + noise_var, noise_var)
+        b = self.bins(z)
+        g = torch.as_tensor(self.gains, dtype=x.dtype, device=x.device)[b]
+        a = torch.as_tensor(self.var_factors, dtype=x.dtype, device=x.device)[b]
+        return loc + g * s, a * prior_var + g * g * v_s, z
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain types."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> ResidualCorrection:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["evidence"] = tuple(values["evidence"])  # type: ignore[arg-type]
+        values["local"] = tuple(values["local"])  # type: ignore[arg-type]
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def fit_correction(
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    *,
+    evidence: tuple[int, int],
+    local: tuple[int, int],
+    core: int,
+) -> ResidualCorrection:
+    """Fit gains and variance factors on held-out frames.
+
+    Parameters
+    ----------
+    parts : list of tuple
+        ``(x, loc, prior_var, noise_var, target)`` per run of consecutive frames: observed
+        values, prior, and a boolean (T,) tensor of the frames that were never training targets
+        (the others only provide neighbours).
+    evidence, local : tuple of int
+        (frames, pixels) windows.
+    core : int
+        Side of the square left out in frame t.
+
+    Returns
+    -------
+    ResidualCorrection
+    """
+    n_bins = len(_Z_EDGES) + 1
+    sums = np.zeros((n_bins, 6))  # n, r*s, s*s, r*r, noise var, prior var
+    stage = ResidualCorrection(
+        evidence, local, core, [0.0] * n_bins, [1.0] * n_bins, list(_Z_EDGES)
+    )
+    cached = []
+    for x, loc, pv, nv, target in parts:
+        s, v_s, z = stage.statistics(x - loc, pv + nv, nv)
+        sel = target
+        r, s_t, b = (x - loc)[sel], s[sel], stage.bins(z)[sel]
+        cached.append((r, s_t, v_s[sel], nv[sel], pv[sel], b))
+    for r, s_t, _v, nv, pv, b in cached:
+        for k in range(n_bins):
+            m = b == k
+            if not torch.any(m):
+                continue
+            rk, sk = r[m].double(), s_t[m].double()
+            sums[k] += [
+                float(m.sum()),
+                float((rk * sk).sum()),
+                float((sk * sk).sum()),
+                float((rk * rk).sum()),
+                float(nv[m].double().sum()),
+                float(pv[m].double().sum()),
+            ]
+    centres = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 8.0]
+    gains, factors = [], []
+    for k in range(n_bins):
+        n, rs, ss, _rr, _nvs, _pvs = sums[k]
+        if n >= _MIN_PIXELS and ss > 0:
+            g = float(np.clip(rs / ss, 0.0, 1.0))
+        else:
+            g = max(0.0, 1.0 - 1.0 / centres[k] ** 2)
+        gains.append(g)
+        factors.append(1.0)
+    stage.gains = gains
+    # Variance: what the corrected prior still misses, beyond detector noise and the
+    # correction's own noise, per bin.
+    vsum = np.zeros((n_bins, 4))  # n, (r - g s)^2, noise var + g^2 v_s, prior var
+    for r, s_t, v_s, nv, pv, b in cached:
+        g = torch.as_tensor(gains, dtype=r.dtype, device=r.device)[b]
+        res2 = (r - g * s_t) ** 2
+        for k in range(n_bins):
+            m = b == k
+            if torch.any(m):
+                vsum[k] += [
+                    float(m.sum()),
+                    float(res2[m].double().sum()),
+                    float((nv[m] + g[m] ** 2 * v_s[m]).double().sum()),
+                    float(pv[m].double().sum()),
+                ]
+    for k in range(n_bins):
+        n, res2, noise, pvs = vsum[k]
+        if n >= _MIN_PIXELS and pvs > 0:
+            factors[k] = float(max((res2 - noise) / pvs, 0.02))
+    stage.var_factors = factors
+    return stage
