@@ -165,14 +165,14 @@ class InferenceConfig(_Strict):
     chunk_frames: int = Field(default=128, ge=1)
     """Frames processed at once; memory grows with this, never with the movie's length."""
 
-    tile_size: int = Field(default=256, ge=32)
+    tile_size: int = Field(default=1024, ge=32)
     """Side of the spatial tiles; larger frames are tiled with overlap."""
 
     tile_overlap: int = Field(default=32, ge=0)
     """Overlap in pixels between tiles; blended linearly so there are no seams."""
 
     batch_frames: int = Field(default=8, ge=1)
-    """Frames per network call."""
+    """Most frames per network call (fewer for large frames: about 4 megapixels per call)."""
 
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """The surprise guard."""

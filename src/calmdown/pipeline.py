@@ -221,8 +221,11 @@ def _predict_prior(
     k = config.model.context_frames
     inf = config.inference
     locs, variances = [], []
-    for i in range(0, len(targets), inf.batch_frames):
-        ts = targets[i : i + inf.batch_frames]
+    h, w = photons.shape[1:]
+    tile_pixels = min(h, inf.tile_size) * min(w, inf.tile_size)
+    batch = max(1, min(inf.batch_frames, (1 << 22) // tile_pixels))
+    for i in range(0, len(targets), batch):
+        ts = targets[i : i + batch]
         ctx = context_indices(ts, k, n_frames) - offset
         own = photons[ts - offset]
         mean = mean_image.images(ts, own_frames=own)

@@ -151,7 +151,7 @@ class Trainer:
         ctx = context_indices(t, self.mcfg.context_frames, n)
         ys, xs = slice(y0, y0 + p), slice(x0, x0 + p)
         target = seg.photons[t, ys, xs]
-        frames = seg.photons[ctx][:, ys, xs]
+        frames = seg.photons[ctx, ys, xs]  # crop while indexing: never copy whole frames
         lam, own = self.mean_image.weights(np.array([seg.start + t]))
         mean = np.tensordot(lam[0], self.mean_image.means[:, ys, xs], axes=1)
         mean = (mean - own[0] * target) / (1.0 - own[0])
