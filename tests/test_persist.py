@@ -36,3 +36,12 @@ def test_other_format_version(tmp_path, small_model):
     torch.save(data, path)
     with pytest.raises(ModelFileError, match="retrain"):
         load_model(path)
+
+
+def test_weights_that_do_not_fit_the_network(tmp_path, small_model):
+    path = save_model(small_model, tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["state_dict"] = {k: v for k, v in data["state_dict"].items() if "head" not in k}
+    torch.save(data, path)
+    with pytest.raises(ModelFileError, match="damaged"):
+        load_model(path)

@@ -99,7 +99,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             path=path,
         )
     try:
-        return TrainedModel(
+        model = TrainedModel(
             config=Config.model_validate(data["config"]),
             noise=NoiseModel.from_dict(data["noise"]),
             scale0=float(data["scale0"]),
@@ -116,8 +116,11 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),
         )
-    except (KeyError, TypeError, ValueError) as err:
+        model.network(torch.device("cpu"))  # the weights must fit the network
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise ModelFileError(
-            f"model file is incomplete or damaged ({err}); retrain with `calmdown train`",
+            f"model file is incomplete or damaged ({str(err).splitlines()[0]}); retrain with "
+            "`calmdown train`",
             path=path,
         ) from err
+    return model
