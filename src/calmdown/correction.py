@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from calmdown.posterior import window_sum
+from calmdown.posterior import window_count, window_sum
 
 __all__ = ["ResidualCorrection", "fit_correction"]
 
@@ -34,9 +34,9 @@ def _loo_mean(
     x: torch.Tensor, frames: int, pixels: int, core: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Window sums of ``x`` without the core (frame t, core x core pixels), and their counts."""
-    ones = torch.ones_like(x)
+    shape = tuple(x.shape)
     total = window_sum(x, frames, pixels) - window_sum(x, 1, core)
-    count = window_sum(ones, frames, pixels) - window_sum(ones, 1, core)
+    count = window_count(shape, frames, pixels, x.device) - window_count(shape, 1, core, x.device)
     return total, torch.clamp(count, min=1.0)
 
 

@@ -457,6 +457,7 @@ def _train(
         training={
             "steps": result.steps,
             "seconds": time.perf_counter() - t0,
+            "loop_seconds": result.seconds,
             "best_val_loss": result.best_val_loss,
             "stopped_because": result.stopped_because,
             "device": str(device),

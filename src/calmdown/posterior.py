@@ -35,16 +35,19 @@ def guard_halo(cfg: GuardConfig) -> int:
 
 
 def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
-    """Sum over ``[i - half, i + half]`` along ``dim``, clipped at the ends (cumulative sums)."""
+    """Sum over ``[i - half, i + half]`` along ``dim``, clipped at the ends.
+
+    Zero padding and one cumulative sum: the cost does not depend on ``half``.
+    """
     if half == 0:
         return x
     n = x.shape[dim]
-    c = torch.cumsum(x.double(), dim=dim)
-    c = torch.cat([torch.zeros_like(c.narrow(dim, 0, 1)), c], dim=dim)
-    idx = torch.arange(n, device=x.device)
-    hi = torch.clamp(idx + half + 1, max=n)
-    lo = torch.clamp(idx - half, min=0)
-    return (c.index_select(dim, hi) - c.index_select(dim, lo)).to(x.dtype)
+    pad_shape = list(x.shape)
+    pad_shape[dim] = half + 1
+    lead = x.new_zeros(pad_shape)
+    pad_shape[dim] = half
+    c = torch.cumsum(torch.cat([lead, x, x.new_zeros(pad_shape)], dim=dim), dim=dim)
+    return c.narrow(dim, 2 * half + 1, n) - c.narrow(dim, 0, n)
 
 
 def window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
@@ -54,14 +57,20 @@ def window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
     return _window_sum_1d(out, 2, pixels // 2)
 
 
-def _count(shape: tuple[int, ...], frames: int, pixels: int, device: torch.device) -> torch.Tensor:
-    """Count the in-bounds elements of each centred window."""
-    return window_sum(torch.ones(shape, device=device), frames, pixels)
+def window_count(
+    shape: tuple[int, ...], frames: int, pixels: int, device: torch.device
+) -> torch.Tensor:
+    """Count the in-bounds elements of each centred window (exact, no summing)."""
+    counts = []
+    for n, half in zip(shape, (frames // 2, pixels // 2, pixels // 2), strict=True):
+        i = torch.arange(n, device=device)
+        counts.append((torch.clamp(i + half, max=n - 1) - torch.clamp(i - half, min=0) + 1).float())
+    return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
 def _box(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
     """Mean over a centred (frames, pixels, pixels) window, shrinking at the edges."""
-    return window_sum(x, frames, pixels) / _count(tuple(x.shape), frames, pixels, x.device)
+    return window_sum(x, frames, pixels) / window_count(tuple(x.shape), frames, pixels, x.device)
 
 
 def _window_max(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
@@ -83,7 +92,7 @@ def _window_max(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
 
 def window_zscores(resid: torch.Tensor, var: torch.Tensor, cfg: GuardConfig) -> torch.Tensor:
     """z-score of the window-mean residual under the no-surprise hypothesis (null sd 1)."""
-    n = _count(tuple(resid.shape), cfg.window_frames, cfg.window_pixels, resid.device)
+    n = window_count(tuple(resid.shape), cfg.window_frames, cfg.window_pixels, resid.device)
     mean_r = _box(resid, cfg.window_frames, cfg.window_pixels)
     null_var = _box(var, cfg.window_frames, cfg.window_pixels) / n
     return mean_r / torch.sqrt(null_var)
@@ -142,7 +151,7 @@ def surprise_guard(
     # Every pixel of a window that detected a surprise is handed to the data.
     p = _window_max(p, cfg.local_frames, cfg.local_pixels)
     # Leave-one-out local mean residual and its variance.
-    n = _count(tuple(x.shape), cfg.local_frames, cfg.local_pixels, x.device)
+    n = window_count(tuple(x.shape), cfg.local_frames, cfg.local_pixels, x.device)
     sum_r = window_sum(resid, cfg.local_frames, cfg.local_pixels)
     sum_v = window_sum(var, cfg.local_frames, cfg.local_pixels)
     m = torch.clamp(n - 1, min=1)
