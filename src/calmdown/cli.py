@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
@@ -73,7 +74,20 @@ Interval = Annotated[
 Chunk = Annotated[int | None, typer.Option("--chunk-frames", help="Frames processed at once.")]
 
 
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Print a warning as one line, without the source line it came from."""
+    typer.echo(f"warning: {message}", err=True)
+
+
 def _setup_logging(verbose: int, quiet: bool) -> None:
+    warnings.showwarning = _show_warning
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     if verbose == 0 and not quiet:
         level = logging.WARNING
