@@ -87,7 +87,6 @@ def _show_warning(
 
 
 def _setup_logging(verbose: int, quiet: bool) -> None:
-    warnings.showwarning = _show_warning
     level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     if verbose == 0 and not quiet:
         level = logging.WARNING
@@ -96,9 +95,14 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 @contextmanager
 def _errors(debug: bool) -> Iterator[None]:
-    """Turn errors into one line and an exit status; tracebacks only with --debug."""
+    """Turn errors into one line and an exit status; tracebacks only with --debug.
+
+    Warnings print as one line too, for the duration of the command only.
+    """
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            yield
     except KeyboardInterrupt:
         typer.echo("interrupted: nothing was written under the final output name", err=True)
         raise typer.Exit(130) from None
