@@ -350,3 +350,55 @@ class ArrayReader(SlicedReader):
         if not hasattr(array, "shape") or not hasattr(array, "dtype"):
             array = np.asarray(array)
         super().__init__(array, path=None, what="the array")
+
+
+def movie_like(shape: tuple[int, ...]) -> bool:
+    """Whether ``shape`` is a movie, perhaps after dropping axes of length 1."""
+    try:
+        movie_axes(shape)
+    except InputError:
+        return False
+    return True
+
+
+def describe_found(found: list[tuple[str, tuple[int, ...]]]) -> str:
+    """List names and shapes for an error message (at most 20)."""
+    shown = ", ".join(f"'{name}' {shape}" for name, shape in found[:20])
+    more = f" and {len(found) - 20} more" if len(found) > 20 else ""
+    return shown + more
+
+
+def pick_only_movie(found: list[tuple[str, tuple[int, ...]]], path: Path, kind: str) -> str:
+    """Name of the only movie-shaped entry of a container file.
+
+    Parameters
+    ----------
+    found : list of (name, shape)
+        Every dataset (HDF5) or array (zarr) in the file.
+    path : Path
+        The file, for the message.
+    kind : str
+        ``"dataset"`` or ``"array"``, for the message.
+
+    Raises
+    ------
+    InputError
+        If there is none or several, listing what there is and saying to pass ``--key``.
+    """
+    movies = [(name, shape) for name, shape in found if movie_like(shape)]
+    if len(movies) == 1:
+        logger.debug("%s: using the only 3-D %s '%s'", path, kind, movies[0][0])
+        return movies[0][0]
+    article = "an" if kind[0] in "aeiou" else "a"
+    if not movies:
+        listing = describe_found(found) if found else f"no {kind}s at all"
+        raise InputError(
+            f"holds no 3-D {kind} (T, Y, X); found {listing}; save the movie as {article} "
+            f"{kind} of shape (T, Y, X)",
+            path=path,
+        )
+    raise InputError(
+        f"holds several 3-D {kind}s: {describe_found(movies)}; choose one with --key "
+        f"(key= in Python), e.g. --key {movies[0][0]}",
+        path=path,
+    )

@@ -11,7 +11,12 @@ import h5py
 import numpy as np
 
 from calmdown.errors import InputError
-from calmdown.io.base import SlicedReader, movie_axes
+from calmdown.io.base import (
+    SlicedReader,
+    describe_found,
+    movie_like,
+    pick_only_movie,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -51,21 +56,6 @@ def plain_metadata(attrs: Any) -> dict[str, object]:
             out.setdefault("frame_rate", float(rate))
             break
     return out
-
-
-def _movie_like(shape: tuple[int, ...]) -> bool:
-    """Whether `shape` is a movie, perhaps after dropping axes of length 1."""
-    try:
-        movie_axes(shape)
-    except InputError:
-        return False
-    return True
-
-
-def _describe(found: list[tuple[str, tuple[int, ...]]]) -> str:
-    shown = ", ".join(f"'{name}' {shape}" for name, shape in found[:20])
-    more = f" and {len(found) - 20} more" if len(found) > 20 else ""
-    return shown + more
 
 
 class HDF5Reader(SlicedReader):
@@ -128,40 +118,26 @@ class HDF5Reader(SlicedReader):
                 f"cannot list the datasets ({err}); the file may be corrupt or truncated",
                 path=path,
             ) from err
-        movies = [(name, shape) for name, shape in found if _movie_like(shape)]
+        movies = [(name, shape) for name, shape in found if movie_like(shape)]
         if key is not None:
             try:
                 obj = self._file[key]
             except (KeyError, ValueError, OSError) as err:
-                listing = _describe(movies) if movies else "none"
+                listing = describe_found(movies) if movies else "none"
                 raise InputError(
                     f"has no dataset '{key}'; 3-D datasets in the file: {listing}; "
                     "pass one of them with --key",
                     path=path,
                 ) from err
             if not isinstance(obj, h5py.Dataset):
-                listing = _describe(movies) if movies else "none"
+                listing = describe_found(movies) if movies else "none"
                 raise InputError(
                     f"'{key}' is a group, not a dataset; 3-D datasets in the file: {listing}; "
                     "pass one of them with --key",
                     path=path,
                 )
             return obj
-        if len(movies) == 1:
-            logger.debug("%s: using the only 3-D dataset '%s'", path, movies[0][0])
-            return self._file[movies[0][0]]
-        if not movies:
-            listing = _describe(found) if found else "no datasets at all"
-            raise InputError(
-                f"holds no 3-D dataset (T, Y, X); found {listing}; save the movie as a "
-                "dataset of shape (T, Y, X)",
-                path=path,
-            )
-        raise InputError(
-            f"holds several 3-D datasets: {_describe(movies)}; choose one with --key "
-            f"(key= in Python), e.g. --key {movies[0][0]}",
-            path=path,
-        )
+        return self._file[pick_only_movie(found, path, "dataset")]
 
     def _fetch(self, start: int, stop: int) -> np.ndarray:
         try:

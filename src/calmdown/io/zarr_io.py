@@ -11,20 +11,17 @@ import numpy as np
 import zarr
 
 from calmdown.errors import InputError
-from calmdown.io.base import SlicedReader, movie_axes
+from calmdown.io.base import (
+    SlicedReader,
+    describe_found,
+    movie_like,
+    pick_only_movie,
+)
 from calmdown.io.hdf5 import plain_metadata
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["ZarrReader"]
-
-
-def _movie_like(shape: tuple[int, ...]) -> bool:
-    try:
-        movie_axes(shape)
-    except InputError:
-        return False
-    return True
 
 
 def _arrays(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
@@ -35,12 +32,6 @@ def _arrays(group: Any, prefix: str = "") -> list[tuple[str, Any]]:
     for name, sub in sorted(group.groups(), key=lambda item: item[0]):
         out.extend(_arrays(sub, f"{prefix}{name}/"))
     return out
-
-
-def _describe(found: list[tuple[str, Any]]) -> str:
-    shown = ", ".join(f"'{name}' {tuple(array.shape)}" for name, array in found[:20])
-    more = f" and {len(found) - 20} more" if len(found) > 20 else ""
-    return shown + more
 
 
 class ZarrReader(SlicedReader):
@@ -97,32 +88,21 @@ class ZarrReader(SlicedReader):
                 "the store may be corrupt",
                 path=path,
             ) from err
-        movies = [(name, array) for name, array in found if _movie_like(tuple(array.shape))]
+        movies = [
+            (name, tuple(array.shape)) for name, array in found if movie_like(tuple(array.shape))
+        ]
         if key is not None:
             for name, array in found:
                 if name == key.strip("/"):
                     return array
-            listing = _describe(movies) if movies else "none"
+            listing = describe_found(movies) if movies else "none"
             raise InputError(
                 f"has no array '{key}'; 3-D arrays in the store: {listing}; pass one of them "
                 "with --key",
                 path=path,
             )
-        if len(movies) == 1:
-            logger.debug("%s: using the only 3-D array '%s'", path, movies[0][0])
-            return movies[0][1]
-        if not movies:
-            listing = _describe(found) if found else "no arrays at all"
-            raise InputError(
-                f"holds no 3-D array (T, Y, X); found {listing}; save the movie as an array "
-                "of shape (T, Y, X)",
-                path=path,
-            )
-        raise InputError(
-            f"holds several 3-D arrays: {_describe(movies)}; choose one with --key "
-            f"(key= in Python), e.g. --key {movies[0][0]}",
-            path=path,
-        )
+        shapes = [(name, tuple(array.shape)) for name, array in found]
+        return dict(found)[pick_only_movie(shapes, path, "array")]
 
     def _fetch(self, start: int, stop: int) -> np.ndarray:
         try:
