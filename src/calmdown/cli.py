@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from calmdown import __version__
 from calmdown.config import Config, make_config
 from calmdown.errors import CalmdownError, InputError
-from calmdown.io import MovieWriter, output_paths_like
+from calmdown.io import MovieWriter, output_paths_like, same_file
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.train import TrainProgress
@@ -148,17 +148,22 @@ def _train_progress(quiet: bool, cfg: Config) -> tuple[Callable[[TrainProgress],
     return update, bar
 
 
-def _model_path(out: Path) -> Path:
+def _beside(out: Path, suffix: str) -> Path:
+    """Name a file next to the output movie: its name without the movie extension + suffix."""
     base = out.name
     for ext in (".ome.zarr", ".zarr", ".tiff", ".tif", ".btf", ".hdf5", ".h5", ".npy"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)]
             break
-    return out.with_name(base + ".model.pt")
+    return out.with_name(base + suffix)
+
+
+def _model_path(out: Path) -> Path:
+    return _beside(out, ".model.pt")
 
 
 def _sidecar_path(out: Path) -> Path:
-    return _model_path(out).with_name(_model_path(out).name.replace(".model.pt", ".calmdown.json"))
+    return _beside(out, ".calmdown.json")
 
 
 def _write_movies(
@@ -540,11 +545,7 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _check_output(out: Path, raw: Path) -> None:
-    try:
-        same = out.exists() and Path(raw).exists() and out.resolve() == Path(raw).resolve()
-    except OSError:
-        same = False
-    if same:
+    if Path(raw).exists() and same_file(out, Path(raw)):
         raise InputError(
             "the output path is the input movie; it would be overwritten: choose another -o",
             path=out,

@@ -68,11 +68,6 @@ def window_count(
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
-def _box(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
-    """Mean over a centred (frames, pixels, pixels) window, shrinking at the edges."""
-    return window_sum(x, frames, pixels) / window_count(tuple(x.shape), frames, pixels, x.device)
-
-
 def _window_max(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
     """Maximum over a centred (frames, pixels, pixels) window, shrinking at the edges."""
     out = x
@@ -93,8 +88,8 @@ def _window_max(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
 def window_zscores(resid: torch.Tensor, var: torch.Tensor, cfg: GuardConfig) -> torch.Tensor:
     """z-score of the window-mean residual under the no-surprise hypothesis (null sd 1)."""
     n = window_count(tuple(resid.shape), cfg.window_frames, cfg.window_pixels, resid.device)
-    mean_r = _box(resid, cfg.window_frames, cfg.window_pixels)
-    null_var = _box(var, cfg.window_frames, cfg.window_pixels) / n
+    mean_r = window_sum(resid, cfg.window_frames, cfg.window_pixels) / n
+    null_var = window_sum(var, cfg.window_frames, cfg.window_pixels) / (n * n)
     return mean_r / torch.sqrt(null_var)
 
 

@@ -19,6 +19,7 @@ from calmdown.io.write import (
     MovieWriter,
     open_writer,
     output_paths_like,
+    same_file,
     save_array,
 )
 
@@ -33,6 +34,7 @@ __all__ = [
     "open_movie",
     "open_writer",
     "output_paths_like",
+    "same_file",
     "save_array",
 ]
 

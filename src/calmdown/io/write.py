@@ -70,7 +70,8 @@ def _json_safe(metadata: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def _same_file(a: Path, b: Path) -> bool:
+def same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file (by inode when both exist, else by path)."""
     try:
         return os.path.samefile(a, b)
     except OSError:
@@ -271,7 +272,7 @@ class MovieWriter:
                 path=path,
             )
         for source in inputs:
-            if _same_file(path, Path(source).expanduser()):
+            if same_file(path, Path(source).expanduser()):
                 raise InputError(
                     f"would overwrite the input {os.fspath(source)}; choose another output path",
                     path=path,
