@@ -10,6 +10,7 @@ the raw value can then be checked on other held-out frames (interval coverage, P
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -96,7 +97,7 @@ def fit_scale_calibration(
 
 def predictive_check(
     x: np.ndarray, loc: np.ndarray, pred_var: np.ndarray, *, level: float = 0.9
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Coverage of central predictive intervals of raw values, and PIT uniformity.
 
     Parameters
@@ -112,10 +113,17 @@ def predictive_check(
     -------
     dict
         ``coverage`` (fraction of raw values inside), ``level``, ``pit_ks`` (Kolmogorov-Smirnov
-        distance of the probability integral transform from uniform; 0 is perfect).
+        distance of the probability integral transform from uniform; 0 is perfect) and
+        ``pit_hist`` (fraction of values in each of 10 equal PIT bins; 0.1 each is perfect).
     """
     z = (np.asarray(x) - np.asarray(loc)) / np.sqrt(np.asarray(pred_var))
     half = stats.norm.ppf(0.5 + level / 2)
     pit = stats.norm.cdf(z.ravel())
     ks = float(stats.kstest(pit, "uniform").statistic)
-    return {"coverage": float(np.mean(np.abs(z) <= half)), "level": level, "pit_ks": ks}
+    hist = np.histogram(pit, bins=10, range=(0.0, 1.0))[0] / max(pit.size, 1)
+    return {
+        "coverage": float(np.mean(np.abs(z) <= half)),
+        "level": level,
+        "pit_ks": ks,
+        "pit_hist": [float(h) for h in hist],
+    }

@@ -99,7 +99,7 @@ class TrainedModel:
     guard_null_scale: float
     correction: ResidualCorrection | None
     training: dict[str, Any]
-    heldout: dict[str, float]
+    heldout: dict[str, Any]
     data_hash: str
     version: str = __version__
     _net: ContextNet | None = field(default=None, repr=False)
@@ -279,7 +279,7 @@ def _calibrate(
     scale0: float,
     config: Config,
     device: torch.device,
-) -> tuple[ScaleCalibration, float, ResidualCorrection | None, dict[str, float]]:
+) -> tuple[ScaleCalibration, float, ResidualCorrection | None, dict[str, Any]]:
     """Fit, on held-out runs of frames, everything that sits on top of the network.
 
     The prior-variance calibration, the guard's null scale and the residual correction are
