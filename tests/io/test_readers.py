@@ -320,7 +320,7 @@ def test_corrupt_npy_and_zarr(tmp_path: Path) -> None:
 
 def test_key_only_for_hdf5_and_zarr(tmp_path: Path) -> None:
     path = save(tmp_path / "movie.tif", make_movie("uint16"))
-    with pytest.raises(InputError, match="--key 'data' applies only to HDF5 and zarr"):
+    with pytest.raises(InputError, match=r"--key .data. applies only to HDF5, zarr and NWB"):
         open_movie(path, key="data")
 
 

@@ -43,30 +43,43 @@ def open_movie(
     source: str | os.PathLike[str] | np.ndarray | MovieReader,
     *,
     key: str | None = None,
+    channel: int | None = None,
+    plane: int | None = None,
 ) -> MovieReader:
     """Open a movie of shape ``(T, Y, X)`` for lazy, block-wise reading.
 
     Parameters
     ----------
     source : str, os.PathLike, numpy.ndarray or MovieReader
-        A file whose extension picks the reader (``.tif``/``.tiff``/``.btf``,
-        ``.h5``/``.hdf5``/``.hdf``, a ``.zarr`` directory, ``.npy``); an array, wrapped in an
+        A file whose extension picks the reader (``.tif``/``.tiff``/``.btf``, ScanImage TIFFs
+        included; ``.h5``/``.hdf5``/``.hdf``; a ``.zarr`` directory; ``.npy``; ``.nwb``); a
+        suite2p plane folder, its ``ops.npy`` or its ``data.bin``; an array, wrapped in an
         :class:`ArrayReader` (so is any array-like with ``shape``, ``dtype`` and slicing, such
         as a dask or zarr array); or a reader, returned as is.
     key : str or None
-        Dataset (HDF5) or array (zarr group) holding the movie. With None, the file must hold
-        exactly one 3-D dataset. Not accepted for other sources.
+        Dataset (HDF5), array (zarr group) or TwoPhotonSeries (NWB) holding the movie. With
+        None, the file must hold exactly one. Not accepted for other sources.
+    channel : int or None
+        The channel to read, for files with several: its ScanImage number (a value of
+        ``SI.hChannels.channelSave``) for ScanImage TIFFs; counted from 1 along the ``C`` axis
+        of other TIFFs; 1 or 2 (``data_chan2.bin``) for suite2p. Not accepted for formats
+        without channels.
+    plane : int or None
+        The plane to read, counted from 1: a ScanImage slice, the ``Z`` axis of a TIFF, the
+        depth axis of a 4-D NWB TwoPhotonSeries. Not accepted for formats without planes.
 
     Returns
     -------
     MovieReader
-        Close it when done, or use it as a context manager.
+        Close it when done, or use it as a context manager. Its ``metadata`` dict holds what
+        the file says about the recording (e.g. ``frame_rate`` in Hz, ``zoom``).
 
     Raises
     ------
     InputError
         When the file is missing, of an unknown type, unreadable, or holds no numeric
-        ``(T, Y, X)`` movie; the message names the file and the fix.
+        ``(T, Y, X)`` movie, or the channel or plane is missing, ambiguous or out of range;
+        the message names the file and the fix.
 
     Examples
     --------
@@ -77,13 +90,16 @@ def open_movie(
     """
     if isinstance(source, np.ndarray):
         _no_key(key, "an in-memory array")
+        _no_pick(channel, plane, "an in-memory array")
         return ArrayReader(source)
     if not isinstance(source, (str, os.PathLike)):
         if isinstance(source, MovieReader):
             _no_key(key, "an open movie")
+            _no_pick(channel, plane, "an open movie (pick them when opening it)")
             return source
         if all(hasattr(source, name) for name in ("shape", "dtype", "__getitem__")):
             _no_key(key, "an in-memory array")
+            _no_pick(channel, plane, "an in-memory array")
             return ArrayReader(source)  # dask, zarr or h5py arrays: read lazily by slicing
         raise TypeError(
             f"source must be a path, a numpy array or a MovieReader, not {type(source).__name__}"
@@ -97,25 +113,36 @@ def open_movie(
             else f"check the path (the folder {path.parent} does not exist either)"
         )
         raise InputError(f"no such file; {hint}", path=path)
+    if fmt != "zarr" and (path.is_dir() or path.name.lower() == "ops.npy"):
+        from calmdown.io.suite2p import is_suite2p
+
+        if is_suite2p(path):
+            fmt = "suite2p"
     if fmt is None:
         what = "is a folder" if path.is_dir() else f"has an unknown extension '{path.suffix}'"
         raise InputError(
-            f"{what}; calmdown reads {', '.join(READ_FORMATS)} (a .zarr folder); convert the "
-            "movie or rename it with the right extension",
+            f"{what}; calmdown reads {', '.join(READ_FORMATS)} (a .zarr folder) and suite2p "
+            "plane folders; convert the movie or rename it with the right extension",
             path=path,
         )
-    if fmt != "zarr" and path.is_dir():
+    if fmt not in ("zarr", "suite2p") and path.is_dir():
         raise InputError(
             "is a folder, not a file; pass a single movie file (a folder of TIFF frames must "
             "first be combined into one multi-page TIFF)",
             path=path,
         )
-    if fmt in ("tiff", "npy"):
-        _no_key(key, f"a {fmt.upper()} file", path=path)
+    if fmt in ("tiff", "npy", "suite2p"):
+        _no_key(key, f"a {fmt.upper()} file" if fmt != "suite2p" else "suite2p", path=path)
+    if fmt in ("hdf5", "zarr", "npy"):
+        _no_pick(channel, plane, f"a {fmt.upper()} file (save one channel and plane)", path=path)
     if fmt == "tiff":
+        from calmdown.io.scanimage import ScanImageReader, is_scanimage
+
+        if is_scanimage(path):
+            return ScanImageReader(path, channel=channel, plane=plane)
         from calmdown.io.tiff import TiffReader
 
-        return TiffReader(path)
+        return TiffReader(path, channel=channel, plane=plane)
     if fmt == "hdf5":
         from calmdown.io.hdf5 import HDF5Reader
 
@@ -124,6 +151,16 @@ def open_movie(
         from calmdown.io.zarr_io import ZarrReader
 
         return ZarrReader(path, key=key)
+    if fmt == "suite2p":
+        _no_pick(None, plane, "a suite2p plane (pass the folder of the plane, planeN)", path=path)
+        from calmdown.io.suite2p import Suite2pReader
+
+        return Suite2pReader(path, channel=channel)
+    if fmt == "nwb":
+        _no_pick(channel, None, "an NWB TwoPhotonSeries (pick the series with --key)", path=path)
+        from calmdown.io.nwb import NWBReader
+
+        return NWBReader(path, key=key, plane=plane)
     from calmdown.io.npy import NpyReader
 
     return NpyReader(path)
@@ -132,6 +169,17 @@ def open_movie(
 def _no_key(key: str | None, what: str, *, path: Path | None = None) -> None:
     if key is not None:
         raise InputError(
-            f"--key {key!r} applies only to HDF5 and zarr files, not {what}; leave --key out",
+            f"--key {key!r} applies only to HDF5, zarr and NWB files, not {what}; leave --key out",
             path=path,
         )
+
+
+def _no_pick(
+    channel: int | None, plane: int | None, what: str, *, path: Path | None = None
+) -> None:
+    for name, value in (("channel", channel), ("plane", plane)):
+        if value is not None:
+            raise InputError(
+                f"--{name} {value!r} does not apply to {what}; leave --{name} out",
+                path=path,
+            )

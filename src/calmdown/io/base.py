@@ -25,6 +25,7 @@ __all__ = [
     "MovieReader",
     "SlicedReader",
     "check_dtype",
+    "check_finite",
     "check_range",
     "movie_axes",
 ]
@@ -39,6 +40,8 @@ READ_FORMATS: dict[str, str] = {
     ".hdf": "hdf5",
     ".zarr": "zarr",
     ".npy": "npy",
+    ".nwb": "nwb",
+    ".bin": "suite2p",
 }
 
 
@@ -189,6 +192,48 @@ def movie_axes(
     return tuple(keep)
 
 
+def check_finite(block: np.ndarray, start: int, *, path: object | None = None) -> np.ndarray:
+    """Raise :class:`InputError` if a block of frames holds NaN or infinite values.
+
+    Integer blocks pass without a look. Readers call this on every block they return, so a bad
+    value anywhere in a movie stops the first pass over it, before training.
+
+    Parameters
+    ----------
+    block : numpy.ndarray
+        Frames ``start .. start + len(block)``.
+    start : int
+        Index of the first frame of `block`, for the message.
+    path : path-like or None
+        The file, named in the message.
+
+    Returns
+    -------
+    numpy.ndarray
+        `block` itself.
+
+    Raises
+    ------
+    InputError
+        Naming how many values are bad and where the first one is.
+    """
+    if block.dtype.kind != "f" or block.size == 0:
+        return block
+    finite = np.isfinite(block)
+    if finite.all():
+        return block
+    bad = int(block.size - np.count_nonzero(finite))
+    t, y, x = (int(i) for i in np.argwhere(~finite)[0])
+    stop = start + len(block)
+    raise InputError(
+        f"frames {start}:{stop} hold {bad} NaN or infinite value{'s' if bad > 1 else ''} (the "
+        f"first at frame {start + t}, row {y}, column {x}; values beyond float32's range, "
+        "3.4e38, count as infinite); calmdown needs finite intensities: "
+        "replace them (e.g. with the same pixel in neighbouring frames) or cut those frames out",
+        path=path,
+    )
+
+
 def check_range(start: int, stop: int, length: int) -> tuple[int, int]:
     """Check ``0 <= start <= stop <= length``.
 
@@ -313,7 +358,9 @@ class SlicedReader:
             raise ValueError(f"{self!r} is closed; open the movie again to read it")
         block = self._fetch(start, stop)
         # np.array copies: the result never shares memory with a memory map or the caller's array.
-        return np.array(block, dtype=np.float32, order="C", copy=True)
+        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
+            out = np.array(block, dtype=np.float32, order="C", copy=True)
+        return check_finite(out, start, path=self.path)
 
     def close(self) -> None:
         """Release the source; reading afterwards raises ValueError."""

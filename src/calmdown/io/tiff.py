@@ -25,7 +25,7 @@ import numpy as np
 import tifffile
 
 from calmdown.errors import InputError
-from calmdown.io.base import check_dtype, check_range, movie_axes
+from calmdown.io.base import check_dtype, check_finite, check_range, movie_axes
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,59 @@ def _declared_size(tif: tifffile.TiffFile) -> int | None:
     return None
 
 
+def _pick_axes(
+    path: Path,
+    shape: tuple[int, ...],
+    axes: str,
+    *,
+    channel: int | None,
+    plane: int | None,
+) -> dict[int, int]:
+    """Map the channel (``C``) and plane (``Z``) axes to the index chosen, checking the choice.
+
+    Returns
+    -------
+    dict
+        Axis number to the 0-based index read along it.
+
+    Raises
+    ------
+    InputError
+        When a choice is out of range, given for a file without that axis, or missing where
+        the axis has several entries (listing the choices).
+    """
+    fixed: dict[int, int] = {}
+    labelled = len(axes) == len(shape)
+    missing = []
+    for name, letter, value in (("channel", "C", channel), ("plane", "Z", plane)):
+        n = shape[axes.index(letter)] if labelled and letter in axes else None
+        if value is None:
+            if n is not None and n > 1:
+                missing.append(f"--{name} 1 to {n}")
+            continue
+        if n is None:
+            raise InputError(
+                f"has no {name} axis ({letter}) to choose from (axes {axes}, shape {shape}); "
+                f"leave --{name} out",
+                path=path,
+            )
+        if isinstance(value, bool) or int(value) != value or not 1 <= value <= n:
+            raise InputError(
+                f"has no {name} {value!r}: its {name} axis ({letter}) holds {n}; pass --{name} "
+                f"1 to {n} (counted from 1)",
+                path=path,
+            )
+        fixed[axes.index(letter)] = int(value) - 1
+    if missing:
+        raise InputError(
+            f"expected a 3-D movie (T, Y, X) but the file holds a {len(shape)}-D array of shape "
+            f"{shape} (axes {axes}); choose a single channel or plane with "
+            f"{' and '.join(missing)} (channel=, plane= in Python, counted from 1)",
+            path=path,
+        )
+    return fixed
+
+
 class TiffReader:
     """A TIFF movie of shape ``(T, Y, X)``, read block by block without loading the file.
 
@@ -97,7 +150,15 @@ class TiffReader:
     Parameters
     ----------
     path : str or os.PathLike
-        The TIFF file (classic or BigTIFF; ImageJ, ScanImage, OME and tifffile flavours).
+        The TIFF file (classic or BigTIFF; ImageJ, OME and tifffile flavours; ScanImage files
+        are better read by :class:`calmdown.io.scanimage.ScanImageReader`, which
+        :func:`calmdown.io.open_movie` picks for them).
+    channel : int or None
+        For a file with a channel axis (``C``) of several channels: the one to read, counted
+        from 1. Required when there are several.
+    plane : int or None
+        For a file with a depth axis (``Z``) of several planes: the one to read, counted from 1.
+        Required when there are several.
 
     Attributes
     ----------
@@ -115,9 +176,16 @@ class TiffReader:
     dtype: np.dtype
     metadata: dict[str, object]
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        channel: int | None = None,
+        plane: int | None = None,
+    ) -> None:
         path = Path(path)
         self.path = path
+        self._picks = {"channel": channel, "plane": plane}
         self._lock = threading.Lock()
         self._closed = False
         self._zarr_store: Any = None
@@ -135,7 +203,7 @@ class TiffReader:
                 self._tif.close()
                 self._tif = _open_tiff(path, is_shaped=False)
             if not self._tif.series:
-                raise InputError("holds no image data; check the file", path=path)
+                raise InputError(f"holds no readable image data; {_FIX}", path=path)
             series = self._tif.series[0]
             full_shape = tuple(int(n) for n in series.shape)
             axes = series.axes
@@ -158,14 +226,28 @@ class TiffReader:
                 path=path,
             )
         check_dtype(self.dtype, path=path)
-        keep = movie_axes(full_shape, path=path, axes=axes)
+        fixed = _pick_axes(path, full_shape, axes, **self._picks)
+        free = [axis for axis in range(len(full_shape)) if axis not in fixed]
+        kept = movie_axes(
+            tuple(full_shape[axis] for axis in free),
+            path=path,
+            axes="".join(axes[axis] for axis in free) if len(axes) == len(full_shape) else None,
+        )
+        keep = tuple(free[axis] for axis in kept)
         t, y, x = (full_shape[axis] for axis in keep)
         self.shape = (t, y, x)
         self.metadata = {"axes": axes}
+        for name, letter in (("channel", "C"), ("plane", "Z")):
+            if self._picks[name] is not None:
+                self.metadata[name] = self._picks[name]
+            if letter in axes and len(axes) == len(full_shape):
+                self.metadata[f"{name}s"] = full_shape[axes.index(letter)]
         if rate is not None:
             self.metadata["frame_rate"] = rate
         self._series = series
-        self._index = tuple(slice(None) if axis in keep else 0 for axis in range(len(full_shape)))
+        self._index = tuple(
+            slice(None) if axis in keep else fixed.get(axis, 0) for axis in range(len(full_shape))
+        )
         self._time_axis = keep[0]
         nbytes = int(np.prod(full_shape)) * self.dtype.itemsize
         if offset is not None:
@@ -216,7 +298,7 @@ class TiffReader:
         self.close()
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path,))
+        return (_reopen, (self.path, self._picks["channel"], self._picks["plane"]))
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Return frames ``start:stop`` as a new ``float32`` array.
@@ -262,7 +344,9 @@ class TiffReader:
                 f"cannot read frames {start}:{stop} ({type(err).__name__}: {err}); {_FIX}",
                 path=self.path,
             ) from err
-        return np.array(block, dtype=np.float32, order="C", copy=True)
+        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
+            out = np.array(block, dtype=np.float32, order="C", copy=True)
+        return check_finite(out, start, path=self.path)
 
     def close(self) -> None:
         """Close the file; reading afterwards raises ValueError."""
@@ -272,3 +356,8 @@ class TiffReader:
             self._zarr_store = None
         self._source = None
         self._tif.close()
+
+
+def _reopen(path: Path, channel: int | None, plane: int | None) -> TiffReader:
+    """Open the reader again (for pickling to other processes)."""
+    return TiffReader(path, channel=channel, plane=plane)

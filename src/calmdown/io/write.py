@@ -2,8 +2,9 @@
 
 The output format follows the extension: ``.tif``/``.tiff``/``.btf`` (tifffile, BigTIFF when
 needed), ``.h5``/``.hdf5``/``.hdf`` (h5py), ``.zarr`` (a zarr array at the root of the
-directory) and ``.npy`` (a memory map). Frames arrive in blocks, so memory does not grow with
-the length of the movie.
+directory), ``.npy`` (a memory map) and ``.nwb`` (a copy of the NWB input with the movie added
+as a TwoPhotonSeries in processing module ``ophys``; see :mod:`calmdown.io.nwb`). Frames
+arrive in blocks, so memory does not grow with the length of the movie.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ WRITE_FORMATS: dict[str, str] = {
     ".hdf": "hdf5",
     ".zarr": "zarr",
     ".npy": "npy",
+    ".nwb": "nwb",
 }
 
 #: Above this many bytes a TIFF is written as BigTIFF (classic TIFF offsets stop at 4 GiB;
@@ -188,7 +190,37 @@ class _NpyBackend:
             self._array = None
 
 
-_BACKENDS = {"tiff": _TiffBackend, "hdf5": _HDF5Backend, "zarr": _ZarrBackend, "npy": _NpyBackend}
+def _nwb_backend(partial: Path, shape: tuple[int, int, int], dtype: np.dtype, **kw: Any) -> Any:
+    """Open a copy of the NWB input with a new TwoPhotonSeries (see :mod:`calmdown.io.nwb`)."""
+    from calmdown.io.nwb import NWBSeriesWriter
+
+    sources = [Path(p) for p in kw.get("inputs", ()) if Path(p).suffix.lower() == ".nwb"]
+    if not sources:
+        raise InputError(
+            "NWB output is a copy of an NWB input with the denoised series added, but the "
+            "input is not an NWB file; write .h5, .tif or .zarr instead",
+            path=partial.with_suffix(""),
+        )
+    key = kw.get("key") or None
+    meta = kw.get("metadata") or {}
+    return NWBSeriesWriter(
+        partial,
+        shape,
+        dtype,
+        source=sources[0],
+        source_key=None if key == "data" else key,
+        name=meta.get("nwb_series_name") or None,
+        description=str(meta.get("description") or "denoised by calmdown"),
+    )
+
+
+_BACKENDS = {
+    "tiff": _TiffBackend,
+    "hdf5": _HDF5Backend,
+    "zarr": _ZarrBackend,
+    "npy": _NpyBackend,
+    "nwb": _nwb_backend,
+}
 
 
 class MovieWriter:
@@ -209,7 +241,8 @@ class MovieWriter:
         Data type stored. Floating data written to an integer type are rounded and clipped to
         its range (with a warning when values are clipped).
     key : str
-        Dataset name in an HDF5 file (ignored by the other formats).
+        Dataset name in an HDF5 file; for ``.nwb``, the source series in the NWB input
+        (``"data"`` or empty: its only one). Ignored by the other formats.
     inputs : sequence of path-like
         Files the movie was computed from; writing over any of them is refused.
     metadata : dict or None
@@ -311,7 +344,12 @@ class MovieWriter:
                 self.dtype,
                 key=key,
                 metadata=_json_safe(metadata),
+                inputs=list(inputs),
             )
+        except InputError:
+            self._state = "aborted"
+            _remove(self.partial)
+            raise
         except OSError as err:
             self._state = "aborted"
             _remove(self.partial)
