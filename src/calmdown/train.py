@@ -6,6 +6,14 @@ neighbours and the mean image, the loss is the marginal likelihood of the observ
 held-out loss drives early stopping and keeps the best weights. A wall-clock budget bounds the
 run. :class:`Trainer.steps` is a generator that yields after every held-out evaluation, so a
 CLI can show a progress bar and a GUI can cancel.
+
+:meth:`Trainer.state_dict` and :meth:`Trainer.load_state_dict` capture and restore the whole
+loop (weights, optimiser, step, random generators, early stopping, time spent), so a run
+stopped between two steps and resumed gives bit for bit the weights of an uninterrupted run
+with the same seed and settings on the same machine, provided it stops on ``max_steps`` or
+early stopping: the time budget makes the step count depend on the machine's load. Each step
+runs inside :func:`calmdown.checkpoint.defer_interrupts`, so under the CLI's signal handler an
+interrupt waits for the step to end. See :mod:`calmdown.checkpoint` for the file.
 """
 
 from __future__ import annotations
@@ -14,12 +22,15 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from calmdown.checkpoint import defer_interrupts
 from calmdown.config import ModelConfig, TrainConfig
 from calmdown.context import MeanImage, context_indices
 from calmdown.errors import InputError
@@ -93,6 +104,13 @@ class Trainer:
         Settings.
     device : torch.device
         Where to train.
+
+    Notes
+    -----
+    The loop's state lives on the trainer (:attr:`step`, :attr:`seconds`,
+    :attr:`best_val_loss`, :attr:`history`, :attr:`stopped_because`, and private early-stopping
+    fields), so that :meth:`state_dict` can save it between steps and :meth:`steps` continues
+    from a state given to :meth:`load_state_dict`.
     """
 
     def __init__(
@@ -139,6 +157,17 @@ class Trainer:
         self._seg_p = n_train / n_train.sum()
         self._val_batches = self._fixed_val_batches(n_patches=48)
         self.read_noise2 = noise.read_noise_photons**2
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=train_config.learning_rate)
+        # Loop state: all of it goes into a checkpoint (see state_dict).
+        self.step = 0
+        self.seconds = 0.0
+        self.best_val_loss: float | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+        self._bad = 0
+        self._running: list[float] = []
+        self.history: list[TrainProgress] = []
+        self.stopped_because: str | None = None
+        self._dirty = False
 
     # -- batches ---------------------------------------------------------------------------
     def _crop(
@@ -229,71 +258,207 @@ class Trainer:
         return float(np.mean(losses))
 
     # -- the loop --------------------------------------------------------------------------
-    def steps(self) -> Iterator[TrainProgress]:
-        """Train; yield after each held-out evaluation. The result is in :attr:`result`."""
+    @property
+    def started(self) -> bool:
+        """Whether training has begun (the first held-out evaluation is done)."""
+        return self.best_val_loss is not None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the loop has stopped (max steps, early stopping or time budget)."""
+        return self.stopped_because is not None
+
+    @contextmanager
+    def _step_scope(self) -> Iterator[None]:
+        """Mark the state inconsistent while the block runs; hold interrupts until its end."""
+        with defer_interrupts():
+            self._dirty = True
+            yield
+            self._dirty = False
+
+    def _step(self, start: float) -> TrainProgress | None:
+        """Take one optimisation step (and a held-out evaluation when one is due)."""
         cfg = self.tcfg
-        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.learning_rate)
-        start = time.perf_counter()
-        best = self.validate()
-        best_state = copy.deepcopy(self.net.state_dict())
-        bad = 0
-        history: list[TrainProgress] = []
-        running: list[float] = []
-        reason = "max_steps"
-        step = 0
+        step = self.step + 1
         budget = cfg.time_budget_s
-        for step in range(1, cfg.max_steps + 1):
-            elapsed = time.perf_counter() - start
-            progress = step / cfg.max_steps
-            if budget is not None:
-                progress = max(progress, elapsed / budget)
-            lr = cfg.learning_rate * (
-                0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        progress = step / cfg.max_steps
+        if budget is not None:
+            progress = max(progress, (time.perf_counter() - start) / budget)
+        lr = cfg.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        batch = self._augment(*self._batch(self._random_picks(cfg.batch_size)))
+        loss = self._loss(*batch)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self._running.append(loss.item())
+        self.step = step
+        out_of_time = budget is not None and time.perf_counter() - start >= budget
+        info = None
+        if step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time:
+            val = self.validate()
+            assert self.best_val_loss is not None
+            if val < self.best_val_loss - 1e-5 * abs(self.best_val_loss):
+                self.best_val_loss, self._bad = val, 0
+                self._best_state = copy.deepcopy(self.net.state_dict())
+            else:
+                self._bad += 1
+            info = TrainProgress(
+                step=step,
+                max_steps=cfg.max_steps,
+                seconds=time.perf_counter() - start,
+                train_loss=float(np.mean(self._running)),
+                val_loss=val,
+                best_val_loss=self.best_val_loss,
             )
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = self._augment(*self._batch(self._random_picks(cfg.batch_size)))
-            loss = self._loss(*batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running.append(loss.item())
-            out_of_time = budget is not None and time.perf_counter() - start >= budget
-            if step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time:
-                val = self.validate()
-                if val < best - 1e-5 * abs(best):
-                    best, bad = val, 0
-                    best_state = copy.deepcopy(self.net.state_dict())
-                else:
-                    bad += 1
-                info = TrainProgress(
-                    step=step,
-                    max_steps=cfg.max_steps,
-                    seconds=time.perf_counter() - start,
-                    train_loss=float(np.mean(running)),
-                    val_loss=val,
-                    best_val_loss=best,
-                )
-                running = []
-                history.append(info)
-                logger.debug("step %d train %.5f val %.5f", step, info.train_loss, val)
+            self._running = []
+            self.history.append(info)
+            logger.debug("step %d train %.5f val %.5f", step, info.train_loss, val)
+            if out_of_time:
+                self.stopped_because = "time_budget"
+            elif self._bad >= cfg.patience:
+                self.stopped_because = "early_stopping"
+            elif step >= cfg.max_steps:
+                self.stopped_because = "max_steps"
+        self.seconds = time.perf_counter() - start
+        return info
+
+    def steps(
+        self,
+        *,
+        checkpoint: Callable[[dict[str, Any]], object] | None = None,
+        checkpoint_every_s: float = 30.0,
+    ) -> Iterator[TrainProgress]:
+        """Train; yield after each held-out evaluation. The result is in :attr:`result`.
+
+        A trainer restored with :meth:`load_state_dict` continues where it stopped: the step
+        count, the time budget and early stopping carry on.
+
+        Parameters
+        ----------
+        checkpoint : callable, optional
+            Called with :meth:`state_dict` every ``checkpoint_every_s`` seconds of training
+            (between steps) and once when the loop stops.
+        checkpoint_every_s : float
+            Seconds between checkpoints.
+
+        Yields
+        ------
+        TrainProgress
+        """
+        start = time.perf_counter() - self.seconds  # time already spent carries on
+        last_save = time.perf_counter()
+        if not self.started:
+            with self._step_scope():
+                self.best_val_loss = self.validate()
+                self._best_state = copy.deepcopy(self.net.state_dict())
+                self.seconds = time.perf_counter() - start
+        while not self.finished:
+            with self._step_scope():
+                info = self._step(start)
+                due = time.perf_counter() - last_save >= checkpoint_every_s
+                if checkpoint is not None and (due or self.finished):
+                    checkpoint(self.state_dict_unchecked())
+                    last_save = time.perf_counter()
+            if info is not None:
                 yield info
-                if out_of_time:
-                    reason = "time_budget"
-                    break
-                if bad >= cfg.patience:
-                    reason = "early_stopping"
-                    break
-        self.net.load_state_dict(best_state)
+        assert self._best_state is not None and self.best_val_loss is not None
+        self.net.load_state_dict(self._best_state)
         self.net.eval()
         self.result = TrainingResult(
-            state_dict={k: v.detach().cpu() for k, v in best_state.items()},
-            steps=step,
-            seconds=time.perf_counter() - start,
-            best_val_loss=best,
-            stopped_because=reason,
-            history=history,
+            state_dict={k: v.detach().cpu() for k, v in self._best_state.items()},
+            steps=self.step,
+            seconds=self.seconds,
+            best_val_loss=self.best_val_loss,
+            stopped_because=self.stopped_because or "max_steps",
+            history=list(self.history),
         )
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly where it stands.
+
+        Network and optimiser state, step count, random generators (NumPy and PyTorch), the
+        early-stopping state (best held-out loss and weights, evaluations without improvement,
+        history) and the training time spent. Plain types and tensors only (loadable with
+        ``torch.load(..., weights_only=True)``); tensors may share memory with the trainer.
+
+        Returns
+        -------
+        dict
+            For :meth:`load_state_dict`.
+
+        Raises
+        ------
+        RuntimeError
+            If the trainer was stopped in the middle of a step (an exception raised inside
+            it), when its state is not consistent.
+        """
+        if self._dirty:
+            raise RuntimeError(
+                f"training was interrupted in the middle of step {self.step + 1}, so its state "
+                "is not consistent"
+            )
+        return self.state_dict_unchecked()
+
+    def state_dict_unchecked(self) -> dict[str, Any]:
+        """:meth:`state_dict` without the consistency check (for use between steps)."""
+        cuda_rng = None
+        if self.device.type == "cuda":
+            cuda_rng = torch.cuda.get_rng_state(self.device)
+        return {
+            "step": self.step,
+            "seconds": float(self.seconds),
+            "net": self.net.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "best_state": self._best_state,
+            "best_val_loss": self.best_val_loss,
+            "bad": self._bad,
+            "running": [float(x) for x in self._running],
+            "history": [asdict(h) for h in self.history],
+            "stopped_because": self.stopped_because,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": cuda_rng,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a state from :meth:`state_dict` (made by a trainer of the same settings).
+
+        Parameters
+        ----------
+        state : dict
+            What :meth:`state_dict` returned (possibly through ``torch.save`` /
+            ``torch.load``).
+
+        Raises
+        ------
+        KeyError, ValueError, RuntimeError
+            If the state is incomplete or does not fit the network.
+        """
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["optimizer"])
+        best = state["best_state"]
+        self._best_state = None if best is None else {k: v.to(self.device) for k, v in best.items()}
+        self.best_val_loss = (
+            None if state["best_val_loss"] is None else float(state["best_val_loss"])
+        )
+        self._bad = int(state["bad"])
+        self.step = int(state["step"])
+        self.seconds = float(state["seconds"])
+        self._running = [float(x) for x in state["running"]]
+        self.history = [TrainProgress(**h) for h in state["history"]]
+        self.stopped_because = state["stopped_because"]
+        rng_state = dict(state["numpy_rng"])
+        if rng_state.get("bit_generator") != type(self.rng.bit_generator).__name__:
+            raise ValueError(f"random generator {rng_state.get('bit_generator')} is not ours")
+        self.rng.bit_generator.state = rng_state
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
+        self.net.train()
+        self._dirty = False
 
     def run(self) -> TrainingResult:
         """Train to the end without progress reports."""

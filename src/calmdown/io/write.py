@@ -229,7 +229,9 @@ class MovieWriter:
     Data go to ``<name>.partial`` in the output directory; :meth:`commit` renames it to the
     output path with :func:`os.replace`, so the output is either complete or absent. Used as a
     context manager, it commits on a clean exit and aborts (deleting the partial file) on an
-    exception.
+    exception, including :class:`KeyboardInterrupt` (Ctrl-C, and SIGTERM under the CLI), also
+    when it arrives during the commit itself. Only a hard kill (SIGKILL, power loss) can leave
+    ``<name>.partial`` behind; the next writer of the same output deletes it.
 
     Parameters
     ----------
@@ -378,7 +380,11 @@ class MovieWriter:
         tb: TracebackType | None,
     ) -> None:
         if exc_type is None:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:  # e.g. Ctrl-C while flushing: leave no partial file
+                self.abort()
+                raise
         else:
             self.abort()
 
