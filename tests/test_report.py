@@ -107,9 +107,19 @@ def test_report_trains_a_model_when_none_is_given():
     assert "training steps" in page
 
 
-def test_rois_fail_early_with_a_clear_message(sim, model):
-    with pytest.raises(InputError, match="traces"):
-        build_report(sim.raw, model=model, rois="rois.zip")
+def test_report_draws_roi_traces_with_corridors(sim, model, tmp_path):
+    labels = tmp_path / "labels.npy"
+    np.save(labels, sim.labels)
+    page = build_report(sim.raw, model=model, rois=labels, movie_frames=10)
+    assert "ROI dF/F traces with credible corridors" in page
+    assert "joint posterior samples" in page
+
+
+def test_rois_that_do_not_fit_fail_with_a_clear_message(sim, model, tmp_path):
+    labels = tmp_path / "labels.npy"
+    np.save(labels, np.pad(sim.labels, 3))
+    with pytest.raises(InputError, match=r"labels\.npy"):
+        build_report(sim.raw, model=model, rois=labels)
 
 
 def test_cli_report_flags_a_hallucinating_denoiser(sim, model, tmp_path):
@@ -155,13 +165,13 @@ def test_cli_report_flags_a_hallucinating_denoiser(sim, model, tmp_path):
     assert "fake.tif" in text
 
 
-def test_cli_report_rejects_rois_and_names_the_fix(sim, tmp_path):
+def test_cli_report_with_missing_rois_names_the_file(sim, tmp_path):
     raw_path = save_array(tmp_path / "raw.tif", sim.raw[:40])
     result = CliRunner().invoke(
         app, ["report", str(raw_path), "-o", str(tmp_path / "r.html"), "--rois", "x.zip"]
     )
     assert result.exit_code == 2
-    assert "traces" in result.output
+    assert "x.zip" in result.output
     assert not (tmp_path / "r.html").exists()
 
 

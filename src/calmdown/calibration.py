@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-__all__ = ["ScaleCalibration", "fit_scale_calibration", "predictive_check"]
+__all__ = ["ScaleCalibration", "fit_scale_calibration", "isotonic", "predictive_check"]
 
 
 @dataclass
@@ -56,6 +56,7 @@ def fit_scale_calibration(
     resid2: np.ndarray,
     noise_var: np.ndarray,
     *,
+    known_var: np.ndarray | None = None,
     n_bins: int = 10,
     min_factor: float = 0.02,
 ) -> ScaleCalibration:
@@ -69,6 +70,9 @@ def fit_scale_calibration(
         Squared residual ``(x - loc)**2`` of the same pixels.
     noise_var : ndarray
         Detector noise variance of the same pixels.
+    known_var : ndarray, optional
+        Part of the prior's error variance that is known and added on top of the calibrated
+        one (the propagated input noise); the factors explain only the rest.
     n_bins : int
         Quantile bins of ``prior_var``.
     min_factor : float
@@ -81,18 +85,35 @@ def fit_scale_calibration(
     pv = np.asarray(prior_var, np.float64).ravel()
     r2 = np.asarray(resid2, np.float64).ravel()
     nv = np.asarray(noise_var, np.float64).ravel()
+    if known_var is not None:
+        nv = nv + np.asarray(known_var, np.float64).ravel()
     qs = np.quantile(pv, np.linspace(0, 1, n_bins + 1)[1:-1])
     edges = np.unique(qs)
     idx = np.searchsorted(edges, pv, side="left")
-    factors = []
-    for b in range(len(edges) + 1):
-        sel = idx == b
-        if not np.any(sel):
-            factors.append(1.0)
-            continue
-        excess = r2[sel].mean() - nv[sel].mean()
-        factors.append(float(max(excess / max(pv[sel].mean(), 1e-12), min_factor)))
+    n_b = np.bincount(idx, minlength=len(edges) + 1).astype(float)
+    safe = np.maximum(n_b, 1.0)
+    excess = np.bincount(idx, weights=r2 - nv, minlength=len(edges) + 1) / safe
+    mean_pv = np.bincount(idx, weights=pv, minlength=len(edges) + 1) / safe
+    # Each bin's excess is a small difference of large numbers at low light: pool adjacent
+    # bins so that the calibrated variance never decreases as the predicted one grows.
+    smooth = isotonic(excess, n_b)
+    factors = [
+        float(max(e / max(m, 1e-12), min_factor)) if n > 0 else 1.0
+        for e, m, n in zip(smooth, mean_pv, n_b, strict=True)
+    ]
     return ScaleCalibration(edges=[float(e) for e in edges], factors=factors)
+
+
+def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted non-decreasing least-squares fit (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # value, weight, count
+    for yi, wi in zip(y, w, strict=True):
+        blocks.append([float(yi), float(max(wi, 1e-12)), 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, c2 = blocks.pop()
+            v1, w1, c1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    return np.concatenate([np.full(c, v) for v, _, c in blocks])
 
 
 def predictive_check(

@@ -174,6 +174,11 @@ class InferenceConfig(_Strict):
     batch_frames: int = Field(default=8, ge=1)
     """Most frames per network call (fewer for large frames: about 4 megapixels per call)."""
 
+    probe_stride: int = Field(default=4, ge=0)
+    """Every this many frames the network is run again on inputs perturbed by their own
+    noise, to measure how much input noise reaches the prior (part of its uncertainty that
+    is known without ground truth); 0 turns it off. Costs ``1 / probe_stride`` of a pass."""
+
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """The surprise guard."""
 

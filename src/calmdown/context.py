@@ -136,6 +136,11 @@ class MeanImage:
             out = (out - own * own_frames) / (1.0 - own)
         return out.astype(np.float32, copy=False)
 
+    def noise_factor(self, t: np.ndarray) -> np.ndarray:
+        """Variance of the mean image's noise at frames ``t``, as a fraction of one frame's."""
+        lam, _ = self.weights(np.atleast_1d(np.asarray(t)))
+        return (lam**2 / self.counts[None, :]).sum(axis=1).astype(np.float32)
+
     def to_dict(self) -> dict[str, object]:
         """Arrays and sizes, for saving."""
         return {

@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from calmdown.calibration import isotonic
 from calmdown.posterior import window_count, window_sum
 
 __all__ = ["ResidualCorrection", "fit_correction"]
@@ -116,7 +117,7 @@ class ResidualCorrection:
 
 
 def fit_correction(
-    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    parts: list[tuple[torch.Tensor, ...]],
     *,
     evidence: tuple[int, int],
     local: tuple[int, int],
@@ -127,9 +128,11 @@ def fit_correction(
     Parameters
     ----------
     parts : list of tuple
-        ``(x, loc, prior_var, noise_var, target)`` per run of consecutive frames: observed
-        values, prior, and a boolean (T,) tensor of the frames that were never training targets
-        (the others only provide neighbours).
+        ``(x, loc, prior_var, noise_var, target[, raw_noise_var])`` per run of consecutive
+        frames: observed values, prior, noise variance at the prior's level, a boolean (T,)
+        tensor of the frames that were never training targets (the others only provide
+        neighbours), and optionally the noise variance estimated from each raw value itself,
+        which is unbiased whatever the prior's bias and is then used to fit the variance.
     evidence, local : tuple of int
         (frames, pixels) windows.
     core : int
@@ -145,11 +148,12 @@ def fit_correction(
         evidence, local, core, [0.0] * n_bins, [1.0] * n_bins, list(_Z_EDGES)
     )
     cached = []
-    for x, loc, pv, nv, target in parts:
+    for x, loc, pv, nv, target, *rest in parts:
         s, v_s, z = stage.statistics(x - loc, pv + nv, nv)
         sel = target
         r, s_t, b = (x - loc)[sel], s[sel], stage.bins(z)[sel]
-        cached.append((r, s_t, v_s[sel], nv[sel], pv[sel], b))
+        nv_fit = rest[0] if rest else nv
+        cached.append((r, s_t, v_s[sel], nv_fit[sel], pv[sel], b))
     for r, s_t, _v, nv, pv, b in cached:
         for k in range(n_bins):
             m = b == k
@@ -190,9 +194,13 @@ def fit_correction(
                     float((nv[m] + g[m] ** 2 * v_s[m]).double().sum()),
                     float(pv[m].double().sum()),
                 ]
+    # Each bin's excess over noise is a small difference of large numbers at low light: pool
+    # adjacent bins so that the missing variance never decreases as the evidence grows.
+    n_k = np.maximum(vsum[:, 0], 1.0)
+    excess = isotonic((vsum[:, 1] - vsum[:, 2]) / n_k, vsum[:, 0])
     for k in range(n_bins):
-        n, res2, noise, pvs = vsum[k]
+        n, _res2, _noise, pvs = vsum[k]
         if n >= _MIN_PIXELS and pvs > 0:
-            factors[k] = float(max((res2 - noise) / pvs, 0.02))
+            factors[k] = float(max(excess[k] / (pvs / n), 0.02))
     stage.var_factors = factors
     return stage

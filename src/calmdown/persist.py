@@ -17,11 +17,12 @@ from calmdown.correction import ResidualCorrection
 from calmdown.errors import InputError, ModelFileError
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import TrainedModel
+from calmdown.samples import ErrorCorrelation
 
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
@@ -51,6 +52,7 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "calibration": model.calibration.to_dict(),
         "guard_null_scale": float(model.guard_null_scale),
         "correction": None if model.correction is None else model.correction.to_dict(),
+        "error_correlation": model.error_correlation.to_dict(),
         "training": model.training,
         "heldout": model.heldout,
         "data_hash": model.data_hash,
@@ -81,7 +83,18 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
         raise ModelFileError("no such model file; train one with `calmdown train`", path=path)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+    except (
+        RuntimeError,
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        zipfile.BadZipFile,
+        IndexError,  # torch's weights-only unpickler on arbitrary bytes
+        ValueError,
+        KeyError,
+        TypeError,
+        UnicodeDecodeError,
+    ) as err:
         raise ModelFileError(
             "not a readable calmdown model file (corrupt or another kind of file); "
             "retrain with `calmdown train`",
@@ -113,6 +126,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             ),
             training=dict(data["training"]),
             heldout=dict(data["heldout"]),
+            error_correlation=ErrorCorrelation.from_dict(data["error_correlation"]),
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),
         )

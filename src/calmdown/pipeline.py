@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from scipy import stats
 
 from calmdown import __version__
 from calmdown.calibration import ScaleCalibration, fit_scale_calibration, predictive_check
+from calmdown.checkpoint import Checkpoint, run_training
 from calmdown.config import Config, GuardConfig, make_config
 from calmdown.context import MeanImage, compute_mean_image, context_indices, min_frames
 from calmdown.correction import ResidualCorrection, fit_correction
@@ -27,7 +29,22 @@ from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
-from calmdown.posterior import gaussian_posterior, guard_halo, surprise_guard, window_zscores
+from calmdown.posterior import (
+    gaussian_posterior,
+    guard_halo,
+    surprise_guard,
+    window_sum,
+    window_zscores,
+)
+from calmdown.propagation import (
+    EPS,
+    WINDOW,
+    frame_noise,
+    input_noise_sd,
+    probe_frames,
+    probe_halo,
+)
+from calmdown.samples import ErrorCorrelation, SampleStream, estimate_error_correlation
 from calmdown.tiling import predict_tiled, time_chunks
 from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask
 
@@ -81,6 +98,8 @@ class TrainedModel:
         Standard deviation of the guard's window z-score on held-out frames.
     correction : ResidualCorrection or None
         The fitted soma-scale residual correction.
+    error_correlation : ErrorCorrelation
+        Space-time correlation of the posterior error, for joint samples.
     training : dict
         Steps, seconds, best held-out loss, why it stopped.
     heldout : dict
@@ -101,6 +120,7 @@ class TrainedModel:
     training: dict[str, Any]
     heldout: dict[str, Any]
     data_hash: str
+    error_correlation: ErrorCorrelation = field(default_factory=ErrorCorrelation.independent)
     version: str = __version__
     _net: ContextNet | None = field(default=None, repr=False)
 
@@ -125,6 +145,8 @@ class DenoisedChunk:
     lower: np.ndarray | None = None
     upper: np.ndarray | None = None
     p_surprise: np.ndarray | None = None
+    samples: np.ndarray | None = None
+    """(n_samples, n, Y, X) joint samples of the clean movie, when asked for."""
 
 
 # -- first pass ----------------------------------------------------------------------------
@@ -200,6 +222,19 @@ def _training_segments(reader: MovieReader, noise: NoiseModel, config: Config) -
 # -- prediction ----------------------------------------------------------------------------
 
 
+@dataclass
+class PriorPrediction:
+    """The context prior for a run of frames (photon units, tensors on the device).
+
+    ``loc`` and ``var`` come from the network; ``propagated`` is the variance of ``loc`` due to
+    the noise in the network's inputs (see :mod:`calmdown.propagation`), or None.
+    """
+
+    loc: torch.Tensor
+    var: torch.Tensor
+    propagated: torch.Tensor | None = None
+
+
 @torch.no_grad()
 def _predict_prior(
     net: ContextNet,
@@ -212,18 +247,29 @@ def _predict_prior(
     scale0: float,
     config: Config,
     device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    noise: NoiseModel | None = None,
+    frame_base: int = 0,
+) -> PriorPrediction:
     """Prior location and variance (photon units, on ``device``) of frames ``targets``.
 
     ``photons`` holds frames ``offset..offset + len(photons)`` of a movie of ``n_frames``
-    frames, including every context frame the targets need.
+    frames, including every context frame the targets need. With ``noise`` given (and
+    ``probe_stride`` > 0), every ``probe_stride``-th frame (by absolute index, ``targets +
+    frame_base``) is also predicted from inputs perturbed by their own noise, and the
+    propagated noise variance is averaged over a space-time window.
     """
     k = config.model.context_frames
     inf = config.inference
     locs, variances = [], []
+    probes, probed = [], []
+    stride = inf.probe_stride if noise is not None else 0
     h, w = photons.shape[1:]
     tile_pixels = min(h, inf.tile_size) * min(w, inf.tile_size)
     batch = max(1, min(inf.batch_frames, (1 << 22) // tile_pixels))
+
+    def run(m: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return predict_tiled(net, m, f, tile=inf.tile_size, overlap=inf.tile_overlap)
+
     for i in range(0, len(targets), batch):
         ts = targets[i : i + batch]
         ctx = context_indices(ts, k, n_frames) - offset
@@ -231,12 +277,45 @@ def _predict_prior(
         mean = mean_image.images(ts, own_frames=own)
         frames_t = torch.from_numpy(np.ascontiguousarray(photons[ctx])).to(device) / scale0
         mean_t = torch.from_numpy(mean[:, None]).to(device) / scale0
-        loc, scale = predict_tiled(
-            net, mean_t, frames_t, tile=inf.tile_size, overlap=inf.tile_overlap
-        )
+        loc, scale = run(mean_t, frames_t)
         locs.append(loc[:, 0] * scale0)
         variances.append((scale[:, 0] * scale0) ** 2)
-    return torch.cat(locs), torch.cat(variances)
+        if not stride:
+            continue
+        sel = np.flatnonzero(probe_frames(ts, stride, start=frame_base))
+        prop = torch.zeros_like(loc[:, 0])
+        if sel.size:
+            assert noise is not None
+            factor = torch.from_numpy(mean_image.noise_factor(ts[sel])).to(device)
+            frame_sd, mean_sd = input_noise_sd(mean_t[sel] * scale0, noise, factor)
+            z = torch.stack(
+                [
+                    frame_noise(
+                        (frames_t.shape[1] + 1, h, w),
+                        int(t) + frame_base,
+                        config.train.seed,
+                        noise.neighbour_correlation,
+                    )
+                    for t in ts[sel]
+                ]
+            ).to(device)
+            m2 = mean_t[sel] + EPS * mean_sd * z[:, :1] / scale0
+            f2 = frames_t[sel] + EPS * frame_sd * z[:, 1:] / scale0
+            loc2, _ = run(m2, f2)
+            prop[sel] = ((loc2[:, 0] - loc[sel, 0]) * scale0 / EPS) ** 2
+        probes.append(prop)
+        probed.append(torch.from_numpy(probe_frames(ts, stride, start=frame_base)).to(device))
+    out = PriorPrediction(torch.cat(locs), torch.cat(variances))
+    if stride:
+        mask = torch.cat(probed).to(out.loc.dtype)[:, None, None].expand_as(out.loc)
+        total = window_sum(torch.cat(probes), *WINDOW)
+        count = window_sum(mask.contiguous(), *WINDOW)
+        if bool((count > 0).all()):
+            out.propagated = total / count
+        else:  # a run shorter than the stride: fall back to its own average
+            mean_prop = torch.cat(probes).sum() / torch.clamp(mask.sum(), min=1.0)
+            out.propagated = torch.where(count > 0, total / torch.clamp(count, min=1.0), mean_prop)
+    return out
 
 
 def _noise_var(noise: NoiseModel, level: torch.Tensor) -> torch.Tensor:
@@ -279,7 +358,7 @@ def _calibrate(
     scale0: float,
     config: Config,
     device: torch.device,
-) -> tuple[ScaleCalibration, float, ResidualCorrection | None, dict[str, Any]]:
+) -> tuple[ScaleCalibration, float, ResidualCorrection | None, dict[str, Any], ErrorCorrelation]:
     """Fit, on held-out runs of frames, everything that sits on top of the network.
 
     The prior-variance calibration, the guard's null scale and the residual correction are
@@ -288,7 +367,11 @@ def _calibrate(
     """
     gcfg = config.inference.guard
     windows = _correction_windows(gcfg, noise)
-    margin = guard_halo(gcfg) + max(windows["evidence"][0], 1) // 2
+    margin = (
+        guard_halo(gcfg)
+        + probe_halo(config.inference.probe_stride)
+        + max(windows["evidence"][0], 1) // 2
+    )
     runs: list[tuple[Segment, np.ndarray]] = []
     for seg in segments:
         local = np.arange(seg.photons.shape[0])
@@ -307,7 +390,7 @@ def _calibrate(
         seg, run = runs[i]
         n_seg = seg.photons.shape[0]
         frames = np.arange(max(0, run[0] - margin), min(n_seg, run[-1] + 1 + margin))
-        loc, pvar = _predict_prior(
+        pred = _predict_prior(
             net,
             seg.photons,
             0,
@@ -317,37 +400,63 @@ def _calibrate(
             scale0=scale0,
             config=config,
             device=device,
+            noise=noise,
+            frame_base=seg.start,
         )
         x = torch.from_numpy(seg.photons[frames]).to(device)
         target = torch.from_numpy(np.isin(frames, run)).to(device)
-        (fit_parts if j % 2 == 0 else check_parts).append((x, loc, pvar, target))
+        prop = pred.propagated if pred.propagated is not None else torch.zeros_like(pred.loc)
+        part = (x, pred.loc, pred.var, target, prop)
+        (fit_parts if j % 2 == 0 else check_parts).append(part)
     if not check_parts:
         check_parts = fit_parts
 
     def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
         return torch.cat([p[k][p[3]].flatten() for p in parts]).cpu().numpy()
 
-    x_f, loc_f, pvar_f = (targets(fit_parts, k) for k in range(3))
+    x_f, loc_f, pvar_f, prop_f = (targets(fit_parts, k) for k in (0, 1, 2, 4))
+    # The noise variance of each raw value, from the raw value itself: linear in the level,
+    # so unbiased whatever the prior's bias (the prior's location would not be).
     calib = fit_scale_calibration(
-        pvar_f, (x_f - loc_f) ** 2, _noise_var(noise, torch.from_numpy(loc_f)).numpy(), n_bins=5
+        pvar_f,
+        (x_f - loc_f) ** 2,
+        noise.variance_ratio * (x_f + noise.read_noise_photons**2),
+        known_var=prop_f,
+        n_bins=5,
     )
     # Null scale of the guard's window statistic, after calibration.
     zs = []
-    for x, loc, pvar, target in fit_parts:
-        z = window_zscores(x - loc, calib.apply(pvar) + _noise_var(noise, loc), gcfg)
+    for x, loc, pvar, target, prop in fit_parts:
+        z = window_zscores(x - loc, calib.apply(pvar) + prop + _noise_var(noise, loc), gcfg)
         zs.append(z[target].flatten().cpu().numpy())
     zall = np.concatenate(zs)
     null_scale = float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall)))))
 
     def guarded(parts: list[tuple[torch.Tensor, ...]], corr: ResidualCorrection | None) -> list:
         out = []
-        for x, loc, pvar, target in parts:
+        for x, loc, pvar, target, prop in parts:
             loc_g, var_g, _ = _guard_and_correct(
-                x, loc, calib.apply(pvar), noise, gcfg, null_scale=null_scale, correction=corr
+                x,
+                loc,
+                calib.apply(pvar) + prop,
+                noise,
+                gcfg,
+                null_scale=null_scale,
+                correction=corr,
             )
-            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target))
+            raw_nv = noise.variance_ratio * (x + noise.read_noise_photons**2)
+            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv))
         return out
 
+    corr_parts = [
+        (x - loc, calib.apply(pvar) + prop, _noise_var(noise, loc), target)
+        for x, loc, pvar, target, prop in fit_parts
+    ]
+    error_correlation = estimate_error_correlation(
+        corr_parts,
+        noise_correlation=noise.neighbour_correlation,
+        context_frames=config.model.context_frames,
+    )
     correction = None
     if gcfg.correction:
         correction = fit_correction(guarded(fit_parts, None), **windows)
@@ -356,7 +465,7 @@ def _calibrate(
     loc_c = torch.cat([p[1][p[4]].flatten() for p in final]).cpu().numpy()
     var_c = torch.cat([(p[2] + p[3])[p[4]].flatten() for p in final]).cpu().numpy()
     check = predictive_check(x_c, loc_c, var_c)
-    return calib, null_scale, correction, check
+    return calib, null_scale, correction, check, error_correlation
 
 
 class _SegmentMean:
@@ -366,8 +475,15 @@ class _SegmentMean:
         self.mean_image = mean_image
         self.start = start
 
+    @property
+    def n_frames(self) -> int:
+        return self.mean_image.n_frames
+
     def images(self, t: np.ndarray, own_frames: np.ndarray | None = None) -> np.ndarray:
         return self.mean_image.images(np.asarray(t) + self.start, own_frames=own_frames)
+
+    def noise_factor(self, t: np.ndarray) -> np.ndarray:
+        return self.mean_image.noise_factor(np.asarray(t) + self.start)
 
 
 # -- public API ----------------------------------------------------------------------------
@@ -380,6 +496,7 @@ def train(
     key: str | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     prepared: Prepared | None = None,
+    checkpoint: Checkpoint | str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> TrainedModel:
     """Train the context network on a movie (self-supervised).
@@ -396,6 +513,10 @@ def train(
         Called with a :class:`~calmdown.train.TrainProgress` after every held-out evaluation.
     prepared : Prepared, optional
         A first pass already made by :func:`prepare`.
+    checkpoint : Checkpoint or path, optional
+        Write training checkpoints there (every ~30 s, at the end and on interrupt), and with
+        ``Checkpoint(path, resume=True)`` continue from one (see :mod:`calmdown.checkpoint`).
+        A plain path starts over. Removed on success unless ``remove_when_done=False``.
     **options
         Flat overrides, e.g. ``time_budget_s=60``, ``gain=2.0``, ``seed=1``.
 
@@ -406,12 +527,16 @@ def train(
     cfg = make_config(config, **options)
     _set_threads(cfg)
     device = resolve_device(cfg.device)
+    ckpt = Checkpoint.coerce(checkpoint)
     prep = prepared or prepare(movie, cfg, key=key)
     try:
-        return _train(prep, cfg, device, progress)
+        model = _train(prep, cfg, device, progress, checkpoint=ckpt)
     finally:
         if prepared is None:
             prep.close()
+    if ckpt is not None and ckpt.remove_when_done:
+        ckpt.remove()
+    return model
 
 
 def _train(
@@ -419,6 +544,8 @@ def _train(
     cfg: Config,
     device: torch.device,
     progress: Callable[[TrainProgress], None] | None,
+    *,
+    checkpoint: Checkpoint | None = None,
 ) -> TrainedModel:
     t0 = time.perf_counter()
     segments = _training_segments(prep.reader, prep.noise, cfg)
@@ -432,11 +559,10 @@ def _train(
         train_config=cfg.train,
         device=device,
     )
-    for info in trainer.steps():
-        if progress is not None:
-            progress(info)
-    result = trainer.result
-    calib, null_scale, correction, check = _calibrate(
+    result = run_training(
+        trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
+    )
+    calib, null_scale, correction, check, error_correlation = _calibrate(
         trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device
     )
     logger.info(
@@ -464,6 +590,7 @@ def _train(
         },
         heldout=check,
         data_hash=_data_hash(prep),
+        error_correlation=error_correlation,
     )
 
 
@@ -475,6 +602,8 @@ def iter_apply(
     interval: float | None = None,
     prepared: Prepared | None = None,
     config: Config | None = None,
+    frames: tuple[int, int] | None = None,
+    samples: int = 0,
     **options: Any,
 ) -> Iterator[DenoisedChunk]:
     """Denoise a movie chunk by chunk (memory does not grow with its length).
@@ -493,6 +622,13 @@ def iter_apply(
         First pass already made.
     config : Config, optional
         Inference settings (defaults: the model's); ``**options`` override fields.
+    frames : (int, int), optional
+        Only frames ``start..stop`` (the rest of the movie still serves as context); the
+        result is the same as those frames of a whole-movie run.
+    samples : int
+        Also return this many joint Monte-Carlo samples of the clean movie per chunk (errors
+        correlated across pixels and frames as the model's; seeded by the config's seed).
+        Chunks then hold fewer frames so that the samples take at most about 512 MB.
     **options
         Flat overrides such as ``output="prior"`` or ``chunk_frames=64``.
 
@@ -511,7 +647,16 @@ def iter_apply(
     # A new movie gets its own noise model (the offset can differ between sessions).
     prep = prepared or prepare(movie, cfg, key=key)
     try:
-        yield from _apply_chunks(model, prep, cfg, device, interval)
+        n = prep.reader.shape[0]
+        if frames is not None and not 0 <= frames[0] < frames[1] <= n:
+            raise InputError(f"frames must be a range within 0..{n}, got {frames}")
+        if samples < 0:
+            raise InputError(f"samples must be 0 or more, got {samples}")
+        if samples:
+            h, w = prep.reader.shape[1:]
+            chunk = max(1, min(cfg.inference.chunk_frames, (1 << 27) // (samples * h * w)))
+            cfg = make_config(cfg, chunk_frames=chunk)
+        yield from _apply_chunks(model, prep, cfg, device, interval, frames, samples)
     finally:
         if prepared is None:
             prep.close()
@@ -523,6 +668,8 @@ def _apply_chunks(
     cfg: Config,
     device: torch.device,
     interval: float | None,
+    frames: tuple[int, int] | None = None,
+    samples: int = 0,
 ) -> Iterator[DenoisedChunk]:
     net = model.network(device)
     noise = prep.noise
@@ -531,14 +678,27 @@ def _apply_chunks(
     gcfg = cfg.inference.guard
     use_posterior = cfg.inference.output == "posterior"
     correction = model.correction if gcfg.correction else None
-    g_halo = guard_halo(gcfg) + (correction.halo if correction else 0) if use_posterior else 0
+    g_halo = (
+        guard_halo(gcfg)
+        + probe_halo(cfg.inference.probe_stride)
+        + (correction.halo if correction else 0)
+        if use_posterior
+        else 0
+    )
     z_half = float(stats.norm.ppf(0.5 + interval / 2)) if interval is not None else None
-    for chunk in time_chunks(n_frames, cfg.inference.chunk_frames, g_halo + k):
+    stream = (
+        SampleStream(
+            model.error_correlation, samples, prep.reader.shape[1:], cfg.train.seed, device
+        )
+        if samples and use_posterior
+        else None
+    )
+    for chunk in time_chunks(n_frames, cfg.inference.chunk_frames, g_halo + k, frames):
         g0 = max(0, chunk.out_start - g_halo)
         g1 = min(n_frames, chunk.out_stop + g_halo)
         photons = noise.to_photons(prep.reader.read(chunk.read_start, chunk.read_stop))
         targets = np.arange(g0, g1)
-        loc, pvar = _predict_prior(
+        pred = _predict_prior(
             net,
             photons,
             chunk.read_start,
@@ -548,8 +708,12 @@ def _apply_chunks(
             scale0=model.scale0,
             config=cfg,
             device=device,
+            noise=noise if use_posterior else None,
         )
-        pvar = model.calibration.apply(pvar)
+        loc = pred.loc
+        pvar = model.calibration.apply(pred.var)
+        if pred.propagated is not None:
+            pvar = pvar + pred.propagated
         x = torch.from_numpy(photons[g0 - chunk.read_start : g1 - chunk.read_start]).to(device)
         keep = slice(chunk.out_start - g0, chunk.out_stop - g0)
         prior_adu = noise.to_adu(loc[keep].cpu().numpy())
@@ -572,6 +736,10 @@ def _apply_chunks(
             sd = torch.sqrt(post_var) * z_half
             out.lower = noise.to_adu((post_mean - sd).cpu().numpy())
             out.upper = noise.to_adu((post_mean + sd).cpu().numpy())
+        if stream is not None:
+            u = stream.frames(chunk.out_start, chunk.out_stop)
+            draws = post_mean[None] + torch.sqrt(post_var)[None] * u
+            out.samples = noise.to_adu(draws.cpu().numpy())
         yield out
 
 

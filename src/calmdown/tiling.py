@@ -27,17 +27,24 @@ class TimeChunk:
     read_stop: int
 
 
-def time_chunks(n_frames: int, chunk: int, halo: int) -> list[TimeChunk]:
+def time_chunks(
+    n_frames: int, chunk: int, halo: int, frames: tuple[int, int] | None = None
+) -> list[TimeChunk]:
     """Cut ``n_frames`` into chunks of ``chunk`` output frames, each read with ``halo`` more.
+
+    ``frames=(start, stop)`` covers only those output frames (halos still reach outside).
 
     Examples
     --------
     >>> [(c.out_start, c.out_stop, c.read_start, c.read_stop) for c in time_chunks(10, 4, 2)]
     [(0, 4, 0, 6), (4, 8, 2, 10), (8, 10, 6, 10)]
+    >>> [(c.out_start, c.out_stop) for c in time_chunks(10, 4, 2, frames=(3, 6))]
+    [(3, 6)]
     """
+    first, last = frames if frames is not None else (0, n_frames)
     out = []
-    for start in range(0, n_frames, chunk):
-        stop = min(start + chunk, n_frames)
+    for start in range(first, last, chunk):
+        stop = min(start + chunk, last)
         out.append(TimeChunk(start, stop, max(0, start - halo), min(n_frames, stop + halo)))
     return out
 

@@ -444,45 +444,19 @@ def _surprise_section(c: _Collected, noise: NoiseModel) -> str:
     return "".join(parts)
 
 
-_ROIS_WIRED = False
-"""Set to True once :func:`_roi_section` draws traces (the `calmdown traces` work)."""
-
-
-def _check_rois_available() -> None:
-    """Fail early, before the long pass, when ROI traces cannot be drawn."""
-    try:
-        from calmdown import traces  # noqa: F401
-        from calmdown.io.rois import read_rois  # noqa: F401
-    except ImportError as err:
-        raise InputError(
-            "ROI traces in reports come with the `calmdown traces` command, which this version "
-            "of calmdown does not have yet; run the report without --rois"
-        ) from err
-    if not _ROIS_WIRED:
-        raise InputError(
-            "ROI traces in reports come with the `calmdown traces` command and are not part of "
-            "the report yet; run the report without --rois and use `calmdown traces`"
-        )
-
-
 def _roi_section(
     rois: Any,
     *,
     model: TrainedModel,
     prepared: Prepared,
     config: Config,
+    n_plot: int = 6,
 ) -> str:
-    """ROI traces with credible corridors (only called when ROIs are given).
-
-    To be wired: read the ROIs with :func:`calmdown.io.rois.read_rois` (``prepared.reader``
-    gives the frame shape), compute each ROI's dF/F trace and its credible corridor with
-    :mod:`calmdown.traces` (which needs its own pass over the movie, or accumulators fed from
-    :func:`_collect`), draw them with matplotlib (see :mod:`calmdown.report.figures`) and
-    return the section's HTML; then set ``_ROIS_WIRED = True``.
+    """ROI dF/F traces with their 90 % credible corridors beside the raw ROI trace.
 
     Parameters
     ----------
-    rois : path or array
+    rois : path
         ROIs as :func:`calmdown.io.rois.read_rois` reads them.
     model : TrainedModel
         The model the report uses.
@@ -490,19 +464,40 @@ def _roi_section(
         The report's first pass over the movie.
     config : Config
         The report's settings.
+    n_plot : int
+        ROIs drawn.
 
     Returns
     -------
     str
         HTML body of the section.
-
-    Raises
-    ------
-    InputError
-        Until the traces command is wired into the report.
     """
-    _check_rois_available()
-    raise NotImplementedError("ROI traces are not wired into the report yet")
+    import tempfile
+
+    from calmdown.io.rois import read_rois
+    from calmdown.traces import plot_traces, roi_traces
+
+    region = read_rois(rois, prepared.reader.shape[1:])
+    tr = roi_traces(
+        model, prepared.reader, region, samples=32, prepared=prepared, device=config.device
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "traces.png"
+        plot_traces(tr, png, n=n_plot)
+        data = png.read_bytes()
+    width = tr.dff_upper - tr.dff_lower
+    rows = [
+        (int(i), f"{float(np.mean(w)):.3f}", f"{float(np.max(d)):.3f}")
+        for i, w, d in zip(tr.roi_ids[:n_plot], width, tr.dff_mean, strict=False)
+    ]
+    return (
+        f"<p>{len(region.ids)} ROIs from {html.escape(str(rois))}; 90 % corridors from 32 joint "
+        f"posterior samples (errors correlated across pixels and frames), scaled by "
+        f"{tr.corridor_factor:.2f} to match the ROI error variance seen on held-out frames. "
+        "The full set is written by <code>calmdown traces</code>.</p>"
+        + img(data, "ROI dF/F traces with credible corridors")
+        + table(["ROI", "mean corridor width (dF/F)", "peak dF/F"], rows)
+    )
 
 
 # -- public -----------------------------------------------------------------------------------
@@ -565,8 +560,6 @@ def make_report(
     >>> "Hallucination check" in report.html, report.summary["hallucination"]["verdict"] != ""
     (True, True)
     """
-    if rois is not None:
-        _check_rois_available()
     if movie_frames < 1:
         raise InputError(f"movie_frames must be at least 1, got {movie_frames}")
     cfg = make_config(
@@ -575,6 +568,10 @@ def make_report(
     prep = prepare(raw, cfg, key=key)
     den_reader: MovieReader | None = None
     try:
+        if rois is not None:  # fail before the long pass when the ROIs don't fit
+            from calmdown.io.rois import read_rois
+
+            read_rois(rois, prep.reader.shape[1:])
         if model is None:
             model = train(
                 raw,

@@ -1,0 +1,193 @@
+"""Are calmdown's credible intervals calibrated? Coverage of the clean movie, by strata.
+
+For each preset and photon level: train calmdown on a simulated movie, take the central 90 %
+posterior interval of every pixel in every frame, and measure how often it holds the ground
+truth, overall and within groups of pixels chosen by what the data show (dim / bright mean
+image, narrow / wide predicted interval, quiet / active in the denoised movie) and by the
+truth (quiet / active clean value, pixels of rare events by oracle z). Also the sharpness:
+mean interval width over the width of the raw data's own 90 % noise interval. Prints one
+table and writes JSON.
+
+Usage::
+
+    python benchmarks/calibration.py                                  # full grid (slow)
+    python benchmarks/calibration.py --photons 1 --presets dense --frames 1000 --steps 700
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import calmdown
+from calmdown.io.rois import Rois
+from calmdown.samples import ErrorCorrelation
+from calmdown.simulate import SimulatedMovie, simulate
+from calmdown.traces import roi_traces
+
+TARGETS = {
+    "overall": (0.88, 0.92),
+    "dim": (0.88, 0.92),
+    "bright": (0.88, 0.92),
+    "narrow": (0.88, 0.92),
+    "wide": (0.88, 0.92),
+    "quiet (denoised)": (0.88, 0.92),
+    "active (denoised)": (0.88, 0.92),
+    "quiet (truth)": (0.85, 0.95),
+    "active (truth)": (0.85, 0.95),
+    "events z>=8": (0.85, 1.0),
+    "roi F": (0.85, 0.95),
+    "roi dF/F": (0.85, 0.95),
+}
+
+
+def _active(movie: np.ndarray, sd: np.ndarray, k: float = 3.0) -> np.ndarray:
+    """Pixels whose value departs from their temporal median by more than ``k`` sd."""
+    return np.abs(movie - np.median(movie, axis=0)) > k * sd
+
+
+def strata(
+    sim: SimulatedMovie, den: np.ndarray, lower: np.ndarray, upper: np.ndarray
+) -> dict[str, float]:
+    """Coverage of ``sim.clean`` by ``[lower, upper]`` overall and per stratum."""
+    clean = sim.clean
+    inside = (clean >= lower) & (clean <= upper)
+    width = upper - lower
+    mean_img = sim.raw.mean(axis=0)
+    bright = np.broadcast_to(mean_img > np.median(mean_img), clean.shape)
+    q1, q3 = np.quantile(width, [0.25, 0.75])
+    post_sd = width / (2 * 1.6449)
+    det = sim.detector
+    # Raw noise sd at the clean value: (gain x excess noise factor) ADU per photon, plus read.
+    noise_sd = np.sqrt(
+        det.excess_noise_factor * det.gain * np.clip(clean - det.offset, 0, None)
+        + det.read_noise**2
+    )
+    act_den = _active(den, np.maximum(post_sd, 1e-6))
+    act_true = _active(clean, noise_sd * 0.5)
+    out = {
+        "overall": inside.mean(),
+        "dim": inside[~bright].mean(),
+        "bright": inside[bright].mean(),
+        "narrow": inside[width <= q1].mean(),
+        "wide": inside[width >= q3].mean(),
+        "quiet (denoised)": inside[~act_den].mean(),
+        "active (denoised)": inside[act_den].mean() if act_den.any() else float("nan"),
+        "quiet (truth)": inside[~act_true].mean(),
+        "active (truth)": inside[act_true].mean() if act_true.any() else float("nan"),
+        "width / raw noise width": float(width.mean() / (2 * 1.6449 * noise_sd).mean()),
+    }
+    for label, lo, hi in (("events z<4", 0, 4), ("events z4-8", 4, 8), ("events z>=8", 8, 1e9)):
+        hits = []
+        for ev in sim.events:
+            if lo <= ev.z_oracle < hi:
+                # During the event's upper half, at the pixels where it is at least half its peak.
+                frames = ev.t_start + np.flatnonzero(ev.time_course >= 0.5 * ev.peak_photons)
+                px = ev.weights >= 0.5
+                hits.append(inside[frames[:, None], ev.ys[px][None], ev.xs[px][None]].ravel())
+        out[label] = float(np.concatenate(hits).mean()) if hits else float("nan")
+    return {k: float(v) for k, v in out.items()}
+
+
+def roi_coverage(model: calmdown.TrainedModel, sim: SimulatedMovie) -> dict[str, float]:
+    """Coverage of the clean ROI traces (F and dF/F) by the 90 % corridors."""
+    if sim.labels.max() == 0:
+        return {}
+    ids = np.unique(sim.labels[sim.labels > 0])
+    masks = []
+    for i in ids:
+        ys, xs = np.nonzero(sim.labels == i)
+        masks.append((ys, xs, np.ones(len(ys), np.float32)))
+    rois = Rois(ids=ids, masks=masks, shape=sim.labels.shape)
+    clean = sim.roi_traces[ids - 1]
+    clean_dff = (clean - np.median(clean, axis=1, keepdims=True)) / np.median(
+        clean, axis=1, keepdims=True
+    )
+    indep = dataclasses.replace(model, error_correlation=ErrorCorrelation.independent())
+    out = {}
+    for name, mdl, calibrate in (
+        ("roi", model, True),
+        ("roi joint unscaled", model, False),
+        ("roi independent unscaled", indep, False),
+    ):
+        tr = roi_traces(mdl, sim.raw, rois, samples=32, calibrate=calibrate)
+        out[f"{name} F"] = float(np.mean((clean >= tr.f_lower) & (clean <= tr.f_upper)))
+        out[f"{name} dF/F"] = float(
+            np.mean((clean_dff >= tr.dff_lower) & (clean_dff <= tr.dff_upper))
+        )
+        if calibrate:
+            out["roi corridor factor"] = tr.corridor_factor
+    return out
+
+
+def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
+    sim = simulate(preset, photons=photons, shape=(args.frames, args.size, args.size), seed=0)
+    t0 = time.perf_counter()
+    model = calmdown.train(sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=0)
+    train_s = time.perf_counter() - t0
+    chunks = list(calmdown.iter_apply(model, sim.raw, interval=0.9))
+    den = np.concatenate([c.denoised for c in chunks])
+    lower = np.concatenate([c.lower for c in chunks])
+    upper = np.concatenate([c.upper for c in chunks])
+    row = {
+        "preset": preset,
+        "photons": photons,
+        "train_s": train_s,
+        **strata(sim, den, lower, upper),
+    }
+    row.update(roi_coverage(model, sim))
+    row["heldout_raw_coverage"] = model.heldout["coverage"]
+    row["heldout_pit_ks"] = model.heldout["pit_ks"]
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--presets", nargs="+", default=["dense", "sparse"])
+    parser.add_argument("--photons", nargs="+", type=float, default=[0.5, 1.0, 2.0, 10.0])
+    parser.add_argument("--frames", type=int, default=1000)
+    parser.add_argument("--size", type=int, default=96)
+    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    rows = []
+    for preset in args.presets:
+        for photons in args.photons:
+            rows.append(run(preset, photons, args))
+            print(json.dumps(rows[-1]), flush=True)  # progress, in case a long run is cut short
+    cols = [
+        *TARGETS,
+        "events z<4",
+        "events z4-8",
+        "width / raw noise width",
+        "roi joint unscaled F",
+        "roi independent unscaled F",
+        "roi corridor factor",
+    ]
+    print("| preset | photons | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c, float("nan"))
+            band = TARGETS.get(c)
+            flag = "" if band is None or np.isnan(v) or band[0] <= v <= band[1] else " (!)"
+            cells.append(f"{v:.3f}{flag}")
+        print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "calibration.json"
+    path.write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
