@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,9 +23,10 @@ import typer
 from tqdm.auto import tqdm
 
 from calmdown import __version__
+from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handle_signals
 from calmdown.config import Config, make_config
 from calmdown.errors import CalmdownError, InputError
-from calmdown.io import MovieWriter, output_paths_like, same_file
+from calmdown.io import MovieWriter, open_movie, output_paths_like, same_file
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.train import TrainProgress
@@ -42,14 +44,50 @@ logger = logging.getLogger("calmdown")
 # -- shared options --------------------------------------------------------------------------
 
 Key = Annotated[str | None, typer.Option("--key", help="Dataset inside an HDF5 or Zarr file.")]
+Channel = Annotated[
+    int | None,
+    typer.Option("--channel", help="Channel to read (ScanImage number; else from 1)."),
+]
+Plane = Annotated[int | None, typer.Option("--plane", help="Plane to read, from 1.")]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.")]
-Seed = Annotated[int, typer.Option("--seed", help="Seed of every random choice.")]
+Seed = Annotated[
+    int,
+    typer.Option(
+        "--seed",
+        help="Seed of every random choice. The same seed, input, options and machine give "
+        "identical output when training stops on --max-steps or early stopping (not on "
+        "--time-budget).",
+    ),
+]
 Budget = Annotated[
-    float, typer.Option("--time-budget", help="Training wall-clock budget in seconds.")
+    float,
+    typer.Option(
+        "--time-budget",
+        help="Training wall-clock budget in seconds. How many steps fit depends on the "
+        "machine's load, so runs that stop on it are not reproducible; fix --max-steps "
+        "for that.",
+    ),
+]
+Resume = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue training from the checkpoint (OUT.checkpoint.pt) of an interrupted "
+        "run: the remaining steps and time budget carry on. Same movie and training options "
+        "only.",
+    ),
+]
+CheckpointEvery = Annotated[
+    float,
+    typer.Option(
+        "--checkpoint-every",
+        min=0.0,
+        help="Seconds of training between checkpoints (one is also written on interrupt).",
+    ),
 ]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Most training steps.")]
 Context = Annotated[
@@ -72,6 +110,19 @@ Interval = Annotated[
     typer.Option("--interval", help="Also write OUT.lower/OUT.upper: central credible interval."),
 ]
 Chunk = Annotated[int | None, typer.Option("--chunk-frames", help="Frames processed at once.")]
+DaskFlag = Annotated[
+    bool, typer.Option("--dask", help="Denoise on a Dask cluster, in parallel (OUT must be .zarr).")
+]
+DaskWorkers = Annotated[
+    int | None,
+    typer.Option("--dask-workers", help="Workers of the local Dask cluster (implies --dask)."),
+]
+DaskScheduler = Annotated[
+    str | None,
+    typer.Option(
+        "--dask-scheduler", help="Running Dask scheduler, e.g. tcp://host:8786 (implies --dask)."
+    ),
+]
 
 
 def _show_warning(
@@ -94,17 +145,31 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 @contextmanager
-def _errors(debug: bool) -> Iterator[None]:
+def _errors(debug: bool, checkpoint: Path | None = None) -> Iterator[None]:
     """Turn errors into one line and an exit status; tracebacks only with --debug.
 
-    Warnings print as one line too, for the duration of the command only.
+    Warnings print as one line too, for the duration of the command only. SIGTERM is
+    handled like Ctrl-C (SIGINT): files being written are removed (their ``*.partial``), the
+    training checkpoint (``checkpoint``, when the command trains) is kept, one line says so,
+    and the exit status is 130.
     """
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), handle_signals():
             warnings.showwarning = _show_warning
             yield
-    except KeyboardInterrupt:
-        typer.echo("interrupted: nothing was written under the final output name", err=True)
+    except KeyboardInterrupt as err:
+        name = err.signal_name if isinstance(err, Interrupted) else "SIGINT"
+        hint = ""
+        if checkpoint is not None and checkpoint.is_file():
+            hint = (
+                "; rerun with --resume to continue training from the last checkpoint "
+                f"({checkpoint})"
+            )
+        typer.echo(
+            f"interrupted ({name}); no output was left half-written (unfinished files are "
+            f"removed){hint}",
+            err=True,
+        )
         raise typer.Exit(130) from None
     except CalmdownError as err:
         if debug:
@@ -166,6 +231,33 @@ def _sidecar_path(out: Path) -> Path:
     return _beside(out, ".calmdown.json")
 
 
+def _checkpoint_path(out: Path) -> Path:
+    """Training checkpoint beside OUT: ``out.tif`` and ``out.pt`` give ``out.checkpoint.pt``."""
+    path = _beside(out, ".checkpoint.pt")
+    if out.suffix.lower() == ".pt":
+        path = out.with_name(out.name[: -len(out.suffix)] + ".checkpoint.pt")
+    return path
+
+
+def _prepare_raw(
+    raw: str | Path | np.ndarray,
+    cfg: Config,
+    *,
+    key: str | None,
+    channel: int | None,
+    plane: int | None,
+) -> Prepared:
+    """Open RAW (its channel and plane) and run the first pass; the result owns the reader."""
+    reader = open_movie(raw, key=key, channel=channel, plane=plane)
+    try:
+        prep = prepare(reader, cfg)
+    except BaseException:
+        reader.close()
+        raise
+    prep.owns_reader = True
+    return prep
+
+
 def _write_movies(
     model: TrainedModel,
     raw: str | Path | np.ndarray,
@@ -177,9 +269,11 @@ def _write_movies(
     quiet: bool,
     cfg: Config,
     inputs: list[str],
+    channel: int | None = None,
+    plane: int | None = None,
 ) -> tuple[float, int]:
     """Stream the denoised movie (and intervals) to files; return (seconds, frames)."""
-    prep = prepared or prepare(raw, cfg, key=key)
+    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
     shape = prep.reader.shape
     targets = {"denoised": out}
     if interval is not None:
@@ -211,6 +305,92 @@ def _write_movies(
     return time.perf_counter() - t0, shape[0]
 
 
+def _movie_writer(
+    out: Path,
+    raw: Path,
+    *,
+    dask: bool,
+    workers: int | None,
+    scheduler: str | None,
+    channel: int | None,
+    plane: int | None,
+) -> Callable[..., tuple[float, int]]:
+    """Pick how the movies are written: here, or on Dask (its options checked before work)."""
+    if not dask and workers is None and scheduler is None:
+        return _write_movies
+    from calmdown.distributed import check_dask_output, require_distributed
+
+    if workers is not None and scheduler is not None:
+        raise InputError(
+            "--dask-workers sizes a local cluster, but --dask-scheduler uses a running one "
+            "with its own workers; leave one of them out"
+        )
+    require_distributed()
+    check_dask_output(out, raw)
+
+    def write(*args: Any, **kwargs: Any) -> tuple[float, int]:
+        kwargs = {"channel": channel, "plane": plane, **kwargs}
+        return _write_movies_dask(*args, workers=workers, scheduler=scheduler, **kwargs)
+
+    return write
+
+
+def _write_movies_dask(
+    model: TrainedModel,
+    raw: Path,
+    out: Path,
+    *,
+    key: str | None,
+    interval: float | None,
+    prepared: Prepared | None,
+    quiet: bool,
+    cfg: Config,
+    inputs: list[str],
+    channel: int | None = None,
+    plane: int | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+) -> tuple[float, int]:
+    """Denoise on a Dask cluster into Zarr stores; return (seconds, frames), start included."""
+    from calmdown.distributed import dask_apply
+
+    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
+    with ExitStack() as stack:
+        if prepared is None:
+            stack.callback(prep.close)
+        bar = stack.enter_context(
+            tqdm(
+                total=prep.reader.shape[0],
+                desc="denoising (dask)",
+                unit="frame",
+                disable=quiet,
+                file=sys.stderr,
+            )
+        )
+        result = dask_apply(
+            model,
+            raw,
+            out,
+            key=key,
+            channel=channel,
+            plane=plane,
+            interval=interval,
+            scheduler=scheduler,
+            workers=workers,
+            prepared=prep,
+            config=cfg,
+            progress=lambda done: bar.update(done.stop - done.start),
+        )
+    logger.info(
+        "Dask: %d tasks on %d workers; %.1f s to start, %.1f s to denoise",
+        result.n_tasks,
+        len(result.workers),
+        result.startup_seconds,
+        result.seconds,
+    )
+    return result.startup_seconds + result.seconds, result.n_frames
+
+
 def _summary(
     model: TrainedModel,
     *,
@@ -219,6 +399,7 @@ def _summary(
     infer_seconds: float | None,
     n_frames: int | None,
     shape: tuple[int, ...] | None,
+    recording: dict[str, Any] | None = None,
 ) -> str:
     n = model.noise
     t = model.training
@@ -241,6 +422,9 @@ def _summary(
         f"Calibration on held-out frames: {100 * h['coverage']:.1f} % of raw values inside their "
         f"predicted {100 * h['level']:.0f} % intervals, PIT KS distance {h['pit_ks']:.3f}.",
     ]
+    said = _recording(recording or {})
+    if said:
+        parts.insert(0, said)
     if infer_seconds is not None and n_frames:
         parts.append(
             f"Inference: {n_frames} frames of {shape[1]} x {shape[2]} in {infer_seconds:.1f} s "  # type: ignore[index]
@@ -251,6 +435,22 @@ def _summary(
     if model_path is not None:
         parts.append(f"Model saved to {model_path}.")
     return " ".join(parts)
+
+
+def _recording(meta: dict[str, Any]) -> str:
+    """Say what the file tells of the recording: frame rate, zoom, channel and plane read."""
+    bits = []
+    rate = meta.get("frame_rate")
+    if isinstance(rate, (int, float)) and rate > 0:
+        bits.append(f"{rate:.3g} frames/s")
+    if isinstance(meta.get("zoom"), (int, float)):
+        bits.append(f"zoom {meta['zoom']:g}")
+    if meta.get("channel") is not None:
+        bits.append(f"channel {meta['channel']}")
+    if meta.get("plane") is not None:
+        of = f" of {meta['planes']}" if meta.get("planes") else ""
+        bits.append(f"plane {meta['plane']}{of}")
+    return f"Recording: {', '.join(bits)}." if bits else ""
 
 
 def _write_sidecar(path: Path, model: TrainedModel, extra: dict[str, Any]) -> None:
@@ -275,6 +475,8 @@ def denoise(
     raw: Annotated[Path, typer.Argument(help="Raw movie: TIFF, HDF5, Zarr or .npy (T, Y, X).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output movie (.tif, .h5, .zarr).")],
     key: Key = None,
+    channel: Channel = None,
+    plane: Plane = None,
     model_out: Annotated[
         Path | None, typer.Option("--model-out", help="Where to save the model.")
     ] = None,
@@ -288,16 +490,29 @@ def denoise(
     offset: Offset = None,
     read_noise: ReadNoise = None,
     chunk_frames: Chunk = None,
+    dask: DaskFlag = False,
+    dask_workers: DaskWorkers = None,
+    dask_scheduler: DaskScheduler = None,
     device: Device = "auto",
     threads: Threads = None,
     seed: Seed = 0,
+    resume: Resume = False,
+    checkpoint_every: CheckpointEvery = 30.0,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train on RAW itself and write the denoised movie to OUT (float32, same shape)."""
+    """Train on RAW itself and write the denoised movie to OUT (float32, same shape).
+
+    While training, a checkpoint OUT.checkpoint.pt is kept (every ~30 s and on interrupt);
+    it is removed once every output is written. Ctrl-C or SIGTERM leaves nothing under the
+    output names but complete files (the model when training had finished).
+    """
     _setup_logging(verbose, quiet)
-    with _errors(debug):
+    ckpt = Checkpoint(
+        _checkpoint_path(out), resume=resume, every_s=checkpoint_every, remove_when_done=False
+    )
+    with _errors(debug, checkpoint=ckpt.path):
         cfg = _config(
             output=output,
             time_budget_s=time_budget,
@@ -313,13 +528,23 @@ def denoise(
             seed=seed,
         )
         _check_output(out, raw)
-        prep = prepare(raw, cfg, key=key)
+        write_movies = _movie_writer(
+            out,
+            raw,
+            dask=dask,
+            workers=dask_workers,
+            scheduler=dask_scheduler,
+            channel=channel,
+            plane=plane,
+        )
+        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
         with closing(prep):
             update, bar = _train_progress(quiet, cfg)
             with bar:
-                model = train(raw, config=cfg, prepared=prep, progress=update)
-            model_path = save_model(model, model_out or _model_path(out))
-            seconds, n_frames = _write_movies(
+                model = train(raw, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
+            with defer_interrupts():  # complete or absent, even on a signal
+                model_path = save_model(model, model_out or _model_path(out))
+            seconds, n_frames = write_movies(
                 model,
                 raw,
                 out,
@@ -330,11 +555,13 @@ def denoise(
                 cfg=cfg,
                 inputs=[str(raw)],
             )
-            _write_sidecar(
-                _sidecar_path(out),
-                model,
-                {"input": str(raw), "output": str(out), "inference_seconds": seconds},
-            )
+            with defer_interrupts():
+                _write_sidecar(
+                    _sidecar_path(out),
+                    model,
+                    {"input": str(raw), "output": str(out), "inference_seconds": seconds},
+                )
+            ckpt.remove()
             if not quiet:
                 typer.echo(
                     _summary(
@@ -344,6 +571,7 @@ def denoise(
                         infer_seconds=seconds,
                         n_frames=n_frames,
                         shape=prep.reader.shape,
+                        recording=prep.reader.metadata,
                     )
                 )
 
@@ -353,6 +581,8 @@ def train_cmd(
     raw: Annotated[Path, typer.Argument(help="Raw movie to train on.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write (.pt).")],
     key: Key = None,
+    channel: Channel = None,
+    plane: Plane = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     context_frames: Context = None,
@@ -363,13 +593,22 @@ def train_cmd(
     device: Device = "auto",
     threads: Threads = None,
     seed: Seed = 0,
+    resume: Resume = False,
+    checkpoint_every: CheckpointEvery = 30.0,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train a model on RAW and save it to OUT, to apply to other recordings of the rig."""
+    """Train a model on RAW and save it to OUT, to apply to other recordings of the rig.
+
+    While training, a checkpoint (OUT without .pt, plus .checkpoint.pt) is kept; --resume
+    continues from it after an interrupt. It is removed once the model is saved.
+    """
     _setup_logging(verbose, quiet)
-    with _errors(debug):
+    ckpt = Checkpoint(
+        _checkpoint_path(out), resume=resume, every_s=checkpoint_every, remove_when_done=False
+    )
+    with _errors(debug, checkpoint=ckpt.path):
         cfg = _config(
             time_budget_s=time_budget,
             max_steps=max_steps,
@@ -383,10 +622,13 @@ def train_cmd(
             seed=seed,
         )
         _check_output(out, raw)
+        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
         update, bar = _train_progress(quiet, cfg)
-        with bar:
-            model = train(raw, config=cfg, key=key, progress=update)
-        path = save_model(model, out)
+        with closing(prep), bar:
+            model = train(prep.reader, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
+        with defer_interrupts():  # complete or absent, even on a signal
+            path = save_model(model, out)
+        ckpt.remove()
         if not quiet:
             typer.echo(
                 _summary(
@@ -401,12 +643,17 @@ def apply_cmd(
     raw: Annotated[Path, typer.Argument(help="Raw movie to denoise.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output movie (.tif, .h5, .zarr).")],
     key: Key = None,
+    channel: Channel = None,
+    plane: Plane = None,
     output: Output = "posterior",
     interval: Interval = None,
     gain: Gain = None,
     offset: Offset = None,
     read_noise: ReadNoise = None,
     chunk_frames: Chunk = None,
+    dask: DaskFlag = False,
+    dask_workers: DaskWorkers = None,
+    dask_scheduler: DaskScheduler = None,
     device: Device = "auto",
     threads: Threads = None,
     verbose: Verbose = 0,
@@ -428,7 +675,16 @@ def apply_cmd(
             threads=threads,
         )
         _check_output(out, raw)
-        seconds, n_frames = _write_movies(
+        write_movies = _movie_writer(
+            out,
+            raw,
+            dask=dask,
+            workers=dask_workers,
+            scheduler=dask_scheduler,
+            channel=channel,
+            plane=plane,
+        )
+        seconds, n_frames = write_movies(
             model,
             raw,
             out,
@@ -438,6 +694,8 @@ def apply_cmd(
             quiet=quiet,
             cfg=cfg,
             inputs=[str(raw), str(model_file)],
+            channel=channel,
+            plane=plane,
         )
         if not quiet:
             typer.echo(
@@ -545,11 +803,246 @@ def _moving_average(x: np.ndarray, width: int) -> np.ndarray:
 
 
 def _check_output(out: Path, raw: Path) -> None:
+    """Refuse, before any work, an output that is the input or lies in an unwritable folder."""
     if Path(raw).exists() and same_file(out, Path(raw)):
         raise InputError(
             "the output path is the input movie; it would be overwritten: choose another -o",
             path=out,
         )
+    folder = Path(out).expanduser().parent
+    if not folder.is_dir():
+        raise InputError(
+            f"cannot write there: the folder {folder} does not exist; create it or choose "
+            "another -o",
+            path=out,
+        )
+    try:  # os.access says yes to root even where writing fails (read-only mounts, /proc)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{Path(out).name}.", suffix=".probe"):
+            pass
+    except OSError as err:
+        raise InputError(
+            f"cannot write in the folder {folder} ({err.strerror}); choose a writable "
+            "location with -o",
+            path=out,
+        ) from err
+
+
+@app.command()
+def report(
+    raw: Annotated[Path, typer.Argument(help="Raw movie: TIFF, HDF5, Zarr or .npy (T, Y, X).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+    model_file: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model file from `calmdown train` (else trained on RAW)."),
+    ] = None,
+    denoised: Annotated[
+        Path | None,
+        typer.Option("--denoised", help="A denoised movie to review (else calmdown's own)."),
+    ] = None,
+    rois: Annotated[
+        Path | None, typer.Option("--rois", help="ROIs whose traces to draw with corridors.")
+    ] = None,
+    key: Key = None,
+    time_budget: Budget = 180.0,
+    max_steps: MaxSteps = None,
+    movie_frames: Annotated[
+        int, typer.Option("--movie-frames", help="Consecutive frames in the embedded movie.")
+    ] = 200,
+    device: Device = "auto",
+    threads: Threads = None,
+    seed: Seed = 0,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a self-contained HTML review of RAW: movie side by side, noise, calibration, checks."""
+    from calmdown.report import write_report
+
+    _setup_logging(verbose, quiet)
+    with _errors(debug):
+        model = load_model(model_file) if model_file is not None else None
+        options: dict[str, Any] = {"device": device, "threads": threads}
+        if model is None:
+            options.update(time_budget_s=time_budget, max_steps=max_steps, seed=seed)
+        _check_output(out, raw)
+        if denoised is not None:
+            _check_output(out, denoised)
+        bars: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in bars:
+                for bar in bars.values():
+                    bar.close()
+                unit = "step" if stage == "training" else "frame"
+                desc = "training" if stage == "training" else "analysing"
+                bars[stage] = tqdm(
+                    total=total, desc=desc, unit=unit, disable=quiet, file=sys.stderr
+                )
+            bars[stage].update(done - bars[stage].n)
+
+        try:
+            path = write_report(
+                raw,
+                out,
+                model=model,
+                denoised=denoised,
+                key=key,
+                rois=rois,
+                movie_frames=movie_frames,
+                progress=progress,
+                **options,
+            )
+        finally:
+            for bar in bars.values():
+                bar.close()
+        if not quiet:
+            size = path.stat().st_size / 1e6
+            typer.echo(f"Report written to {path} ({size:.1f} MB); open it in a browser.")
+
+
+@app.command()
+def evaluate(
+    raw: Annotated[Path, typer.Argument(help="Raw movie: TIFF, HDF5, Zarr or .npy (T, Y, X).")],
+    key: Key = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the estimate to this JSON file.")
+    ] = None,
+    time_budget: Budget = 180.0,
+    max_steps: MaxSteps = None,
+    gain: Gain = None,
+    offset: Offset = None,
+    read_noise: ReadNoise = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    seed: Seed = 0,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Estimate calmdown's PSNR gain on RAW without ground truth (photon split).
+
+    Each frame's photons are split into two independent halves; calmdown is trained on and
+    applied to one half and scored against the other.
+    """
+    from calmdown.evaluate import estimate_gain
+    from calmdown.io import open_movie as open_raw
+    from calmdown.noise import estimate_noise
+
+    _setup_logging(verbose, quiet)
+    with _errors(debug):
+        cfg = _config(
+            time_budget_s=time_budget,
+            max_steps=max_steps,
+            device=device,
+            threads=threads,
+            seed=seed,
+        )
+        if json_out is not None:
+            _check_output(json_out, raw)
+        with open_raw(raw, key=key) as reader:
+            movie = np.asarray(reader.read(0, reader.shape[0]), dtype=np.float32)
+        noise = estimate_noise(
+            lambda s, e: movie[s:e],
+            movie.shape[0],
+            gain=gain,
+            offset=offset,
+            read_noise=read_noise,
+            name=str(raw),
+        )
+        update, bar = _train_progress(quiet, cfg)
+        with bar:
+            result = estimate_gain(movie, noise=noise, seed=seed, config=cfg, progress=update)
+        if json_out is not None:
+            data = {"calmdown_version": __version__, "input": str(raw), **result.to_dict()}
+            partial = json_out.with_name(json_out.name + ".partial")
+            partial.write_text(json.dumps(data, indent=2, default=str))
+            os.replace(partial, json_out)
+        if not quiet:
+            typer.echo(result.summary() + (f" Written to {json_out}." if json_out else ""))
+
+
+@app.command()
+def traces(
+    raw: Annotated[Path, typer.Argument(help="Raw movie: TIFF, HDF5, Zarr or .npy (T, Y, X).")],
+    rois: Annotated[
+        Path,
+        typer.Option(
+            "--rois",
+            help="ROIs: label image (.npy/.tif, 0 = background), suite2p stat.npy, ImageJ .zip.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Writes OUT.npz, OUT.csv and OUT.png.")],
+    model_file: Annotated[
+        Path | None,
+        typer.Option("--model", help="Model file from `calmdown train` (else trained on RAW)."),
+    ] = None,
+    samples: Annotated[
+        int, typer.Option("--samples", help="Joint posterior samples behind the corridors.")
+    ] = 64,
+    level: Annotated[float, typer.Option("--level", help="Credible level of the corridors.")] = 0.9,
+    baseline: Annotated[
+        float, typer.Option("--baseline-percentile", help="Percentile of a trace taken as F0.")
+    ] = 50.0,
+    key: Key = None,
+    time_budget: Budget = 180.0,
+    max_steps: MaxSteps = None,
+    device: Device = "auto",
+    threads: Threads = None,
+    seed: Seed = 0,
+    verbose: Verbose = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """ROI fluorescence and dF/F traces of RAW with credible corridors from joint samples."""
+    from calmdown.io.rois import read_rois
+    from calmdown.traces import roi_traces, write_traces
+
+    _setup_logging(verbose, quiet)
+    with _errors(debug):
+        cfg = _config(
+            time_budget_s=time_budget,
+            max_steps=max_steps,
+            device=device,
+            threads=threads,
+            seed=seed,
+        )
+        _check_output(out, raw)
+        prep = prepare(raw, cfg, key=key)
+        with closing(prep):
+            region = read_rois(rois, prep.reader.shape[1:])
+            if model_file is not None:
+                model = load_model(model_file)
+            else:
+                update, bar = _train_progress(quiet, cfg)
+                with bar:
+                    model = train(raw, config=cfg, prepared=prep, progress=update)
+            with tqdm(
+                total=prep.reader.shape[0],
+                desc="sampling",
+                unit="frame",
+                disable=quiet,
+                file=sys.stderr,
+            ) as bar:
+                result = roi_traces(
+                    model,
+                    prep.reader,
+                    region,
+                    samples=samples,
+                    level=level,
+                    baseline_percentile=baseline,
+                    prepared=prep,
+                    progress=bar.update,
+                    device=device,
+                    threads=threads,
+                )
+            files = write_traces(result, out)
+        if not quiet:
+            typer.echo(
+                f"{len(region.ids)} ROI traces with {100 * level:.0f} % corridors from "
+                f"{samples} joint samples: " + ", ".join(str(f) for f in files) + "."
+            )
 
 
 @app.command()
