@@ -36,6 +36,20 @@ def test_denoise_writes_float32_of_the_same_shape(tmp_path, raw_tif):
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_samples_are_written_and_match_the_intervals(tmp_path, raw_tif):
+    out = tmp_path / "out.tif"
+    args = ["denoise", str(raw_tif), "-o", str(out), "--interval", "0.9", "--samples", "8"]
+    res = runner.invoke(app, [*args, *FAST])
+    assert res.exit_code == 0, res.output
+    draws = np.stack([tifffile.imread(tmp_path / f"out.sample{j}.tif") for j in range(1, 9)])
+    lower, upper = (tifffile.imread(tmp_path / f"out.{b}.tif") for b in ("lower", "upper"))
+    assert draws.shape == (8, 60, 32, 32)
+    assert not np.array_equal(draws[0], draws[1])
+    # Each sample is a draw from the same marginal posterior the intervals summarise.
+    inside = np.mean((draws >= lower) & (draws <= upper))
+    assert 0.85 <= inside <= 0.95, inside
+
+
 def test_summary_paragraph(tmp_path, raw_tif):
     res = runner.invoke(
         app, ["denoise", str(raw_tif), "-o", str(tmp_path / "o.h5"), "--max-steps", "10"]

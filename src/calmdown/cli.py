@@ -109,6 +109,14 @@ Interval = Annotated[
     float | None,
     typer.Option("--interval", help="Also write OUT.lower/OUT.upper: central credible interval."),
 ]
+Samples = Annotated[
+    int,
+    typer.Option(
+        "--samples",
+        help="Also write N joint Monte-Carlo samples of the clean movie: OUT.sample1 ... "
+        "(errors correlated across pixels and frames as the model's).",
+    ),
+]
 Chunk = Annotated[int | None, typer.Option("--chunk-frames", help="Frames processed at once.")]
 DaskFlag = Annotated[
     bool, typer.Option("--dask", help="Denoise on a Dask cluster, in parallel (OUT must be .zarr).")
@@ -271,14 +279,20 @@ def _write_movies(
     inputs: list[str],
     channel: int | None = None,
     plane: int | None = None,
+    samples: int = 0,
 ) -> tuple[float, int]:
-    """Stream the denoised movie (and intervals) to files; return (seconds, frames)."""
+    """Stream the denoised movie (intervals, samples) to files; return (seconds, frames)."""
+    if samples < 0:
+        raise InputError(f"--samples must be 0 or more, got {samples}")
     prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
     shape = prep.reader.shape
     targets = {"denoised": out}
     if interval is not None:
         lower, upper = output_paths_like(out, ["lower", "upper"])
         targets.update(lower=lower, upper=upper)
+    names = [f"sample{j + 1}" for j in range(samples)]
+    if samples:
+        targets.update(zip(names, output_paths_like(out, names), strict=True))
     t0 = time.perf_counter()
     with ExitStack() as stack:
         if prepared is None:
@@ -298,9 +312,14 @@ def _write_movies(
             prepared=prep,
             interval=interval,
             config=cfg,
+            samples=samples,
         ):
             for name, writer in writers.items():
-                writer.write(chunk.start, getattr(chunk, name))
+                if name.startswith("sample"):
+                    assert chunk.samples is not None
+                    writer.write(chunk.start, chunk.samples[int(name[6:]) - 1])
+                else:
+                    writer.write(chunk.start, getattr(chunk, name))
             bar.update(chunk.stop - chunk.start)
     return time.perf_counter() - t0, shape[0]
 
@@ -328,7 +347,9 @@ def _movie_writer(
     require_distributed()
     check_dask_output(out, raw)
 
-    def write(*args: Any, **kwargs: Any) -> tuple[float, int]:
+    def write(*args: Any, samples: int = 0, **kwargs: Any) -> tuple[float, int]:
+        if samples:
+            raise InputError("--samples is not available with --dask yet; leave one out")
         kwargs = {"channel": channel, "plane": plane, **kwargs}
         return _write_movies_dask(*args, workers=workers, scheduler=scheduler, **kwargs)
 
@@ -482,6 +503,7 @@ def denoise(
     ] = None,
     output: Output = "posterior",
     interval: Interval = None,
+    samples: Samples = 0,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     context_frames: Context = None,
@@ -554,6 +576,7 @@ def denoise(
                 quiet=quiet,
                 cfg=cfg,
                 inputs=[str(raw)],
+                samples=samples,
             )
             with defer_interrupts():
                 _write_sidecar(
