@@ -19,6 +19,7 @@ import logging
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -87,6 +88,15 @@ class NoiseModel:
         """Noise variance of one pixel, in photon units squared, at a given clean level."""
         rn2 = self.read_noise_photons**2
         return self.variance_ratio * (np.maximum(photons, 0.0) + rn2)
+
+    def raw_variance_photons(self, photons: Any) -> Any:
+        """Noise variance estimated from raw values themselves (photon units, array or tensor).
+
+        Not clipped at zero: linear in the value, so its mean is the noise variance at the
+        clean level whatever the values' own noise, which the variance at a predicted level
+        is not (it inherits the prediction's bias).
+        """
+        return self.variance_ratio * (photons + self.read_noise_photons**2)
 
     def to_dict(self) -> dict[str, object]:
         """Plain-type dictionary (for JSON and model files)."""

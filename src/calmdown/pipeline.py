@@ -282,7 +282,8 @@ def _predict_prior(
         variances.append((scale[:, 0] * scale0) ** 2)
         if not stride:
             continue
-        sel = np.flatnonzero(probe_frames(ts, stride, start=frame_base))
+        probed_here = probe_frames(ts, stride, start=frame_base)
+        sel = np.flatnonzero(probed_here)
         prop = torch.zeros_like(loc[:, 0])
         if sel.size:
             assert noise is not None
@@ -304,7 +305,7 @@ def _predict_prior(
             loc2, _ = run(m2, f2)
             prop[sel] = ((loc2[:, 0] - loc[sel, 0]) * scale0 / EPS) ** 2
         probes.append(prop)
-        probed.append(torch.from_numpy(probe_frames(ts, stride, start=frame_base)).to(device))
+        probed.append(torch.from_numpy(probed_here).to(device))
     out = PriorPrediction(torch.cat(locs), torch.cat(variances))
     if stride:
         mask = torch.cat(probed).to(out.loc.dtype)[:, None, None].expand_as(out.loc)
@@ -420,7 +421,7 @@ def _calibrate(
     calib = fit_scale_calibration(
         pvar_f,
         (x_f - loc_f) ** 2,
-        noise.variance_ratio * (x_f + noise.read_noise_photons**2),
+        noise.raw_variance_photons(x_f),
         known_var=prop_f,
         n_bins=5,
     )
@@ -444,7 +445,7 @@ def _calibrate(
                 null_scale=null_scale,
                 correction=corr,
             )
-            raw_nv = noise.variance_ratio * (x + noise.read_noise_photons**2)
+            raw_nv = noise.raw_variance_photons(x)
             out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv))
         return out
 

@@ -202,7 +202,7 @@ def roi_traces(
                 resid = (raw[sel] - chunk.prior[sel]).reshape(sel.size, -1)
                 r_roi = mat @ resid.T
                 photons = noise.to_photons(raw[sel]).reshape(sel.size, -1)
-                nv = noise.variance_ratio * (photons + noise.read_noise_photons**2)
+                nv = noise.raw_variance_photons(photons)
                 nv_roi = (sq @ nv.T) * pair * noise.gain**2
                 excess += float((r_roi**2 - nv_roi).sum())
                 spread += float(f_samp[:, :, a + sel].var(axis=0).sum())
