@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import tempfile
 import time
@@ -26,7 +25,7 @@ from calmdown import __version__
 from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handle_signals
 from calmdown.config import Config, make_config
 from calmdown.errors import CalmdownError, InputError
-from calmdown.io import MovieWriter, open_movie, output_paths_like, same_file
+from calmdown.io import MovieWriter, open_movie, output_paths_like, same_file, write_atomic
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.train import TrainProgress
@@ -483,9 +482,7 @@ def _write_sidecar(path: Path, model: TrainedModel, extra: dict[str, Any]) -> No
         "heldout_check": model.heldout,
         **extra,
     }
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(partial, path)
+    write_atomic(path, lambda p: p.write_text(json.dumps(data, indent=2, default=str)), "sidecar")
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -979,9 +976,8 @@ def evaluate(
             result = estimate_gain(movie, noise=noise, seed=seed, config=cfg, progress=update)
         if json_out is not None:
             data = {"calmdown_version": __version__, "input": str(raw), **result.to_dict()}
-            partial = json_out.with_name(json_out.name + ".partial")
-            partial.write_text(json.dumps(data, indent=2, default=str))
-            os.replace(partial, json_out)
+            text = json.dumps(data, indent=2, default=str)
+            write_atomic(json_out, lambda p: p.write_text(text), "estimate")
         if not quiet:
             typer.echo(result.summary() + (f" Written to {json_out}." if json_out else ""))
 

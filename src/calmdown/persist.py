@@ -14,7 +14,8 @@ from calmdown import __version__
 from calmdown.calibration import ScaleCalibration
 from calmdown.config import Config
 from calmdown.correction import ResidualCorrection
-from calmdown.errors import InputError, ModelFileError
+from calmdown.errors import ModelFileError
+from calmdown.io.write import write_atomic
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import TrainedModel
 from calmdown.samples import ErrorCorrelation
@@ -57,16 +58,7 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "heldout": model.heldout,
         "data_hash": model.data_hash,
     }
-    partial = path.with_name(path.name + ".partial")
-    try:
-        torch.save(payload, partial)
-        os.replace(partial, path)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise InputError(
-            f"cannot write the model: {err}; choose a writable location", path=path
-        ) from err
-    return path
+    return write_atomic(path, lambda partial: torch.save(payload, partial), "model")
 
 
 def load_model(path: str | os.PathLike[str]) -> TrainedModel:

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import sparse
 
 from calmdown.errors import InputError
+from calmdown.io import write_atomic
 from calmdown.io.rois import Rois
 from calmdown.pipeline import Prepared, TrainedModel, _data_hash, iter_apply, prepare
 from calmdown.train import held_out_mask
@@ -236,16 +237,6 @@ def roi_traces(
     )
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    try:
-        write(partial)
-        os.replace(partial, path)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise InputError(f"cannot write: {err}; choose a writable location", path=path) from err
-
-
 def write_traces(
     traces: RoiTraces, out: str | os.PathLike[str], *, plot_rois: int = 6
 ) -> list[Path]:
@@ -281,9 +272,9 @@ def write_traces(
                 wr.writerow([int(rid), t, *(f"{d[i, t]:.6g}" for d in data)])
         p.write_text(buf.getvalue())
 
-    _atomic(npz, save_npz)
-    _atomic(csv_path, save_csv)
-    _atomic(png, lambda p: plot_traces(traces, p, n=plot_rois))
+    write_atomic(npz, save_npz, "traces")
+    write_atomic(csv_path, save_csv, "traces")
+    write_atomic(png, lambda p: plot_traces(traces, p, n=plot_rois), "traces plot")
     return [npz, csv_path, png]
 
 

@@ -21,6 +21,7 @@ from calmdown.io.write import (
     output_paths_like,
     same_file,
     save_array,
+    write_atomic,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ __all__ = [
     "output_paths_like",
     "same_file",
     "save_array",
+    "write_atomic",
 ]
 
 

@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -34,6 +34,7 @@ __all__ = [
     "open_writer",
     "output_paths_like",
     "save_array",
+    "write_atomic",
 ]
 
 #: File extensions that :class:`MovieWriter` writes, by format.
@@ -628,3 +629,36 @@ def output_paths_like(path: str | os.PathLike[str], suffixes: Sequence[str]) -> 
             raise ValueError(f"suffix {suffix!r} must be a non-empty name without '/'")
         out.append(path.with_name(f"{stem}.{suffix}{ext}"))
     return out
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object], what: str) -> Path:
+    """Write a small file under ``<path>.partial`` with ``write(partial)``, then rename it.
+
+    Nothing appears under ``path`` unless the write completed; on failure the partial file is
+    removed and an :class:`InputError` names the file and the fix.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Final name.
+    write : callable
+        Writes the whole file to the path it is given.
+    what : str
+        What the file is, for the message (``"model"``, ``"report"``).
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise InputError(
+            f"cannot write the {what}: {err}; choose a writable location", path=path
+        ) from err
+    return path

@@ -18,7 +18,7 @@ from scipy import stats
 from calmdown import __version__
 from calmdown.config import Config, make_config
 from calmdown.errors import InputError
-from calmdown.io import MovieReader, open_movie
+from calmdown.io import MovieReader, open_movie, write_atomic
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.report import figures
@@ -673,13 +673,4 @@ def write_report(raw: Any, path: str | os.PathLike[str], **kwargs: Any) -> Path:
     """
     path = Path(path)
     document = build_report(raw, **kwargs)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        partial.write_text(document, encoding="utf-8")
-        os.replace(partial, path)
-    except OSError as err:
-        partial.unlink(missing_ok=True)
-        raise InputError(
-            f"cannot write the report: {err}; choose a writable location", path=path
-        ) from err
-    return path
+    return write_atomic(path, lambda p: p.write_text(document, encoding="utf-8"), "report")
