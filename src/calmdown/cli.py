@@ -25,7 +25,14 @@ from calmdown import __version__
 from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handle_signals
 from calmdown.config import Config, make_config
 from calmdown.errors import CalmdownError, InputError
-from calmdown.io import MovieWriter, open_movie, output_paths_like, same_file, write_atomic
+from calmdown.io import (
+    MovieWriter,
+    count_planes,
+    open_movie,
+    output_paths_like,
+    same_file,
+    write_atomic,
+)
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.train import TrainProgress
@@ -47,7 +54,41 @@ Channel = Annotated[
     int | None,
     typer.Option("--channel", help="Channel to read (ScanImage number; else from 1)."),
 ]
-Plane = Annotated[int | None, typer.Option("--plane", help="Plane to read, from 1.")]
+
+
+def _plane_option(value: str) -> str:
+    """Check a --plane value: a plane number (from 1) or ``all``; return it as text."""
+    text = str(value).strip().lower()
+    if text == "all" or text.isdigit():
+        return text
+    raise typer.BadParameter(
+        f"{value!r} is not a plane: pass a plane number counted from 1 (e.g. --plane 2), or "
+        "--plane all (calmdown denoise only: every plane with its own model)"
+    )
+
+
+def _plane_number(plane: str | None) -> int | None:
+    """Return the plane of a one-plane command (train, apply); refuse ``all`` clearly."""
+    if plane is None:
+        return None
+    if plane == "all":
+        raise InputError(
+            "--plane all works with calmdown denoise only (it trains one model per plane); "
+            "pass one plane here, e.g. --plane 1"
+        )
+    return int(plane)
+
+
+Plane = Annotated[
+    str | None,
+    typer.Option(
+        "--plane",
+        parser=_plane_option,
+        metavar="N|all",
+        help="Plane to read, from 1; `denoise --plane all` denoises every plane, each with its "
+        "own model, into OUT.plane1, OUT.plane2, ...",
+    ),
+]
 Verbose = Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
@@ -152,13 +193,14 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 
 
 @contextmanager
-def _errors(debug: bool, checkpoint: Path | None = None) -> Iterator[None]:
+def _errors(debug: bool, checkpoint: Path | list[Path] | None = None) -> Iterator[None]:
     """Turn errors into one line and an exit status; tracebacks only with --debug.
 
     Warnings print as one line too, for the duration of the command only. SIGTERM is
     handled like Ctrl-C (SIGINT): files being written are removed (their ``*.partial``), the
     training checkpoint (``checkpoint``, when the command trains) is kept, one line says so,
-    and the exit status is 130.
+    and the exit status is 130. ``checkpoint`` may be a list (one per plane, filled in as the
+    command goes); the hint names the first that exists.
     """
     try:
         with warnings.catch_warnings(), handle_signals():
@@ -167,11 +209,10 @@ def _errors(debug: bool, checkpoint: Path | None = None) -> Iterator[None]:
     except KeyboardInterrupt as err:
         name = err.signal_name if isinstance(err, Interrupted) else "SIGINT"
         hint = ""
-        if checkpoint is not None and checkpoint.is_file():
-            hint = (
-                "; rerun with --resume to continue training from the last checkpoint "
-                f"({checkpoint})"
-            )
+        paths = [checkpoint] if isinstance(checkpoint, Path) else list(checkpoint or [])
+        found = next((path for path in paths if path.is_file()), None)
+        if found is not None:
+            hint = f"; rerun with --resume to continue training from the last checkpoint ({found})"
         typer.echo(
             f"interrupted ({name}); no output was left half-written (unfinished files are "
             f"removed){hint}",
@@ -223,7 +264,7 @@ def _train_progress(quiet: bool, cfg: Config) -> tuple[Callable[[TrainProgress],
 def _beside(out: Path, suffix: str) -> Path:
     """Name a file next to the output movie: its name without the movie extension + suffix."""
     base = out.name
-    for ext in (".ome.zarr", ".zarr", ".tiff", ".tif", ".btf", ".hdf5", ".h5", ".npy"):
+    for ext in (".ome.zarr", ".zarr", ".tiff", ".tif", ".btf", ".hdf5", ".h5", ".npy", ".nwb"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)]
             break
@@ -490,7 +531,14 @@ def _write_sidecar(path: Path, model: TrainedModel, extra: dict[str, Any]) -> No
 
 @app.command()
 def denoise(
-    raw: Annotated[Path, typer.Argument(help="Raw movie: TIFF, HDF5, Zarr or .npy (T, Y, X).")],
+    raw: Annotated[
+        Path,
+        typer.Argument(
+            help="Raw movie: TIFF, HDF5, Zarr, NWB or .npy (T, Y, X); or a recording split over "
+            "numbered files (name_00001.tif, ...): their folder, or a quoted pattern such as "
+            "'rec/name_*.tif', read in number order."
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output movie (.tif, .h5, .zarr).")],
     key: Key = None,
     channel: Channel = None,
@@ -526,12 +574,17 @@ def denoise(
     While training, a checkpoint OUT.checkpoint.pt is kept (every ~30 s and on interrupt);
     it is removed once every output is written. Ctrl-C or SIGTERM leaves nothing under the
     output names but complete files (the model when training had finished).
+
+    With --plane all, every plane is denoised in turn with its own noise model and network,
+    into OUT.plane1, OUT.plane2, ... (each with its model, sidecar and checkpoint named after
+    it); planes finished before an interrupt are kept, and --resume skips them.
     """
     _setup_logging(verbose, quiet)
     ckpt = Checkpoint(
         _checkpoint_path(out), resume=resume, every_s=checkpoint_every, remove_when_done=False
     )
-    with _errors(debug, checkpoint=ckpt.path):
+    ckpt_paths = [ckpt.path]  # one per plane with --plane all
+    with _errors(debug, checkpoint=ckpt_paths):
         cfg = _config(
             output=output,
             time_budget_s=time_budget,
@@ -554,46 +607,181 @@ def denoise(
             workers=dask_workers,
             scheduler=dask_scheduler,
             channel=channel,
-            plane=plane,
+            plane=None if plane == "all" else _plane_number(plane),
         )
-        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
-        with closing(prep):
-            update, bar = _train_progress(quiet, cfg)
-            with bar:
-                model = train(raw, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
-            with defer_interrupts():  # complete or absent, even on a signal
-                model_path = save_model(model, model_out or _model_path(out))
-            seconds, n_frames = write_movies(
-                model,
+        options: dict[str, Any] = {
+            "key": key,
+            "channel": channel,
+            "cfg": cfg,
+            "write_movies": write_movies,
+            "interval": interval,
+            "samples": samples,
+            "quiet": quiet,
+        }
+        if plane == "all":
+            _denoise_planes(
                 raw,
                 out,
-                key=key,
-                interval=interval,
-                prepared=prep,
-                quiet=quiet,
-                cfg=cfg,
-                inputs=[str(raw)],
-                samples=samples,
+                model_out=model_out,
+                resume=resume,
+                checkpoint_every=checkpoint_every,
+                checkpoints=ckpt_paths,
+                **options,
             )
-            with defer_interrupts():
-                _write_sidecar(
-                    _sidecar_path(out),
-                    model,
-                    {"input": str(raw), "output": str(out), "inference_seconds": seconds},
+            return
+        summary, _ = _denoise_one(
+            raw, out, plane=_plane_number(plane), model_out=model_out, ckpt=ckpt, **options
+        )
+        if not quiet:
+            typer.echo(summary)
+
+
+def _denoise_one(
+    raw: Path,
+    out: Path,
+    *,
+    key: str | None,
+    channel: int | None,
+    plane: int | None,
+    model_out: Path | None,
+    ckpt: Checkpoint,
+    cfg: Config,
+    write_movies: Callable[..., tuple[float, int]],
+    interval: float | None,
+    samples: int,
+    quiet: bool,
+    extra: dict[str, Any] | None = None,
+) -> tuple[str, TrainedModel]:
+    """Denoise one movie (one plane of RAW): train, save the model, write OUT and the sidecar.
+
+    Returns the summary paragraph and the model. Every file is written atomically, so an
+    interrupt leaves the outputs complete or absent (and the checkpoint, to resume from).
+    """
+    prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
+    with closing(prep):
+        listed = prep.reader.metadata.get("files")  # the parts of a multi-file recording
+        files = [str(f) for f in listed] if isinstance(listed, list) else []
+        for part in files:  # refused before training, not after it
+            if same_file(out, Path(part)):
+                raise InputError(
+                    f"the output path is one of the input files ({part}); it would be "
+                    "overwritten: choose another -o",
+                    path=out,
                 )
-            ckpt.remove()
+        update, bar = _train_progress(quiet, cfg)
+        with bar:
+            model = train(raw, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
+        with defer_interrupts():  # complete or absent, even on a signal
+            model_path = save_model(model, model_out or _model_path(out))
+        seconds, n_frames = write_movies(
+            model,
+            raw,
+            out,
+            key=key,
+            interval=interval,
+            prepared=prep,
+            quiet=quiet,
+            cfg=cfg,
+            inputs=[str(raw), *files],
+            samples=samples,
+            channel=channel,
+            plane=plane,
+        )
+        record: dict[str, Any] = {"input": str(raw), "output": str(out)}
+        if files:
+            record["input_files"] = files
+        record.update(extra or {})
+        record["inference_seconds"] = seconds
+        with defer_interrupts():
+            _write_sidecar(_sidecar_path(out), model, record)
+        ckpt.remove()
+        summary = _summary(
+            model,
+            out=out,
+            model_path=model_path,
+            infer_seconds=seconds,
+            n_frames=n_frames,
+            shape=prep.reader.shape,
+            recording=prep.reader.metadata,
+        )
+    return summary, model
+
+
+def _denoise_planes(
+    raw: Path,
+    out: Path,
+    *,
+    model_out: Path | None,
+    resume: bool,
+    checkpoint_every: float,
+    checkpoints: list[Path],
+    quiet: bool,
+    **options: Any,
+) -> None:
+    """``denoise --plane all``: each plane in turn, with its own noise model and network.
+
+    Plane N goes to OUT.planeN (its model, sidecar, intervals and samples named after that, as
+    for a single-plane OUT). Planes finished before an interrupt keep their outputs; with
+    --resume, planes whose sidecar (written last) is there are not redone.
+    """
+    n_planes = count_planes(raw, key=options["key"])
+    if n_planes is None:
+        raise InputError(
+            "--plane all needs a recording with planes (a ScanImage volume, a TIFF with a Z "
+            "axis, or a 4-D NWB TwoPhotonSeries), but this file holds a single plane; leave "
+            "--plane out",
+            path=raw,
+        )
+    targets = []
+    for number in range(1, n_planes + 1):
+        name = f"plane{number}"
+        plane_out = output_paths_like(out, [name])[0]
+        plane_model = output_paths_like(model_out, [name])[0] if model_out else None
+        targets.append((number, plane_out, plane_model))
+        _check_output(plane_out, raw)
+    checkpoints[:] = [_checkpoint_path(plane_out) for _, plane_out, _ in targets]
+    noise_lines = []
+    for (number, plane_out, plane_model), ckpt_path in zip(targets, checkpoints, strict=True):
+        sidecar = _sidecar_path(plane_out)
+        if resume and sidecar.is_file() and plane_out.exists() and not ckpt_path.exists():
+            noise = json.loads(sidecar.read_text()).get("noise_model", {})
+            noise_lines.append(
+                f"plane {number}: gain {noise.get('gain', float('nan')):.3g} ADU/photon, offset "
+                f"{noise.get('offset', float('nan')):.4g} ADU (kept from the earlier run)"
+            )
             if not quiet:
-                typer.echo(
-                    _summary(
-                        model,
-                        out=out,
-                        model_path=model_path,
-                        infer_seconds=seconds,
-                        n_frames=n_frames,
-                        shape=prep.reader.shape,
-                        recording=prep.reader.metadata,
-                    )
-                )
+                typer.echo(f"Plane {number} of {n_planes}: already written ({plane_out}); kept.")
+            continue
+        # With --resume, a plane not started yet (no checkpoint) simply starts.
+        ckpt = Checkpoint(
+            ckpt_path,
+            resume=resume and ckpt_path.is_file(),
+            every_s=checkpoint_every,
+            remove_when_done=False,
+        )
+        summary, model = _denoise_one(
+            raw,
+            plane_out,
+            plane=number,
+            model_out=plane_model,
+            ckpt=ckpt,
+            quiet=quiet,
+            extra={"plane": number, "planes": n_planes},
+            **options,
+        )
+        n = model.noise
+        noise_lines.append(
+            f"plane {number}: gain {n.gain:.3g} ADU/photon, offset {n.offset:.4g} ADU, read "
+            f"noise {n.read_noise:.3g} ADU"
+        )
+        if not quiet:
+            typer.echo(f"Plane {number} of {n_planes}: {summary}")
+    if not quiet:
+        typer.echo(
+            f"Denoised {n_planes} planes, each with its own noise model: "
+            + "; ".join(noise_lines)
+            + "."
+        )
 
 
 @app.command("train")
@@ -642,7 +830,7 @@ def train_cmd(
             seed=seed,
         )
         _check_output(out, raw)
-        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
+        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=_plane_number(plane))
         update, bar = _train_progress(quiet, cfg)
         with closing(prep), bar:
             model = train(prep.reader, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
@@ -695,6 +883,7 @@ def apply_cmd(
             threads=threads,
         )
         _check_output(out, raw)
+        one_plane = _plane_number(plane)
         write_movies = _movie_writer(
             out,
             raw,
@@ -702,7 +891,7 @@ def apply_cmd(
             workers=dask_workers,
             scheduler=dask_scheduler,
             channel=channel,
-            plane=plane,
+            plane=one_plane,
         )
         seconds, n_frames = write_movies(
             model,
@@ -715,7 +904,7 @@ def apply_cmd(
             cfg=cfg,
             inputs=[str(raw), str(model_file)],
             channel=channel,
-            plane=plane,
+            plane=one_plane,
         )
         if not quiet:
             typer.echo(

@@ -1,7 +1,9 @@
 """Reading and writing movies: the only place calmdown touches paths and files.
 
-:func:`open_movie` gives a lazy :class:`MovieReader` for a TIFF, HDF5, zarr or ``.npy`` file
-(or wraps an array); :class:`MovieWriter` writes a movie block by block, atomically.
+:func:`open_movie` gives a lazy :class:`MovieReader` for a TIFF, HDF5, zarr or ``.npy`` file,
+or for a recording split over numbered files (or wraps an array); :func:`count_planes` says how
+many planes a volumetric recording holds; :class:`MovieWriter` writes a movie block by block,
+atomically.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import numpy as np
 
 from calmdown.errors import InputError
 from calmdown.io.base import READ_FORMATS, ArrayReader, MovieReader
+from calmdown.io.concat import ConcatReader, has_glob, multi_file_parts
+from calmdown.io.planes import count_planes
 from calmdown.io.write import (
     WRITE_FORMATS,
     MovieWriter,
@@ -30,8 +34,10 @@ __all__ = [
     "READ_FORMATS",
     "WRITE_FORMATS",
     "ArrayReader",
+    "ConcatReader",
     "MovieReader",
     "MovieWriter",
+    "count_planes",
     "open_movie",
     "open_writer",
     "output_paths_like",
@@ -55,9 +61,12 @@ def open_movie(
     source : str, os.PathLike, numpy.ndarray or MovieReader
         A file whose extension picks the reader (``.tif``/``.tiff``/``.btf``, ScanImage TIFFs
         included; ``.h5``/``.hdf5``/``.hdf``; a ``.zarr`` directory; ``.npy``; ``.nwb``); a
-        suite2p plane folder, its ``ops.npy`` or its ``data.bin``; an array, wrapped in an
-        :class:`ArrayReader` (so is any array-like with ``shape``, ``dtype`` and slicing, such
-        as a dask or zarr array); or a reader, returned as is.
+        suite2p plane folder, its ``ops.npy`` or its ``data.bin``; a recording split over
+        several files, read concatenated in time by a :class:`ConcatReader`: a folder of
+        numbered TIFF files (ScanImage's ``name_00001.tif``, ``name_00002.tif``, ...) or a
+        glob pattern such as ``"rec/name_*.tif"`` (see :mod:`calmdown.io.concat`); an array,
+        wrapped in an :class:`ArrayReader` (so is any array-like with ``shape``, ``dtype``
+        and slicing, such as a dask or zarr array); or a reader, returned as is.
     key : str or None
         Dataset (HDF5), array (zarr group) or TwoPhotonSeries (NWB) holding the movie. With
         None, the file must hold exactly one. Not accepted for other sources.
@@ -108,6 +117,10 @@ def open_movie(
         )
     path = Path(source).expanduser()
     fmt = READ_FORMATS.get(path.suffix.lower())
+    if has_glob(source) and not path.exists():
+        return ConcatReader(
+            multi_file_parts(source) or [], key=key, channel=channel, plane=plane, source=path
+        )
     if not path.exists():
         hint = (
             "check the path"
@@ -120,6 +133,10 @@ def open_movie(
 
         if is_suite2p(path):
             fmt = "suite2p"
+    if fmt is None and path.is_dir():
+        parts = multi_file_parts(path)
+        if parts:
+            return ConcatReader(parts, key=key, channel=channel, plane=plane, source=path)
     if fmt is None:
         what = "is a folder" if path.is_dir() else f"has an unknown extension '{path.suffix}'"
         raise InputError(

@@ -14,8 +14,9 @@ which the command line uses) copies the source NWB file and adds the denoised mo
 TwoPhotonSeries in the processing module ``ophys`` (created if missing), since NWB keeps
 derived data in processing modules and raw data in ``acquisition``. It shares the source's
 imaging plane, timing (``rate`` and ``starting_time``, or a link to its timestamps), unit,
-conversion and offset, and is named ``<source>_denoised`` unless a name is given. The copy
-is written to ``<name>.partial`` and renamed when complete.
+conversion and offset, and is named ``<source>_denoised`` unless a name is given. A plane of a
+volumetric source series ``(frames, x, y, z)`` is written as a 3-D series ``(frames, x, y)``.
+The copy is written to ``<name>.partial`` and renamed when complete.
 """
 
 from __future__ import annotations
@@ -330,7 +331,8 @@ class NWBSeriesWriter:
     partial : Path
         Where the copy is written (renamed by the caller when complete).
     shape : tuple of int
-        ``(T, Y, X)`` of the movie written; must match the source series.
+        ``(T, Y, X)`` of the movie written; must match the source series (one of its planes,
+        for a volumetric series).
     dtype : numpy.dtype
         Data type stored.
     source : Path
@@ -381,10 +383,10 @@ class NWBSeriesWriter:
                 )
             src_shape = tuple(int(n) for n in series.data.shape)
             t, y, x = shape
-            if len(src_shape) != 3 or src_shape != (t, x, y):
+            if len(src_shape) not in (3, 4) or src_shape[:3] != (t, x, y):
                 raise InputError(
-                    f"series '{key}' has shape {src_shape} (frames, x, y), which does not match "
-                    f"the movie written, {shape} (T, Y, X); write to .h5 or .tif instead",
+                    f"series '{key}' has shape {src_shape} (frames, x, y[, z]), which does not "
+                    f"match the movie written, {shape} (T, Y, X); write to .h5 or .tif instead",
                     path=source,
                 )
             chunk_frames = max(1, min(t, 2**22 // max(1, x * y * dtype.itemsize)))

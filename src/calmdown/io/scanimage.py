@@ -24,8 +24,10 @@ with the same ``SI.*`` settings:
 Channels and planes are counted as ScanImage counts them: channels by their ScanImage number
 (the values of ``channelSave``), planes from 1 (the first slice of each volume is plane 1).
 
-Not supported: multi-ROI (mROI) pages, whose regions are stacked in one tall page, and
-acquisitions split over several files (open each file on its own).
+Not supported: multi-ROI (mROI) pages, whose regions are stacked in one tall page.
+Acquisitions split over several files are read, concatenated in time, by
+:class:`calmdown.io.concat.ConcatReader` (pass their folder or a pattern to
+:func:`calmdown.io.open_movie`).
 """
 
 from __future__ import annotations
@@ -307,6 +309,8 @@ class ScanImageReader:
         ``channel`` and ``plane`` (the ones read), ``scanimage_version``.
     layout : ScanImageLayout
         How the pages are interleaved.
+    unused_pages : int
+        Pages after the last complete volume, ignored (an acquisition stopped mid-volume).
 
     Raises
     ------
@@ -405,6 +409,7 @@ class ScanImageReader:
             if layout.slice_major
             else n_frames * layout.pages_per_volume
         )
+        self.unused_pages = n_pages - used
         if used < n_pages:
             warnings.warn(
                 f"{path}: {n_pages - used} pages after the last complete volume are ignored (the "
