@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from scipy import stats
 
-__all__ = ["ScaleCalibration", "fit_scale_calibration", "isotonic", "predictive_check"]
+__all__ = [
+    "ScaleCalibration",
+    "StratifiedCalibration",
+    "fit_scale_calibration",
+    "fit_stratified_calibration",
+    "isotonic",
+    "predictive_check",
+]
 
 
 @dataclass
@@ -102,6 +109,158 @@ def fit_scale_calibration(
         for e, m, n in zip(smooth, mean_pv, n_b, strict=True)
     ]
     return ScaleCalibration(edges=[float(e) for e in edges], factors=factors)
+
+
+ACTIVITY_EDGES = (1.0, 2.0, 3.0, 5.0, 8.0)
+"""Bin edges of the activity ``|loc - mean image| / sd`` of the final calibration stage."""
+
+
+@dataclass
+class StratifiedCalibration:
+    """Factors on the final prior variance, by brightness and activity the data show.
+
+    The network's spread, the propagated input noise, the guard and the correction each get
+    the error variance right on average, but not within every group of pixels: the prior's
+    error grows faster with brightness and with how far the prior departs from the mean image
+    (an active cell) than their variances do. This last stage rescales the variance per cell
+    of (brightness of the mean image) x (activity ``|loc - mean| / sqrt(var)``), both known
+    without the pixel's own value, so held-out residuals measure each cell's error variance
+    without selection bias.
+
+    Attributes
+    ----------
+    level_edges : list of float
+        Interior edges of the mean image's brightness (photons).
+    activity_edges : list of float
+        Interior edges of the activity.
+    factors : list of list of float
+        ``factors[i][j]`` for brightness bin ``i`` and activity bin ``j``.
+    """
+
+    level_edges: list[float]
+    activity_edges: list[float]
+    factors: list[list[float]]
+
+    def apply(self, var: torch.Tensor, loc: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+        """Calibrated variance of a prior ``N(loc, var)`` at pixels of mean ``level``."""
+        if not self.level_edges and not self.activity_edges:
+            return var * float(self.factors[0][0])
+        i, j = self._cells(var, loc, level)
+        table = torch.as_tensor(self.factors, dtype=var.dtype, device=var.device)
+        return var * table[i, j]
+
+    def _cells(
+        self, var: torch.Tensor, loc: torch.Tensor, level: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        lev = torch.as_tensor(self.level_edges, dtype=var.dtype, device=var.device)
+        act = torch.as_tensor(self.activity_edges, dtype=var.dtype, device=var.device)
+        level = torch.broadcast_to(level, var.shape)
+        a = (loc - level).abs() / torch.sqrt(torch.clamp(var, min=1e-12))
+        return torch.bucketize(level.contiguous(), lev), torch.bucketize(a.contiguous(), act)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types."""
+        return {
+            "level_edges": list(self.level_edges),
+            "activity_edges": list(self.activity_edges),
+            "factors": [list(row) for row in self.factors],
+        }
+
+    @classmethod
+    def identity(cls) -> StratifiedCalibration:
+        """No change."""
+        return cls(level_edges=[], activity_edges=[], factors=[[1.0]])
+
+
+def fit_stratified_calibration(
+    parts: list[tuple[torch.Tensor, ...]],
+    *,
+    level_bins: int = 3,
+    activity_edges: tuple[float, ...] = ACTIVITY_EDGES,
+    max_rel_se: float = 0.25,
+    min_factor: float = 0.02,
+) -> StratifiedCalibration:
+    """Fit the per-cell variance factors on held-out frames.
+
+    Parameters
+    ----------
+    parts : list of tuple
+        ``(x, loc, var, raw_noise_var, level, target)`` per run of frames: observed values, the
+        final prior, its variance, the noise variance of each raw value (unbiased), the mean
+        image's brightness (broadcastable) and the boolean (T,) frames to fit on.
+    level_bins : int
+        Quantile bins of the brightness.
+    activity_edges : tuple of float
+        Interior bin edges of the activity.
+    max_rel_se : float
+        A brightness row whose factor would be known to worse than this relative standard
+        error takes the overall factor (1 if that too is poor): at low light the detector noise
+        dominates the residuals, and a factor that is a small difference of large numbers is
+        better left alone than fitted to noise. Within a row, the factors are a
+        precision-weighted non-decreasing fit in the activity.
+    min_factor : float
+        Smallest factor allowed.
+
+    Returns
+    -------
+    StratifiedCalibration
+    """
+    levels = torch.cat(
+        [torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts]
+    ).double()
+    qs = np.quantile(levels.cpu().numpy(), np.linspace(0, 1, level_bins + 1)[1:-1])
+    stage = StratifiedCalibration(
+        level_edges=[float(q) for q in np.unique(qs)],
+        activity_edges=[float(a) for a in activity_edges],
+        factors=[[1.0]],
+    )
+    n_i, n_j = len(stage.level_edges) + 1, len(stage.activity_edges) + 1
+    # Per cell: count, sum of excess (r^2 - noise var), sum of var, sum of squared noise var.
+    sums = np.zeros((n_i, n_j, 4))
+    for x, loc, var, raw_nv, level, target in parts:
+        i, j = stage._cells(var, loc, level)
+        cell = (i * n_j + j)[target].flatten()
+        r2 = ((x - loc) ** 2 - raw_nv)[target].flatten().double()
+        v = var[target].flatten().double()
+        nv2 = (raw_nv[target].flatten().double()) ** 2
+        for k, w in enumerate((torch.ones_like(v), r2, v, nv2)):
+            sums[..., k] += (
+                torch.bincount(cell, weights=w, minlength=n_i * n_j).cpu().numpy().reshape(n_i, n_j)
+            )
+
+    def factor(s: np.ndarray) -> float | None:
+        n, excess, var, nv2 = s
+        if n < 1 or var <= 0:
+            return None
+        # Each pixel's excess has variance about 2 noise var^2 (the noise dominates).
+        se = np.sqrt(2 * nv2) / var
+        f = max(excess / var, min_factor)
+        return float(f) if se <= max_rel_se * f else None
+
+    overall = factor(sums.sum(axis=(0, 1)))
+    fallback = 1.0 if overall is None else overall
+    table = []
+    for i in range(n_i):
+        row_f = factor(sums[i].sum(axis=0))
+        if row_f is None:
+            table.append([fallback] * n_j)
+            continue
+        # Within a row the error grows with the activity (the prior errs most where the cell
+        # departs from its mean): a non-decreasing fit, each cell weighted by its precision,
+        # pools the cells whose own estimate is lost in the noise with their neighbours.
+        n, excess, var, nv2 = (sums[i, :, k] for k in range(4))
+        seen = (n > 0) & (var > 0)
+        own = np.where(seen, excess / np.where(seen, var, 1.0), 0.0)
+        weight = np.where(seen, var**2 / np.maximum(2 * nv2, 1e-300), 0.0)
+        fitted = isotonic(own[seen], weight[seen])
+        row = np.full(n_j, np.nan)
+        row[seen] = fitted
+        for j in range(n_j):  # cells no held-out pixel fell in: the cell below's factor
+            if np.isnan(row[j]):
+                row[j] = row[j - 1] if j else fitted[0]
+        table.append([float(max(f, min_factor)) for f in row])
+    stage.factors = table
+    return stage
 
 
 def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -119,8 +119,10 @@ class GuardConfig(_Strict):
     window_pixels: int = Field(default=3, ge=1)
     """Side in pixels of that window (odd)."""
 
-    local_frames: int = Field(default=11, ge=1)
-    """Frames of the smaller window whose residual replaces the prior where the guard acts."""
+    local_frames: int = Field(default=11, ge=3)
+    """Frames of the smaller window whose residual replaces the prior where the guard acts.
+
+    The frame being denoised is left out of it, so it must span more than one frame."""
 
     local_pixels: int = Field(default=1, ge=1)
     """Side in pixels of that smaller window."""

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from calmdown import __version__
-from calmdown.calibration import ScaleCalibration
+from calmdown.calibration import ScaleCalibration, StratifiedCalibration
 from calmdown.config import Config
 from calmdown.correction import ResidualCorrection
 from calmdown.errors import ModelFileError
@@ -23,7 +23,7 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
@@ -54,6 +54,7 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "guard_null_scale": float(model.guard_null_scale),
         "correction": None if model.correction is None else model.correction.to_dict(),
         "error_correlation": model.error_correlation.to_dict(),
+        "final_calibration": model.final_calibration.to_dict(),
         "training": model.training,
         "heldout": model.heldout,
         "data_hash": model.data_hash,
@@ -119,6 +120,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             training=dict(data["training"]),
             heldout=dict(data["heldout"]),
             error_correlation=ErrorCorrelation.from_dict(data["error_correlation"]),
+            final_calibration=StratifiedCalibration(**data["final_calibration"]),
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),
         )

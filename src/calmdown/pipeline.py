@@ -19,7 +19,13 @@ import torch
 from scipy import stats
 
 from calmdown import __version__
-from calmdown.calibration import ScaleCalibration, fit_scale_calibration, predictive_check
+from calmdown.calibration import (
+    ScaleCalibration,
+    StratifiedCalibration,
+    fit_scale_calibration,
+    fit_stratified_calibration,
+    predictive_check,
+)
 from calmdown.checkpoint import Checkpoint, run_training
 from calmdown.config import Config, GuardConfig, make_config
 from calmdown.context import MeanImage, compute_mean_image, context_indices, min_frames
@@ -100,6 +106,9 @@ class TrainedModel:
         The fitted soma-scale residual correction.
     error_correlation : ErrorCorrelation
         Space-time correlation of the posterior error, for joint samples.
+    final_calibration : StratifiedCalibration
+        Factors on the final prior variance by brightness and activity, fitted on held-out
+        frames.
     training : dict
         Steps, seconds, best held-out loss, why it stopped.
     heldout : dict
@@ -121,6 +130,7 @@ class TrainedModel:
     heldout: dict[str, Any]
     data_hash: str
     error_correlation: ErrorCorrelation = field(default_factory=ErrorCorrelation.independent)
+    final_calibration: StratifiedCalibration = field(default_factory=StratifiedCalibration.identity)
     version: str = __version__
     _net: ContextNet | None = field(default=None, repr=False)
 
@@ -226,12 +236,14 @@ def _training_segments(reader: MovieReader, noise: NoiseModel, config: Config) -
 class PriorPrediction:
     """The context prior for a run of frames (photon units, tensors on the device).
 
-    ``loc`` and ``var`` come from the network; ``propagated`` is the variance of ``loc`` due to
-    the noise in the network's inputs (see :mod:`calmdown.propagation`), or None.
+    ``loc`` and ``var`` come from the network; ``mean`` is the mean image it was given (without
+    the frame's own value); ``propagated`` is the variance of ``loc`` due to the noise in the
+    network's inputs (see :mod:`calmdown.propagation`), or None.
     """
 
     loc: torch.Tensor
     var: torch.Tensor
+    mean: torch.Tensor
     propagated: torch.Tensor | None = None
 
 
@@ -260,7 +272,7 @@ def _predict_prior(
     """
     k = config.model.context_frames
     inf = config.inference
-    locs, variances = [], []
+    locs, variances, means = [], [], []
     probes, probed = [], []
     stride = inf.probe_stride if noise is not None else 0
     h, w = photons.shape[1:]
@@ -279,6 +291,7 @@ def _predict_prior(
         mean_t = torch.from_numpy(mean[:, None]).to(device) / scale0
         loc, scale = run(mean_t, frames_t)
         locs.append(loc[:, 0] * scale0)
+        means.append(mean_t[:, 0] * scale0)
         variances.append((scale[:, 0] * scale0) ** 2)
         if not stride:
             continue
@@ -306,7 +319,7 @@ def _predict_prior(
             prop[sel] = ((loc2[:, 0] - loc[sel, 0]) * scale0 / EPS) ** 2
         probes.append(prop)
         probed.append(torch.from_numpy(probed_here).to(device))
-    out = PriorPrediction(torch.cat(locs), torch.cat(variances))
+    out = PriorPrediction(torch.cat(locs), torch.cat(variances), torch.cat(means))
     if stride:
         mask = torch.cat(probed).to(out.loc.dtype)[:, None, None].expand_as(out.loc)
         total = window_sum(torch.cat(probes), *WINDOW)
@@ -332,12 +345,21 @@ def _guard_and_correct(
     *,
     null_scale: float,
     correction: ResidualCorrection | None,
+    final: StratifiedCalibration | None = None,
+    level: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Apply the surprise guard and the fitted correction: location, variance, p_surprise."""
+    """Apply the surprise guard, the fitted correction and the final variance calibration.
+
+    Returns the location, the variance and the surprise probability. ``final`` needs
+    ``level``, the mean image the network was given.
+    """
     guarded = surprise_guard(x, loc, pvar, _noise_var(noise, loc), gcfg, null_scale=null_scale)
     loc_g, var_g = guarded.loc, guarded.var
     if correction is not None and gcfg.correction:
         loc_g, var_g, _ = correction.apply(x, loc_g, var_g, _noise_var(noise, loc_g))
+    if final is not None:
+        assert level is not None
+        var_g = final.apply(var_g, loc_g, level)
     return loc_g, var_g, guarded.p_surprise
 
 
@@ -351,6 +373,69 @@ def _correction_windows(gcfg: GuardConfig, noise: NoiseModel) -> dict[str, Any]:
     }
 
 
+_CALIBRATION_PIXELS = 8_000_000
+"""Pixels (frames x pixels per frame) the calibration is fitted on, at least, where available."""
+
+_STRETCH_PIXELS = 2_000_000
+"""Size of one run of trained-on frames predicted for the calibration."""
+
+
+def _memorisation_check(
+    heldout: list[tuple[torch.Tensor, ...]],
+    trained: list[tuple[torch.Tensor, ...]],
+    noise: NoiseModel,
+) -> dict[str, Any]:
+    """Compare the prior's residual excess over noise on held-out and on trained-on frames.
+
+    A network that memorised the noise of its training targets fits them better than frames it
+    never trained on. The excess ``(x - loc)^2 - noise var`` relative to the predicted variance
+    is compared; trained-on frames are used only if theirs is not significantly (2 sd) smaller.
+    """
+
+    def ratio(parts: list[tuple[torch.Tensor, ...]]) -> tuple[float, float]:
+        excess = var = nv2 = 0.0
+        for x, loc, pvar, target, prop, _ in parts:
+            raw_nv = noise.raw_variance_photons(x)[target].double()
+            excess += float((((x - loc) ** 2)[target].double() - raw_nv).sum())
+            var += float((pvar + prop)[target].double().sum())
+            nv2 += float((raw_nv**2).sum())
+        return excess / max(var, 1e-12), float(np.sqrt(2 * nv2)) / max(var, 1e-12)
+
+    if not trained:
+        return {"memorised": False, "trained_frames_used": 0}
+    r_held, se_held = ratio(heldout)
+    r_trained, se_trained = ratio(trained)
+    memorised = r_trained < r_held - 2 * float(np.hypot(se_held, se_trained))
+    if memorised:
+        logger.warning(
+            "the network fits the frames it trained on better than held-out ones (residual "
+            "excess %.3g vs %.3g of the predicted variance): calibrating on held-out frames "
+            "only, which are few here, so the intervals are less certain",
+            r_trained,
+            r_held,
+        )
+    return {
+        "memorised": bool(memorised),
+        "excess_ratio_heldout": r_held,
+        "excess_ratio_heldout_se": se_held,
+        "excess_ratio_trained": r_trained,
+        "excess_ratio_trained_se": se_trained,
+        "trained_frames_used": 0 if memorised else sum(int(p[3].sum()) for p in trained),
+    }
+
+
+@dataclass
+class _Calibration:
+    """Everything :func:`_calibrate` fits on held-out frames."""
+
+    calibration: ScaleCalibration
+    guard_null_scale: float
+    correction: ResidualCorrection | None
+    final_calibration: StratifiedCalibration
+    error_correlation: ErrorCorrelation
+    heldout: dict[str, Any]
+
+
 def _calibrate(
     net: ContextNet,
     segments: list[Segment],
@@ -359,12 +444,13 @@ def _calibrate(
     scale0: float,
     config: Config,
     device: torch.device,
-) -> tuple[ScaleCalibration, float, ResidualCorrection | None, dict[str, Any], ErrorCorrelation]:
+) -> _Calibration:
     """Fit, on held-out runs of frames, everything that sits on top of the network.
 
-    The prior-variance calibration, the guard's null scale and the residual correction are
-    fitted on half of the runs; the predictive check of raw values uses the other half. Each
-    run is predicted with a margin of neighbouring frames, which only serve as neighbours.
+    The prior-variance calibration, the guard's null scale, the residual correction and the
+    final stratified variance calibration are fitted on half of the runs; the predictive check
+    of raw values uses the other half. Each run is predicted with a margin of neighbouring
+    frames, which only serve as neighbours.
     """
     gcfg = config.inference.guard
     windows = _correction_windows(gcfg, noise)
@@ -387,10 +473,9 @@ def _calibrate(
     order = rng.permutation(len(runs))[:40]
     fit_parts: list[tuple[torch.Tensor, ...]] = []
     check_parts: list[tuple[torch.Tensor, ...]] = []
-    for j, i in enumerate(order):
-        seg, run = runs[i]
+
+    def part(seg: Segment, frames: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, ...]:
         n_seg = seg.photons.shape[0]
-        frames = np.arange(max(0, run[0] - margin), min(n_seg, run[-1] + 1 + margin))
         pred = _predict_prior(
             net,
             seg.photons,
@@ -405,12 +490,40 @@ def _calibrate(
             frame_base=seg.start,
         )
         x = torch.from_numpy(seg.photons[frames]).to(device)
-        target = torch.from_numpy(np.isin(frames, run)).to(device)
         prop = pred.propagated if pred.propagated is not None else torch.zeros_like(pred.loc)
-        part = (x, pred.loc, pred.var, target, prop)
-        (fit_parts if j % 2 == 0 else check_parts).append(part)
+        return (x, pred.loc, pred.var, torch.from_numpy(target).to(device), prop, pred.mean)
+
+    for j, i in enumerate(order):
+        seg, run = runs[i]
+        frames = np.arange(max(0, run[0] - margin), min(seg.photons.shape[0], run[-1] + 1 + margin))
+        (fit_parts if j % 2 == 0 else check_parts).append(part(seg, frames, np.isin(frames, run)))
     if not check_parts:
         check_parts = fit_parts
+    # Held-out frames of a short or small movie hold too few pixels to measure an error
+    # variance that is ~1 % of the noise's: add frames the network trained on (it never saw
+    # a frame's own value when predicting it, so their residuals are honest unless it
+    # memorised noise, which the check below would show).
+    h, w = segments[0].photons.shape[1:]
+    fit_pixels = sum(int(p[3].sum()) for p in fit_parts) * h * w
+    trained_parts = []
+    length = int(np.clip(_STRETCH_PIXELS // (h * w), 2 * margin + 16, 256))
+    slots = [
+        (seg, a) for seg in segments for a in range(0, seg.photons.shape[0] - length + 1, length)
+    ]
+    for i in rng.permutation(len(slots)):
+        if fit_pixels >= _CALIBRATION_PIXELS:
+            break
+        seg, a = slots[i]
+        frames = np.arange(a, a + length)
+        inner = (frames >= a + margin) & (frames < a + length - margin)
+        held = held_out_mask(seg.start + frames, config.train.val_fraction, mean_image.n_frames)
+        target = inner & ~held
+        if target.any():
+            trained_parts.append(part(seg, frames, target))
+            fit_pixels += int(target.sum()) * h * w
+    memorised = _memorisation_check(fit_parts, trained_parts, noise)
+    if not memorised["memorised"]:
+        fit_parts = fit_parts + trained_parts
 
     def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
         return torch.cat([p[k][p[3]].flatten() for p in parts]).cpu().numpy()
@@ -427,15 +540,19 @@ def _calibrate(
     )
     # Null scale of the guard's window statistic, after calibration.
     zs = []
-    for x, loc, pvar, target, prop in fit_parts:
+    for x, loc, pvar, target, prop, _ in fit_parts:
         z = window_zscores(x - loc, calib.apply(pvar) + prop + _noise_var(noise, loc), gcfg)
         zs.append(z[target].flatten().cpu().numpy())
     zall = np.concatenate(zs)
     null_scale = float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall)))))
 
-    def guarded(parts: list[tuple[torch.Tensor, ...]], corr: ResidualCorrection | None) -> list:
+    def guarded(
+        parts: list[tuple[torch.Tensor, ...]],
+        corr: ResidualCorrection | None,
+        final: StratifiedCalibration | None = None,
+    ) -> list:
         out = []
-        for x, loc, pvar, target, prop in parts:
+        for x, loc, pvar, target, prop, mean in parts:
             loc_g, var_g, _ = _guard_and_correct(
                 x,
                 loc,
@@ -444,14 +561,16 @@ def _calibrate(
                 gcfg,
                 null_scale=null_scale,
                 correction=corr,
+                final=final,
+                level=mean,
             )
             raw_nv = noise.raw_variance_photons(x)
-            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv))
+            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv, mean))
         return out
 
     corr_parts = [
         (x - loc, calib.apply(pvar) + prop, _noise_var(noise, loc), target)
-        for x, loc, pvar, target, prop in fit_parts
+        for x, loc, pvar, target, prop, _ in fit_parts
     ]
     error_correlation = estimate_error_correlation(
         corr_parts,
@@ -461,12 +580,19 @@ def _calibrate(
     correction = None
     if gcfg.correction:
         correction = fit_correction(guarded(fit_parts, None), **windows)
-    final = guarded(check_parts, correction)
+    stratified = fit_stratified_calibration(
+        [
+            (x, loc, var, raw_nv, mean, target)
+            for x, loc, var, _, target, raw_nv, mean in guarded(fit_parts, correction)
+        ]
+    )
+    final = guarded(check_parts, correction, stratified)
     x_c = torch.cat([p[0][p[4]].flatten() for p in final]).cpu().numpy()
     loc_c = torch.cat([p[1][p[4]].flatten() for p in final]).cpu().numpy()
     var_c = torch.cat([(p[2] + p[3])[p[4]].flatten() for p in final]).cpu().numpy()
     check = predictive_check(x_c, loc_c, var_c)
-    return calib, null_scale, correction, check, error_correlation
+    check["memorisation"] = memorised
+    return _Calibration(calib, null_scale, correction, stratified, error_correlation, check)
 
 
 class _SegmentMean:
@@ -563,24 +689,23 @@ def _train(
     result = run_training(
         trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
     )
-    calib, null_scale, correction, check, error_correlation = _calibrate(
-        trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device
-    )
+    fitted = _calibrate(trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device)
     logger.info(
         "trained %d steps in %.1f s (%s); held-out 90%% raw-interval coverage %.3f",
         result.steps,
         result.seconds,
         result.stopped_because,
-        check["coverage"],
+        fitted.heldout["coverage"],
     )
     return TrainedModel(
         config=cfg,
         noise=prep.noise,
         scale0=scale0,
         state_dict=result.state_dict,
-        calibration=calib,
-        guard_null_scale=null_scale,
-        correction=correction,
+        calibration=fitted.calibration,
+        guard_null_scale=fitted.guard_null_scale,
+        correction=fitted.correction,
+        final_calibration=fitted.final_calibration,
         training={
             "steps": result.steps,
             "seconds": time.perf_counter() - t0,
@@ -589,9 +714,9 @@ def _train(
             "stopped_because": result.stopped_because,
             "device": str(device),
         },
-        heldout=check,
+        heldout=fitted.heldout,
         data_hash=_data_hash(prep),
-        error_correlation=error_correlation,
+        error_correlation=fitted.error_correlation,
     )
 
 
@@ -722,7 +847,15 @@ def _apply_chunks(
             yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
             continue
         loc_g, var_g, p_surprise = _guard_and_correct(
-            x, loc, pvar, noise, gcfg, null_scale=model.guard_null_scale, correction=correction
+            x,
+            loc,
+            pvar,
+            noise,
+            gcfg,
+            null_scale=model.guard_null_scale,
+            correction=correction,
+            final=model.final_calibration,
+            level=pred.mean,
         )
         post_mean, post_var = gaussian_posterior(x, loc_g, var_g, _noise_var(noise, loc_g))
         post_mean, post_var = post_mean[keep], post_var[keep]

@@ -1,0 +1,87 @@
+"""The final, stratified variance calibration and the memorisation check."""
+
+import numpy as np
+import torch
+
+from calmdown.calibration import StratifiedCalibration, fit_stratified_calibration
+from calmdown.noise import NoiseModel
+from calmdown.pipeline import _memorisation_check
+
+
+def _movie(seed: int, shape=(400, 48, 48), noise_var: float = 1.0):
+    """Make a prior whose claimed variance is right where quiet, 4x too small where active."""
+    rng = np.random.default_rng(seed)
+    level = torch.from_numpy(rng.uniform(0.5, 2.0, shape[1:]).astype(np.float32))
+    active = torch.from_numpy(rng.random(shape) < 0.15)
+    claimed = torch.full(shape, 0.04)
+    # The prior departs from the mean image where active (what the data show) ...
+    loc = level + torch.where(active, torch.tensor(1.5), torch.tensor(0.0))
+    # ... and errs more there than it claims.
+    true_var = torch.where(active, 4 * claimed, claimed)
+    g = torch.Generator().manual_seed(seed)
+    clean = loc + torch.randn(shape, generator=g) * true_var.sqrt()
+    x = clean + torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * noise_var**0.5
+    raw_nv = torch.full(shape, noise_var)
+    return x, loc, claimed, raw_nv, level, clean, active
+
+
+def _coverage(loc, var, clean, mask):
+    return float(((clean - loc).abs() <= 1.645 * var.sqrt())[mask].float().mean())
+
+
+def test_active_pixels_get_the_variance_their_residuals_show():
+    x, loc, claimed, raw_nv, level, _, _ = _movie(0)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    stage = fit_stratified_calibration([(x, loc, claimed, raw_nv, level, target)])
+    # Fresh data from the same process: coverage of the truth, by the prior alone.
+    _, loc2, claimed2, _, level2, clean2, active2 = _movie(1)
+    before = _coverage(loc2, claimed2, clean2, active2)
+    fitted = stage.apply(claimed2, loc2, level2)
+    assert before < 0.65
+    assert 0.86 <= _coverage(loc2, fitted, clean2, active2) <= 0.94
+    assert 0.86 <= _coverage(loc2, fitted, clean2, ~active2) <= 0.94
+
+
+def test_factors_lost_in_the_noise_are_left_alone():
+    # Same prior errors, but noise 400x their variance: too few pixels to see them.
+    x, loc, claimed, raw_nv, level, _, _ = _movie(2, shape=(20, 32, 32), noise_var=16.0)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    stage = fit_stratified_calibration([(x, loc, claimed, raw_nv, level, target)])
+    assert np.allclose(stage.factors, 1.0)
+
+
+def test_identity_and_round_trip():
+    var = torch.rand(3, 4, 4) + 0.1
+    loc, level = torch.rand(3, 4, 4), torch.rand(4, 4)
+    assert torch.equal(StratifiedCalibration.identity().apply(var, loc, level), var)
+    x, loc, claimed, raw_nv, level, _, _ = _movie(3, shape=(50, 16, 16))
+    stage = fit_stratified_calibration(
+        [(x, loc, claimed, raw_nv, level, torch.ones(50, dtype=torch.bool))]
+    )
+    again = StratifiedCalibration(**stage.to_dict())
+    assert torch.equal(again.apply(claimed, loc, level), stage.apply(claimed, loc, level))
+
+
+def _parts(err_sd: float, seed: int, n: int = 4):
+    g = torch.Generator().manual_seed(seed)
+    parts = []
+    for _ in range(n):
+        shape = (40, 32, 32)
+        clean = torch.full(shape, 4.0)
+        x = torch.poisson(clean, generator=g)
+        loc = clean + torch.randn(shape, generator=g) * err_sd
+        var = torch.full(shape, 0.25)  # claimed prior variance (sd 0.5)
+        target = torch.ones(shape[0], dtype=torch.bool)
+        parts.append((x, loc, var, target, torch.zeros(shape), clean))
+    return parts
+
+
+def test_memorised_training_frames_are_not_used():
+    noise = NoiseModel(gain=1.0, offset=0.0, read_noise=0.0)
+    held = _parts(0.5, seed=1)
+    honest = _parts(0.5, seed=2)
+    # A network that memorised its targets' noise predicts them far too well.
+    memorised = [(p[0], p[0] + 0.05 * (p[1] - p[0]), *p[2:]) for p in _parts(0.5, seed=3)]
+    assert not _memorisation_check(held, honest, noise)["memorised"]
+    report = _memorisation_check(held, memorised, noise)
+    assert report["memorised"] and report["trained_frames_used"] == 0
