@@ -1,17 +1,18 @@
 """The :class:`MovieReader` protocol and the checks that every reader shares.
 
 A reader gives frames ``start:stop`` of a movie of shape ``(T, Y, X)`` as a fresh
-``float32`` array, without loading the rest of the movie. Every format module
-(:mod:`calmdown.io.tiff`, :mod:`calmdown.io.hdf5`, :mod:`calmdown.io.zarr_io`,
-:mod:`calmdown.io.npy`) builds on :class:`SlicedReader` or follows the same contract.
+``float32`` array, without loading the rest of the movie. Every reader builds on
+:class:`ReaderBase` (length, context manager, repr, pickling and the checks of ``read``); the
+HDF5, zarr, ``.npy`` and suite2p readers build on its array-backed :class:`SlicedReader`.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, SupportsIndex, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -19,10 +20,13 @@ from calmdown.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+_Reader = TypeVar("_Reader", bound="ReaderBase")
+
 __all__ = [
     "READ_FORMATS",
     "ArrayReader",
     "MovieReader",
+    "ReaderBase",
     "SlicedReader",
     "check_dtype",
     "check_finite",
@@ -263,10 +267,112 @@ def check_range(start: int, stop: int, length: int) -> tuple[int, int]:
     return start, stop
 
 
-class SlicedReader:
+def _reopen(cls: type[ReaderBase], kwargs: dict[str, Any]) -> ReaderBase:
+    """Open a reader again from its constructor arguments (for pickling to other processes)."""
+    return cls(**kwargs)
+
+
+class ReaderBase(ABC):
+    """What every :class:`MovieReader` shares; a reader implements :meth:`_read` and extends.
+
+    Gives ``len()``, use as a context manager (closing on exit), a ``repr`` naming the class,
+    file, shape and dtype, pickling by reopening the file, and :meth:`read`, which checks the
+    range and that the reader is open before calling the reader's :meth:`_read`.
+
+    A subclass sets :attr:`path`, :attr:`shape`, :attr:`dtype` and :attr:`metadata`, and
+    overrides :meth:`_read`, and as needed :meth:`close` (calling this one),
+    :meth:`_repr_fields` and :meth:`_reopen_kwargs`.
+    """
+
+    path: Path | None
+    shape: tuple[int, int, int]
+    dtype: np.dtype
+    metadata: dict[str, object]
+    _closed: bool = False
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _repr_fields(self) -> str:
+        """Return ``name=value`` text shown in the repr between the path and the shape."""
+        return ""
+
+    def __repr__(self) -> str:
+        where = f" {str(self.path)!r}" if self.path is not None else ""
+        fields = self._repr_fields()
+        extra = f" {fields}" if fields else ""
+        return f"<{type(self).__name__}{where}{extra} shape={self.shape} dtype={self.dtype}>"
+
+    def __enter__(self: _Reader) -> _Reader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _reopen_kwargs(self) -> dict[str, Any] | None:
+        """Return the constructor arguments that open this reader again in another process.
+
+        None (the default, for in-memory data) pickles the reader's attributes instead.
+        """
+        return None
+
+    def __reduce_ex__(self, protocol: SupportsIndex) -> str | tuple[Any, ...]:
+        kwargs = self._reopen_kwargs()
+        if kwargs is None:
+            return super().__reduce_ex__(protocol)
+        return (_reopen, (type(self), kwargs))
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Return frames ``start:stop`` as a new ``float32`` array.
+
+        Parameters
+        ----------
+        start, stop : int
+            First frame and one past the last, with ``0 <= start <= stop <= T``.
+
+        Returns
+        -------
+        numpy.ndarray
+            Shape ``(stop - start, Y, X)``, dtype ``float32``, C-contiguous, owning its data.
+
+        Raises
+        ------
+        ValueError
+            When the range is out of bounds or the reader is closed.
+        InputError
+            When the frames cannot be read or decoded (a truncated or corrupt file), or hold
+            NaN or infinite values; the message names the file.
+        """
+        start, stop = check_range(start, stop, self.shape[0])
+        if self._closed:
+            raise ValueError(f"{self!r} is closed; open the movie again to read it")
+        return self._read(start, stop)
+
+    @abstractmethod
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Return frames ``start:stop`` (a checked range of an open reader), as :meth:`read`."""
+
+    def _to_float32(self, block: np.ndarray, start: int) -> np.ndarray:
+        """Copy frames ``start:start + len(block)`` to a new ``float32`` array, checked finite."""
+        # np.array copies: the result never shares memory with a memory map or the caller's array.
+        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
+            out = np.array(block, dtype=np.float32, order="C", copy=True)
+        return check_finite(out, start, path=self.path)
+
+    def close(self) -> None:
+        """Release the file; reading afterwards raises ValueError."""
+        self._closed = True
+
+
+class SlicedReader(ReaderBase):
     """A :class:`MovieReader` over any array-like that supports basic slicing.
 
-    The base of the HDF5, zarr and ``.npy`` readers and of :class:`ArrayReader`.
+    The base of the HDF5, zarr, ``.npy`` and suite2p readers and of :class:`ArrayReader`.
 
     Parameters
     ----------
@@ -281,11 +387,6 @@ class SlicedReader:
     what : str
         What holds the data, for messages when there is no file.
     """
-
-    path: Path | None
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    metadata: dict[str, object]
 
     def __init__(
         self,
@@ -307,25 +408,6 @@ class SlicedReader:
         self._index = tuple(slice(None) if axis in keep else 0 for axis in range(len(full_shape)))
         t, y, x = (full_shape[axis] for axis in keep)
         self.shape = (t, y, x)
-        self._closed = False
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        where = f" {str(self.path)!r}" if self.path is not None else ""
-        return f"<{type(self).__name__}{where} shape={self.shape} dtype={self.dtype}>"
-
-    def __enter__(self) -> SlicedReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def _fetch(self, start: int, stop: int) -> np.ndarray:
         """Return frames ``start:stop`` in the stored dtype; may be a view of the source."""
@@ -333,38 +415,8 @@ class SlicedReader:
         index[self._time_axis] = slice(start, stop)
         return np.asarray(self._array[tuple(index)])
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Return frames ``start:stop`` as a new ``float32`` array.
-
-        Parameters
-        ----------
-        start, stop : int
-            First frame and one past the last, with ``0 <= start <= stop <= T``.
-
-        Returns
-        -------
-        numpy.ndarray
-            Shape ``(stop - start, Y, X)``, dtype ``float32``, C-contiguous, owning its data.
-
-        Raises
-        ------
-        ValueError
-            When the range is out of bounds or the reader is closed.
-        InputError
-            When the file cannot be read (truncated or corrupt).
-        """
-        start, stop = check_range(start, stop, self.shape[0])
-        if self._closed:
-            raise ValueError(f"{self!r} is closed; open the movie again to read it")
-        block = self._fetch(start, stop)
-        # np.array copies: the result never shares memory with a memory map or the caller's array.
-        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
-            out = np.array(block, dtype=np.float32, order="C", copy=True)
-        return check_finite(out, start, path=self.path)
-
-    def close(self) -> None:
-        """Release the source; reading afterwards raises ValueError."""
-        self._closed = True
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        return self._to_float32(self._fetch(start, stop), start)
 
 
 class ArrayReader(SlicedReader):

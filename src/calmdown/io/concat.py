@@ -25,13 +25,12 @@ import warnings
 from bisect import bisect_right
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from calmdown.errors import InputError
-from calmdown.io.base import READ_FORMATS, MovieReader, check_range
+from calmdown.io.base import READ_FORMATS, MovieReader, ReaderBase
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +178,7 @@ def _layout(reader: MovieReader) -> tuple[Any, ...]:
     return tuple(meta.get(name) for name in ("channels", "planes", "channel", "plane"))
 
 
-class ConcatReader:
+class ConcatReader(ReaderBase):
     """Several movie files read as one ``(T, Y, X)`` movie, concatenated in time.
 
     Parameters
@@ -223,11 +222,6 @@ class ConcatReader:
     ((6, 4, 4), [1.0, 2.0])
     """
 
-    path: Path | None
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    metadata: dict[str, object]
-
     def __init__(
         self,
         parts: Sequence[str | os.PathLike[str]],
@@ -243,8 +237,13 @@ class ConcatReader:
         if not paths:
             raise InputError("no files to read", path=source)
         self.path = Path(source) if source is not None else paths[0]
-        self._args = (tuple(paths), key, channel, plane, source)
-        self._closed = False
+        self._args: dict[str, Any] = {
+            "parts": tuple(paths),
+            "key": key,
+            "channel": channel,
+            "plane": plane,
+            "source": source,
+        }
         _single_images(paths, self.path)
         self.readers: list[MovieReader] = []
         try:
@@ -304,52 +303,14 @@ class ConcatReader:
                 path=part,
             )
 
-    def __len__(self) -> int:
-        return self.shape[0]
+    def _repr_fields(self) -> str:
+        return f"files={len(self.readers)}"
 
-    def __repr__(self) -> str:
-        return (
-            f"<ConcatReader {str(self.path)!r} files={len(self.readers)} shape={self.shape} "
-            f"dtype={self.dtype}>"
-        )
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return self._args
 
-    def __enter__(self) -> ConcatReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, self._args)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Return frames ``start:stop`` as a new ``float32`` array, across file boundaries.
-
-        Parameters
-        ----------
-        start, stop : int
-            First frame and one past the last, with ``0 <= start <= stop <= T``.
-
-        Returns
-        -------
-        numpy.ndarray
-            Shape ``(stop - start, Y, X)``, dtype ``float32``.
-
-        Raises
-        ------
-        ValueError
-            When the range is out of bounds or the reader is closed.
-        InputError
-            When a file cannot be read (the message names it and its own frame numbers).
-        """
-        start, stop = check_range(start, stop, self.shape[0])
-        if self._closed:
-            raise ValueError(f"{self!r} is closed; open the movie again to read it")
+    def _read(self, start: int, stop: int) -> np.ndarray:
+        """Read across file boundaries; an InputError names the file and its own frame numbers."""
         _, y, x = self.shape
         out = np.empty((stop - start, y, x), dtype=np.float32)
         i = max(0, bisect_right(self._starts, start) - 1)
@@ -365,17 +326,6 @@ class ConcatReader:
 
     def close(self) -> None:
         """Close every file; reading afterwards raises ValueError."""
-        self._closed = True
+        super().close()
         for reader in self.readers:
             reader.close()
-
-
-def _reopen(
-    parts: tuple[Path, ...],
-    key: str | None,
-    channel: int | None,
-    plane: int | None,
-    source: str | os.PathLike[str] | None,
-) -> ConcatReader:
-    """Open the reader again (for pickling to other processes)."""
-    return ConcatReader(parts, key=key, channel=channel, plane=plane, source=source)

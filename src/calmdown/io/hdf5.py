@@ -154,15 +154,10 @@ class HDF5Reader(SlicedReader):
                 path=self.path,
             ) from err
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.path, self.key))
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {"path": self.path, "key": self.key}
 
     def close(self) -> None:
         """Close the HDF5 file."""
         super().close()
         self._file.close()
-
-
-def _reopen(path: Path, key: str | None) -> HDF5Reader:
-    """Open the reader again (for pickling to other processes)."""
-    return HDF5Reader(path, key=key)

@@ -61,8 +61,8 @@ class NpyReader(SlicedReader):
             )
         super().__init__(array, path=path, metadata={})
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.path,))
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {"path": self.path}
 
     def close(self) -> None:
         """Drop the memory map (it is unmapped once no view holds it); later reads fail."""

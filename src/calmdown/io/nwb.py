@@ -26,13 +26,12 @@ import os
 import shutil
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from calmdown.errors import InputError
-from calmdown.io.base import check_dtype, check_finite, check_range
+from calmdown.io.base import ReaderBase, check_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +135,7 @@ def _find_series(path: Path, nwbfile: Any, key: str | None) -> tuple[str, Any]:
     )
 
 
-class NWBReader:
+class NWBReader(ReaderBase):
     """A TwoPhotonSeries of an NWB file, read lazily as ``(T, Y, X)``.
 
     Parameters
@@ -164,18 +163,12 @@ class NWBReader:
         (the message lists the series), stored in external files, or not a movie.
     """
 
-    path: Path | None
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    metadata: dict[str, object]
-
     def __init__(
         self, path: str | os.PathLike[str], *, key: str | None = None, plane: int | None = None
     ) -> None:
         path = Path(path)
         self.path = path
-        self._args = (path, key, plane)
-        self._closed = False
+        self._args: dict[str, Any] = {"path": path, "key": key, "plane": plane}
         self._lock = threading.Lock()
         self._io, nwbfile = _open(path, "r")
         try:
@@ -247,51 +240,13 @@ class NWBReader:
             self.metadata["plane"] = self._plane + 1
             self.metadata["planes"] = shape[3]
 
-    def __len__(self) -> int:
-        return self.shape[0]
+    def _repr_fields(self) -> str:
+        return f"key={self.key!r}"
 
-    def __repr__(self) -> str:
-        return (
-            f"<NWBReader {str(self.path)!r} key={self.key!r} shape={self.shape} dtype={self.dtype}>"
-        )
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return self._args
 
-    def __enter__(self) -> NWBReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, self._args)
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Return frames ``start:stop`` as a new ``float32`` array ``(n, Y, X)``.
-
-        Parameters
-        ----------
-        start, stop : int
-            First frame and one past the last, with ``0 <= start <= stop <= T``.
-
-        Returns
-        -------
-        numpy.ndarray
-            Shape ``(stop - start, Y, X)``, dtype ``float32``.
-
-        Raises
-        ------
-        ValueError
-            When the range is out of bounds or the reader is closed.
-        InputError
-            When the frames cannot be read (truncated or corrupt file).
-        """
-        start, stop = check_range(start, stop, self.shape[0])
-        if self._closed:
-            raise ValueError(f"{self!r} is closed; open the movie again to read it")
+    def _read(self, start: int, stop: int) -> np.ndarray:
         try:
             with self._lock:
                 if self._plane is None:
@@ -304,20 +259,13 @@ class NWBReader:
                 f"{err}); the file may be truncated or corrupt",
                 path=self.path,
             ) from err
-        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
-            out = np.array(block.transpose(0, 2, 1), dtype=np.float32, order="C", copy=True)
-        return check_finite(out, start, path=self.path)
+        return self._to_float32(block.transpose(0, 2, 1), start)
 
     def close(self) -> None:
         """Close the file; reading afterwards raises ValueError."""
-        self._closed = True
+        super().close()
         self._data = None
         self._io.close()
-
-
-def _reopen(path: Path, key: str | None, plane: int | None) -> NWBReader:
-    """Open the reader again (for pickling to other processes)."""
-    return NWBReader(path, key=key, plane=plane)
 
 
 class NWBSeriesWriter:

@@ -41,14 +41,13 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import tifffile
 
 from calmdown.errors import InputError
-from calmdown.io.base import check_dtype, check_finite, check_range
+from calmdown.io.base import ReaderBase, check_dtype, check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -287,7 +286,7 @@ def _choices(values: Sequence[int]) -> str:
     return " or ".join(", ".join(str(v) for v in values).rsplit(", ", 1))
 
 
-class ScanImageReader:
+class ScanImageReader(ReaderBase):
     r"""One channel of one plane of a ScanImage TIFF, as a lazy ``(T, Y, X)`` movie.
 
     Parameters
@@ -331,11 +330,6 @@ class ScanImageReader:
     ((4, 4, 4), [1.0, 3.0, 5.0, 7.0], 30.0)
     """
 
-    path: Path | None
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    metadata: dict[str, object]
-
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -345,7 +339,6 @@ class ScanImageReader:
     ) -> None:
         path = Path(path)
         self.path = path
-        self._closed = False
         self._lock = threading.Lock()
         self._channel_arg = channel
         self._plane_arg = plane
@@ -491,28 +484,11 @@ class ScanImageReader:
             )
         return int(plane) - 1
 
-    def __len__(self) -> int:
-        return self.shape[0]
+    def _repr_fields(self) -> str:
+        return f"channel={self.metadata.get('channel')} plane={self.metadata.get('plane')}"
 
-    def __repr__(self) -> str:
-        return (
-            f"<ScanImageReader {str(self.path)!r} channel={self.metadata.get('channel')} "
-            f"plane={self.metadata.get('plane')} shape={self.shape} dtype={self.dtype}>"
-        )
-
-    def __enter__(self) -> ScanImageReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.path, self._channel_arg, self._plane_arg))
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {"path": self.path, "channel": self._channel_arg, "plane": self._plane_arg}
 
     def pages(self, start: int, stop: int) -> list[int]:
         """Return the indices of the TIFF pages that hold frames ``start:stop``."""
@@ -520,29 +496,7 @@ class ScanImageReader:
             self.layout.page(t, self._plane_index, self._channel_index) for t in range(start, stop)
         ]
 
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Return frames ``start:stop`` of the chosen channel and plane as ``float32``.
-
-        Parameters
-        ----------
-        start, stop : int
-            First frame and one past the last, with ``0 <= start <= stop <= T``.
-
-        Returns
-        -------
-        numpy.ndarray
-            Shape ``(stop - start, Y, X)``, dtype ``float32``.
-
-        Raises
-        ------
-        ValueError
-            When the range is out of bounds or the reader is closed.
-        InputError
-            When the pages cannot be decoded (truncated or corrupt file).
-        """
-        start, stop = check_range(start, stop, self.shape[0])
-        if self._closed:
-            raise ValueError(f"{self!r} is closed; open the movie again to read it")
+    def _read(self, start: int, stop: int) -> np.ndarray:
         _, y, x = self.shape
         out = np.empty((stop - start, y, x), dtype=np.float32)
         if start == stop:
@@ -561,10 +515,5 @@ class ScanImageReader:
 
     def close(self) -> None:
         """Close the file; reading afterwards raises ValueError."""
-        self._closed = True
+        super().close()
         self._tif.close()
-
-
-def _reopen(path: Path, channel: int | None, plane: int | None) -> ScanImageReader:
-    """Open the reader again (for pickling to other processes)."""
-    return ScanImageReader(path, channel=channel, plane=plane)

@@ -166,7 +166,7 @@ class Suite2pReader(SlicedReader):
 
     def __init__(self, path: str | os.PathLike[str], *, channel: int | None = None) -> None:
         given = Path(path)
-        self._args = (given, channel)
+        self._args: dict[str, Any] = {"path": given, "channel": channel}
         folder = find_suite2p_plane(given)
         self.ops_path = folder / "ops.npy"
         ops = load_ops(self.ops_path)
@@ -260,15 +260,10 @@ class Suite2pReader(SlicedReader):
             path=folder,
         )
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, self._args)
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return self._args
 
     def close(self) -> None:
         """Drop the memory map; later reads fail."""
         super().close()
         self._array = None
-
-
-def _reopen(path: Path, channel: int | None) -> Suite2pReader:
-    """Open the reader again (for pickling to other processes)."""
-    return Suite2pReader(path, channel=channel)

@@ -18,14 +18,13 @@ import logging
 import os
 import threading
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 import tifffile
 
 from calmdown.errors import InputError
-from calmdown.io.base import check_dtype, check_finite, check_range, movie_axes
+from calmdown.io.base import ReaderBase, check_dtype, movie_axes
 
 logger = logging.getLogger(__name__)
 
@@ -141,7 +140,7 @@ def _pick_axes(
     return fixed
 
 
-class TiffReader:
+class TiffReader(ReaderBase):
     """A TIFF movie of shape ``(T, Y, X)``, read block by block without loading the file.
 
     The first series of the file is the movie. A file written one page per frame by a
@@ -171,11 +170,6 @@ class TiffReader:
         When the file is not a readable TIFF, is truncated, or holds no numeric movie.
     """
 
-    path: Path | None
-    shape: tuple[int, int, int]
-    dtype: np.dtype
-    metadata: dict[str, object]
-
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -187,7 +181,6 @@ class TiffReader:
         self.path = path
         self._picks = {"channel": channel, "plane": plane}
         self._lock = threading.Lock()
-        self._closed = False
         self._zarr_store: Any = None
         self._tif = _open_tiff(path)
         try:
@@ -280,49 +273,10 @@ class TiffReader:
             self.access = "zarr"
         logger.debug("%s: %s %s, read by %s", path, full_shape, self.dtype, self.access)
 
-    def __len__(self) -> int:
-        return self.shape[0]
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {"path": self.path, **self._picks}
 
-    def __repr__(self) -> str:
-        return f"<TiffReader {str(self.path)!r} shape={self.shape} dtype={self.dtype}>"
-
-    def __enter__(self) -> TiffReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.path, self._picks["channel"], self._picks["plane"]))
-
-    def read(self, start: int, stop: int) -> np.ndarray:
-        """Return frames ``start:stop`` as a new ``float32`` array.
-
-        Parameters
-        ----------
-        start, stop : int
-            First frame and one past the last, with ``0 <= start <= stop <= T``.
-
-        Returns
-        -------
-        numpy.ndarray
-            Shape ``(stop - start, Y, X)``, dtype ``float32``.
-
-        Raises
-        ------
-        ValueError
-            When the range is out of bounds or the reader is closed.
-        InputError
-            When the frames cannot be decoded (truncated or corrupt file).
-        """
-        start, stop = check_range(start, stop, self.shape[0])
-        if self._closed:
-            raise ValueError(f"{self!r} is closed; open the movie again to read it")
+    def _read(self, start: int, stop: int) -> np.ndarray:
         _, y, x = self.shape
         if start == stop:
             return np.empty((0, y, x), dtype=np.float32)
@@ -344,20 +298,13 @@ class TiffReader:
                 f"cannot read frames {start}:{stop} ({type(err).__name__}: {err}); {_FIX}",
                 path=self.path,
             ) from err
-        with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
-            out = np.array(block, dtype=np.float32, order="C", copy=True)
-        return check_finite(out, start, path=self.path)
+        return self._to_float32(block, start)
 
     def close(self) -> None:
         """Close the file; reading afterwards raises ValueError."""
-        self._closed = True
+        super().close()
         if self._zarr_store is not None:
             self._zarr_store.close()
             self._zarr_store = None
         self._source = None
         self._tif.close()
-
-
-def _reopen(path: Path, channel: int | None, plane: int | None) -> TiffReader:
-    """Open the reader again (for pickling to other processes)."""
-    return TiffReader(path, channel=channel, plane=plane)

@@ -114,10 +114,5 @@ class ZarrReader(SlicedReader):
                 path=self.path,
             ) from err
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_reopen, (self.path, self.key))
-
-
-def _reopen(path: Path, key: str | None) -> ZarrReader:
-    """Open the reader again (for pickling to other processes)."""
-    return ZarrReader(path, key=key)
+    def _reopen_kwargs(self) -> dict[str, Any]:
+        return {"path": self.path, "key": self.key}
