@@ -324,8 +324,18 @@ def estimate_noise(
     # only adds the variance of 24 extra terms to the fit.
     correlated = max(abs(rho_y), abs(rho_x)) > 0.05
     variance_ratio = 1.0 / summed_ratio if correlated and summed_ratio > 1.0 else 1.0
-    fit_var = cov_sum if correlated else var_pix
-    sel = (slice(None), slice(None)) if not correlated else inner
+    if correlated:
+        fit_var = cov_sum
+    else:
+        # Frame-to-frame changes of the signal add to the difference variance, more in
+        # brighter pixels, and bias the photon-transfer slope up (by 0.7 % at 2 and 1.3 % at 10
+        # photons per pixel in simulated dense tissue, 0.1-0.4 % with this correction). They
+        # are smooth over one pixel and the noise is not: subtract the difference covariance
+        # with the four nearest neighbours.
+        down, right = acc.sum_cross[(1, 0)], acc.sum_cross[(0, 1)]
+        near = (down + _shift(down, -1, 0) + right + _shift(right, 0, -1)) / (4 * 2 * n)
+        fit_var = var_pix - near
+    sel = inner
     slope, intercept, rel_se, bm, bv = _binned_fit(
         rank[sel].ravel(), mean[sel].ravel(), fit_var[sel].ravel()
     )

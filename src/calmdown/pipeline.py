@@ -390,16 +390,33 @@ def _memorisation_check(
     A network that memorised the noise of its training targets fits them better than frames it
     never trained on. The excess ``(x - loc)^2 - noise var`` relative to the predicted variance
     is compared; trained-on frames are used only if theirs is not significantly (2 sd) smaller.
+    Each ratio's standard error is the larger of the detector noise's share and a jackknife
+    over the runs of frames (the prior's own error differs from run to run: a run with a
+    burst of activity has more).
     """
 
+    def sums(part: tuple[torch.Tensor, ...]) -> np.ndarray:
+        x, loc, pvar, target, prop, _ = part
+        raw_nv = noise.raw_variance_photons(x)[target].double()
+        return np.array(
+            [
+                float((((x - loc) ** 2)[target].double() - raw_nv).sum()),
+                float((pvar + prop)[target].double().sum()),
+                float((raw_nv**2).sum()),
+            ]
+        )
+
     def ratio(parts: list[tuple[torch.Tensor, ...]]) -> tuple[float, float]:
-        excess = var = nv2 = 0.0
-        for x, loc, pvar, target, prop, _ in parts:
-            raw_nv = noise.raw_variance_photons(x)[target].double()
-            excess += float((((x - loc) ** 2)[target].double() - raw_nv).sum())
-            var += float((pvar + prop)[target].double().sum())
-            nv2 += float((raw_nv**2).sum())
-        return excess / max(var, 1e-12), float(np.sqrt(2 * nv2)) / max(var, 1e-12)
+        each = np.array([sums(part) for part in parts])
+        excess, var, nv2 = each.sum(axis=0)
+        r = excess / max(var, 1e-12)
+        se = float(np.sqrt(2 * nv2)) / max(var, 1e-12)
+        k = len(each)
+        if k > 1:
+            rest = each.sum(axis=0)[None] - each
+            loo = rest[:, 0] / np.maximum(rest[:, 1], 1e-12)
+            se = max(se, float(np.sqrt((k - 1) / k * np.sum((loo - loo.mean()) ** 2))))
+        return float(r), float(se)
 
     if not trained:
         return {"memorised": False, "trained_frames_used": 0}
@@ -521,7 +538,8 @@ def _calibrate(
         if target.any():
             trained_parts.append(part(seg, frames, target))
             fit_pixels += int(target.sum()) * h * w
-    memorised = _memorisation_check(fit_parts, trained_parts, noise)
+    heldout_parts = fit_parts + ([] if check_parts is fit_parts else check_parts)
+    memorised = _memorisation_check(heldout_parts, trained_parts, noise)
     if not memorised["memorised"]:
         fit_parts = fit_parts + trained_parts
 
