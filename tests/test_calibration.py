@@ -3,7 +3,12 @@
 import numpy as np
 import torch
 
-from calmdown.calibration import StratifiedCalibration, fit_stratified_calibration
+from calmdown.calibration import (
+    CalibrationStages,
+    StratifiedCalibration,
+    fit_stratified_calibration,
+    temporal_change,
+)
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import _memorisation_check
 
@@ -32,7 +37,9 @@ def _coverage(loc, var, clean, mask):
 def test_active_pixels_get_the_variance_their_residuals_show():
     x, loc, claimed, raw_nv, level, _, _ = _movie(0)
     target = torch.ones(x.shape[0], dtype=torch.bool)
-    stage = fit_stratified_calibration([(x, loc, claimed, raw_nv, level, target)])
+    stage = fit_stratified_calibration(
+        [(x, loc, claimed, raw_nv, level, target, None)], feature="activity"
+    )
     # Fresh data from the same process: coverage of the truth, by the prior alone.
     _, loc2, claimed2, _, level2, clean2, active2 = _movie(1)
     before = _coverage(loc2, claimed2, clean2, active2)
@@ -46,7 +53,9 @@ def test_factors_lost_in_the_noise_are_left_alone():
     # Same prior errors, but noise 400x their variance: too few pixels to see them.
     x, loc, claimed, raw_nv, level, _, _ = _movie(2, shape=(20, 32, 32), noise_var=16.0)
     target = torch.ones(x.shape[0], dtype=torch.bool)
-    stage = fit_stratified_calibration([(x, loc, claimed, raw_nv, level, target)])
+    stage = fit_stratified_calibration(
+        [(x, loc, claimed, raw_nv, level, target, None)], feature="activity"
+    )
     assert np.allclose(stage.factors, 1.0)
 
 
@@ -56,10 +65,68 @@ def test_identity_and_round_trip():
     assert torch.equal(StratifiedCalibration.identity().apply(var, loc, level), var)
     x, loc, claimed, raw_nv, level, _, _ = _movie(3, shape=(50, 16, 16))
     stage = fit_stratified_calibration(
-        [(x, loc, claimed, raw_nv, level, torch.ones(50, dtype=torch.bool))]
+        [(x, loc, claimed, raw_nv, level, torch.ones(50, dtype=torch.bool), None)],
+        feature="activity",
     )
     again = StratifiedCalibration(**stage.to_dict())
     assert torch.equal(again.apply(claimed, loc, level), stage.apply(claimed, loc, level))
+    # A format 3 model file's single stage reads as one stage; stages round-trip.
+    stages = CalibrationStages.from_dict(stage.to_dict())
+    assert torch.equal(stages.apply(claimed, loc, level), stage.apply(claimed, loc, level))
+    both = CalibrationStages([stage, stage])
+    assert torch.equal(
+        CalibrationStages.from_dict(both.to_dict()).apply(claimed, loc, level),
+        stage.apply(stage.apply(claimed, loc, level), loc, level),
+    )
+
+
+def test_temporal_change_leaves_out_the_frame_itself():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(20, 12, 12, generator=g)
+    change = temporal_change(x)
+    y = x.clone()
+    y[10] += 5.0 * torch.rand(12, 12, generator=g)
+    again = temporal_change(y)
+    assert torch.allclose(again[10], change[10], atol=1e-5)  # cumulative-sum rounding only
+    assert not torch.allclose(again[9], change[9], atol=1e-3)
+    # A step up of 2 between frames 9 and 10 reads as 2 at frame 9 (three frames each side).
+    step = torch.zeros(20, 8, 8)
+    step[10:] = 2.0
+    assert torch.allclose(temporal_change(step)[9], torch.full((8, 8), 2.0))
+    assert torch.allclose(temporal_change(step)[2], torch.zeros(8, 8))
+
+
+def test_fast_changing_pixels_get_the_variance_their_residuals_show():
+    # The prior errs 5x more (in variance) in the frames around a step of the data than it
+    # claims, and is right elsewhere; the change stage finds it without ground truth.
+    def movie(seed):
+        rng = np.random.default_rng(seed)
+        shape = (300, 32, 32)
+        level = torch.ones(shape[1:])
+        steps = np.zeros(shape, np.float32)
+        for start in range(5, 300, 30):  # a step up for ten frames, every 30 frames
+            steps[start : start + 10] = 3.0
+        sig = torch.from_numpy(steps) + level
+        moving = temporal_change(sig) > 0.5
+        claimed = torch.full(shape, 0.04)
+        true_var = torch.where(moving, 5 * claimed, claimed)
+        clean = sig + torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * 0.2
+        loc = clean + torch.from_numpy(rng.standard_normal(shape).astype(np.float32)) * (
+            true_var.sqrt()
+        )
+        x = clean + torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+        return x, loc, claimed, torch.ones(shape), level, clean, moving
+
+    x, loc, claimed, raw_nv, level, _, _ = movie(0)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    stage = fit_stratified_calibration(
+        [(x, loc, claimed, raw_nv, level, target, temporal_change(x))], feature="change"
+    )
+    x2, loc2, claimed2, _, level2, clean2, moving2 = movie(1)
+    fitted = stage.apply(claimed2, loc2, level2, temporal_change(x2))
+    assert _coverage(loc2, claimed2, clean2, moving2) < 0.65
+    assert 0.85 <= _coverage(loc2, fitted, clean2, moving2) <= 0.95
+    assert 0.85 <= _coverage(loc2, fitted, clean2, ~moving2) <= 0.95
 
 
 def _parts(err_sd: float, seed: int, n: int = 4):

@@ -112,50 +112,112 @@ def fit_scale_calibration(
 
 
 ACTIVITY_EDGES = (1.0, 2.0, 3.0, 5.0, 8.0)
-"""Bin edges of the activity ``|loc - mean image| / sd`` of the final calibration stage."""
+"""Bin edges of the activity ``|loc - mean image| / sd`` (model files of format 3)."""
+
+CHANGE_EDGES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.5)
+"""Bin edges of the change feature ``temporal_change(x) / sd`` of the final stage."""
+
+CHANGE_FRAMES = 3
+"""Frames on each side that :func:`temporal_change` averages."""
+
+CHANGE_PIXELS = 5
+"""Side of the square spatial window :func:`temporal_change` averages over."""
+
+
+def temporal_change(x: torch.Tensor) -> torch.Tensor:
+    """How much the data change across a frame, without that frame's own values.
+
+    ``|mean(B[t+1..t+3]) - mean(B[t-3..t-1])|`` where ``B`` is the 5 x 5 local mean of the
+    (T, Y, X) values ``x``; windows are clipped at the movie's edges (zero where one side has
+    no frame). Frame ``t`` itself is left out, so the feature holds none of its noise and
+    residuals grouped by it measure the prior's error without selection bias. (The prior's own
+    change ``|loc[t+1] - loc[t-1]|`` discriminates better but is not free of frame ``t``: the
+    network sees it as context for both neighbours, and held-out noise variance then differs
+    by 2-4 % between its bins, several times the prior's error variance.)
+    """
+    n = x.shape[0]
+    k = CHANGE_FRAMES
+    box = torch.nn.functional.avg_pool2d(
+        x[:, None], CHANGE_PIXELS, stride=1, padding=CHANGE_PIXELS // 2, count_include_pad=False
+    )[:, 0]
+    zero = box.new_zeros((1, *box.shape[1:]))
+    c = torch.cumsum(torch.cat([zero, box]), dim=0)  # c[i] = sum of box[:i]
+    t = torch.arange(n, device=x.device)
+    a0, a1 = torch.clamp(t - k, min=0), t  # frames before: [t-k, t)
+    b0, b1 = t + 1, torch.clamp(t + 1 + k, max=n)  # frames after: [t+1, t+1+k)
+    na, nb = (a1 - a0).to(x.dtype), (b1 - b0).to(x.dtype)
+    before = (c[a1] - c[a0]) / torch.clamp(na, min=1)[:, None, None]
+    after = (c[b1] - c[b0]) / torch.clamp(nb, min=1)[:, None, None]
+    both = ((na > 0) & (nb > 0)).to(x.dtype)[:, None, None]
+    return (after - before).abs() * both
 
 
 @dataclass
 class StratifiedCalibration:
-    """Factors on the final prior variance, by brightness and activity the data show.
+    """Factors on the final prior variance, by brightness and by one feature the data show.
 
     The network's spread, the propagated input noise, the guard and the correction each get
-    the error variance right on average, but not within every group of pixels: the prior's
-    error grows faster with brightness and with how far the prior departs from the mean image
-    (an active cell) than their variances do. This last stage rescales the variance per cell
-    of (brightness of the mean image) x (activity ``|loc - mean| / sqrt(var)``), both known
-    without the pixel's own value, so held-out residuals measure each cell's error variance
-    without selection bias.
+    the error variance right on average, but not within every group of pixels: the prior errs
+    most where the signal changes fast (a transient's rise and fall), by a factor of 3-4 over
+    the pixels where it is still, where it departs from the mean image (an active cell), and
+    more in bright pixels than their variances say. A stage rescales the variance per cell of
+    (brightness of the mean image) x (a feature: the change :func:`temporal_change` ``/
+    sqrt(var)``, or the activity ``|loc - mean| / sqrt(var)``), both known without the pixel's
+    own value, so held-out residuals measure each cell's error variance without selection bias.
+    :class:`CalibrationStages` applies one stage per feature.
 
     Attributes
     ----------
     level_edges : list of float
         Interior edges of the mean image's brightness (photons).
     activity_edges : list of float
-        Interior edges of the activity.
+        Interior edges of the second feature.
     factors : list of list of float
-        ``factors[i][j]`` for brightness bin ``i`` and activity bin ``j``.
+        ``factors[i][j]`` for brightness bin ``i`` and feature bin ``j``.
+    feature : str
+        ``"change"`` or ``"activity"`` (the only stage of model files of format 3).
     """
 
     level_edges: list[float]
     activity_edges: list[float]
     factors: list[list[float]]
+    feature: str = "activity"
 
-    def apply(self, var: torch.Tensor, loc: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
-        """Calibrated variance of a prior ``N(loc, var)`` at pixels of mean ``level``."""
+    def apply(
+        self,
+        var: torch.Tensor,
+        loc: torch.Tensor,
+        level: torch.Tensor,
+        change: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Calibrated variance of a prior ``N(loc, var)`` at pixels of mean ``level``.
+
+        ``change`` is :func:`temporal_change` of the observed values (needed when the
+        feature is ``"change"``).
+        """
         if not self.level_edges and not self.activity_edges:
             return var * float(self.factors[0][0])
-        i, j = self._cells(var, loc, level)
+        i, j = self._cells(var, loc, level, change)
         table = torch.as_tensor(self.factors, dtype=var.dtype, device=var.device)
         return var * table[i, j]
 
     def _cells(
-        self, var: torch.Tensor, loc: torch.Tensor, level: torch.Tensor
+        self,
+        var: torch.Tensor,
+        loc: torch.Tensor,
+        level: torch.Tensor,
+        change: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         lev = torch.as_tensor(self.level_edges, dtype=var.dtype, device=var.device)
         act = torch.as_tensor(self.activity_edges, dtype=var.dtype, device=var.device)
         level = torch.broadcast_to(level, var.shape)
-        a = (loc - level).abs() / torch.sqrt(torch.clamp(var, min=1e-12))
+        if self.feature == "change":
+            if change is None:
+                raise ValueError("this calibration stage needs the prior's temporal change")
+            num = change
+        else:
+            num = (loc - level).abs()
+        a = num / torch.sqrt(torch.clamp(var, min=1e-12))
         return torch.bucketize(level.contiguous(), lev), torch.bucketize(a.contiguous(), act)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,6 +226,7 @@ class StratifiedCalibration:
             "level_edges": list(self.level_edges),
             "activity_edges": list(self.activity_edges),
             "factors": [list(row) for row in self.factors],
+            "feature": self.feature,
         }
 
     @classmethod
@@ -172,11 +235,47 @@ class StratifiedCalibration:
         return cls(level_edges=[], activity_edges=[], factors=[[1.0]])
 
 
+@dataclass
+class CalibrationStages:
+    """Stratified calibration stages applied one after the other (each fitted on the last)."""
+
+    stages: list[StratifiedCalibration]
+
+    def apply(
+        self,
+        var: torch.Tensor,
+        loc: torch.Tensor,
+        level: torch.Tensor,
+        change: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Calibrated variance (see :meth:`StratifiedCalibration.apply`)."""
+        for stage in self.stages:
+            var = stage.apply(var, loc, level, change)
+        return var
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types."""
+        return {"stages": [stage.to_dict() for stage in self.stages]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationStages:
+        """Inverse of :meth:`to_dict`; a single stage's dictionary (format 3) is one stage."""
+        if "stages" in data:
+            return cls([StratifiedCalibration(**d) for d in data["stages"]])
+        return cls([StratifiedCalibration(**data)])
+
+    @classmethod
+    def identity(cls) -> CalibrationStages:
+        """No change."""
+        return cls([])
+
+
 def fit_stratified_calibration(
     parts: list[tuple[torch.Tensor, ...]],
     *,
     level_bins: int = 3,
-    activity_edges: tuple[float, ...] = ACTIVITY_EDGES,
+    feature: str = "change",
+    activity_edges: tuple[float, ...] | None = None,
     max_rel_se: float = 0.25,
     min_factor: float = 0.02,
 ) -> StratifiedCalibration:
@@ -185,13 +284,17 @@ def fit_stratified_calibration(
     Parameters
     ----------
     parts : list of tuple
-        ``(x, loc, var, raw_noise_var, level, target)`` per run of frames: observed values, the
-        final prior, its variance, the noise variance of each raw value (unbiased), the mean
-        image's brightness (broadcastable) and the boolean (T,) frames to fit on.
+        ``(x, loc, var, raw_noise_var, level, target, change)`` per run of frames: observed
+        values, the final prior, its variance, the noise variance of each raw value (unbiased),
+        the mean image's brightness (broadcastable), the boolean (T,) frames to fit on and the
+        :func:`temporal_change` of the observed values.
     level_bins : int
         Quantile bins of the brightness.
-    activity_edges : tuple of float
-        Interior bin edges of the activity.
+    feature : {"change", "activity"}
+        The second feature (see :class:`StratifiedCalibration`).
+    activity_edges : tuple of float, optional
+        Interior bin edges of the second feature (default :data:`CHANGE_EDGES` or
+        :data:`ACTIVITY_EDGES`).
     max_rel_se : float
         A brightness row whose factor would be known to worse than this relative standard
         error takes the overall factor (1 if that too is poor): at low light the detector noise
@@ -209,16 +312,19 @@ def fit_stratified_calibration(
         [torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts]
     ).double()
     qs = np.quantile(levels.cpu().numpy(), np.linspace(0, 1, level_bins + 1)[1:-1])
+    if activity_edges is None:
+        activity_edges = CHANGE_EDGES if feature == "change" else ACTIVITY_EDGES
     stage = StratifiedCalibration(
         level_edges=[float(q) for q in np.unique(qs)],
         activity_edges=[float(a) for a in activity_edges],
         factors=[[1.0]],
+        feature=feature,
     )
     n_i, n_j = len(stage.level_edges) + 1, len(stage.activity_edges) + 1
     # Per cell: count, sum of excess (r^2 - noise var), sum of var, sum of squared noise var.
     sums = np.zeros((n_i, n_j, 4))
-    for x, loc, var, raw_nv, level, target in parts:
-        i, j = stage._cells(var, loc, level)
+    for x, loc, var, raw_nv, level, target, change in parts:
+        i, j = stage._cells(var, loc, level, change)
         cell = (i * n_j + j)[target].flatten()
         r2 = ((x - loc) ** 2 - raw_nv)[target].flatten().double()
         v = var[target].flatten().double()
@@ -245,9 +351,9 @@ def fit_stratified_calibration(
         if row_f is None:
             table.append([fallback] * n_j)
             continue
-        # Within a row the error grows with the activity (the prior errs most where the cell
-        # departs from its mean): a non-decreasing fit, each cell weighted by its precision,
-        # pools the cells whose own estimate is lost in the noise with their neighbours.
+        # Within a row the error grows with the feature (the prior errs most where the signal
+        # changes, or departs from its mean): a non-decreasing fit, each cell weighted by its
+        # precision, pools the cells whose own estimate is lost in the noise with their neighbours.
         n, excess, var, nv2 = (sums[i, :, k] for k in range(4))
         seen = (n > 0) & (var > 0)
         own = np.where(seen, excess / np.where(seen, var, 1.0), 0.0)

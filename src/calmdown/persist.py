@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from calmdown import __version__
-from calmdown.calibration import ScaleCalibration, StratifiedCalibration
+from calmdown.calibration import CalibrationStages, ScaleCalibration
 from calmdown.config import Config
 from calmdown.correction import ResidualCorrection
 from calmdown.errors import ModelFileError
@@ -23,7 +23,11 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+"""Format written. 4: the final calibration is a list of stages."""
+
+READABLE_VERSIONS = (3, 4)
+"""Formats read (a format 3 file's single final stage is read as one stage)."""
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
@@ -97,7 +101,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
         raise ModelFileError(
             "not a calmdown model file; pass a file written by `calmdown train`", path=path
         )
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_VERSIONS:
         raise ModelFileError(
             f"model file format {data.get('format_version')} (calmdown "
             f"{data.get('calmdown_version')}) cannot be read by calmdown {__version__} (format "
@@ -120,7 +124,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             training=dict(data["training"]),
             heldout=dict(data["heldout"]),
             error_correlation=ErrorCorrelation.from_dict(data["error_correlation"]),
-            final_calibration=StratifiedCalibration(**data["final_calibration"]),
+            final_calibration=CalibrationStages.from_dict(data["final_calibration"]),
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),
         )

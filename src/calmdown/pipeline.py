@@ -20,11 +20,13 @@ from scipy import stats
 
 from calmdown import __version__
 from calmdown.calibration import (
+    CHANGE_FRAMES,
+    CalibrationStages,
     ScaleCalibration,
-    StratifiedCalibration,
     fit_scale_calibration,
     fit_stratified_calibration,
     predictive_check,
+    temporal_change,
 )
 from calmdown.checkpoint import Checkpoint, run_training
 from calmdown.config import Config, GuardConfig, make_config
@@ -106,7 +108,7 @@ class TrainedModel:
         The fitted soma-scale residual correction.
     error_correlation : ErrorCorrelation
         Space-time correlation of the posterior error, for joint samples.
-    final_calibration : StratifiedCalibration
+    final_calibration : CalibrationStages
         Factors on the final prior variance by brightness and activity, fitted on held-out
         frames.
     training : dict
@@ -130,7 +132,7 @@ class TrainedModel:
     heldout: dict[str, Any]
     data_hash: str
     error_correlation: ErrorCorrelation = field(default_factory=ErrorCorrelation.independent)
-    final_calibration: StratifiedCalibration = field(default_factory=StratifiedCalibration.identity)
+    final_calibration: CalibrationStages = field(default_factory=CalibrationStages.identity)
     version: str = __version__
     _net: ContextNet | None = field(default=None, repr=False)
 
@@ -345,7 +347,7 @@ def _guard_and_correct(
     *,
     null_scale: float,
     correction: ResidualCorrection | None,
-    final: StratifiedCalibration | None = None,
+    final: CalibrationStages | None = None,
     level: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
@@ -359,7 +361,7 @@ def _guard_and_correct(
         loc_g, var_g, _ = correction.apply(x, loc_g, var_g, _noise_var(noise, loc_g))
     if final is not None:
         assert level is not None
-        var_g = final.apply(var_g, loc_g, level)
+        var_g = final.apply(var_g, loc_g, level, temporal_change(x))
     return loc_g, var_g, guarded.p_surprise
 
 
@@ -448,7 +450,7 @@ class _Calibration:
     calibration: ScaleCalibration
     guard_null_scale: float
     correction: ResidualCorrection | None
-    final_calibration: StratifiedCalibration
+    final_calibration: CalibrationStages
     error_correlation: ErrorCorrelation
     heldout: dict[str, Any]
 
@@ -475,6 +477,7 @@ def _calibrate(
         guard_halo(gcfg)
         + probe_halo(config.inference.probe_stride)
         + max(windows["evidence"][0], 1) // 2
+        + CHANGE_FRAMES
     )
     runs: list[tuple[Segment, np.ndarray]] = []
     for seg in segments:
@@ -567,7 +570,7 @@ def _calibrate(
     def guarded(
         parts: list[tuple[torch.Tensor, ...]],
         corr: ResidualCorrection | None,
-        final: StratifiedCalibration | None = None,
+        final: CalibrationStages | None = None,
     ) -> list:
         out = []
         for x, loc, pvar, target, prop, mean in parts:
@@ -583,7 +586,8 @@ def _calibrate(
                 level=mean,
             )
             raw_nv = noise.raw_variance_photons(x)
-            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv, mean))
+            change = temporal_change(x)
+            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv, mean, change))
         return out
 
     corr_parts = [
@@ -598,12 +602,21 @@ def _calibrate(
     correction = None
     if gcfg.correction:
         correction = fit_correction(guarded(fit_parts, None), **windows)
-    stratified = fit_stratified_calibration(
-        [
-            (x, loc, var, raw_nv, mean, target)
-            for x, loc, var, _, target, raw_nv, mean in guarded(fit_parts, correction)
+    # Two stages, each by brightness x one feature: how fast the data change, then how far the
+    # prior departs from the mean image (each alone leaves the other's groups off by 10-20 %).
+    stage_parts = [
+        (x, loc, var, raw_nv, mean, target, change)
+        for x, loc, var, _, target, raw_nv, mean, change in guarded(fit_parts, correction)
+    ]
+    stages = []
+    for feature in ("change", "activity"):
+        stage = fit_stratified_calibration(stage_parts, feature=feature)
+        stages.append(stage)
+        stage_parts = [
+            (x, loc, stage.apply(var, loc, level, change), raw_nv, level, target, change)
+            for x, loc, var, raw_nv, level, target, change in stage_parts
         ]
-    )
+    stratified = CalibrationStages(stages)
     final = guarded(check_parts, correction, stratified)
     x_c = torch.cat([p[0][p[4]].flatten() for p in final]).cpu().numpy()
     loc_c = torch.cat([p[1][p[4]].flatten() for p in final]).cpu().numpy()
@@ -826,6 +839,7 @@ def _apply_chunks(
         guard_halo(gcfg)
         + probe_halo(cfg.inference.probe_stride)
         + (correction.halo if correction else 0)
+        + CHANGE_FRAMES
         if use_posterior
         else 0
     )
