@@ -147,6 +147,19 @@ def test_cli_apply_on_a_running_scheduler(tmp_path, model, raw_zarr, reference, 
     np.testing.assert_allclose(read(out), reference["denoised"], rtol=1e-5, atol=1e-3)
 
 
+def test_one_roi_of_a_multi_roi_tiff(tmp_path, model, raw_zarr, reference, client):
+    """Each task opens the file itself and reads the same ROI (issue 7: ScanImage mROI)."""
+    from tests.io.test_scanimage import write_mroi
+
+    raw = read(raw_zarr).astype("int32")
+    other = (raw[:, :20, :24] + 3).astype("int32")
+    rois = [other[:, None, None], raw[:, None, None]]
+    mroi = write_mroi(tmp_path / "mroi.tif", rois, [1], flyto=4)
+    out = tmp_path / "roi2.zarr"
+    dask_apply(model, mroi, out, roi=2, interval=0.9, client=client, threads=THREADS)
+    np.testing.assert_allclose(read(out), reference["denoised"], rtol=1e-5, atol=1e-3)
+
+
 def test_cli_denoise_dask_with_process_workers(tmp_path, raw_zarr):
     """End to end: train, then two worker processes of a local cluster write the Zarr."""
     out = tmp_path / "out.zarr"

@@ -54,6 +54,10 @@ Channel = Annotated[
     int | None,
     typer.Option("--channel", help="Channel to read (ScanImage number; else from 1)."),
 ]
+Roi = Annotated[
+    int | None,
+    typer.Option("--roi", help="Region of a ScanImage multi-ROI recording to read, from 1."),
+]
 
 
 def _plane_option(value: str) -> str:
@@ -294,9 +298,10 @@ def _prepare_raw(
     key: str | None,
     channel: int | None,
     plane: int | None,
+    roi: int | None = None,
 ) -> Prepared:
-    """Open RAW (its channel and plane) and run the first pass; the result owns the reader."""
-    reader = open_movie(raw, key=key, channel=channel, plane=plane)
+    """Open RAW (its channel, plane and ROI) and run the first pass; the result owns the reader."""
+    reader = open_movie(raw, key=key, channel=channel, plane=plane, roi=roi)
     try:
         prep = prepare(reader, cfg)
     except BaseException:
@@ -319,12 +324,13 @@ def _write_movies(
     inputs: list[str],
     channel: int | None = None,
     plane: int | None = None,
+    roi: int | None = None,
     samples: int = 0,
 ) -> tuple[float, int]:
     """Stream the denoised movie (intervals, samples) to files; return (seconds, frames)."""
     if samples < 0:
         raise InputError(f"--samples must be 0 or more, got {samples}")
-    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
+    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
     shape = prep.reader.shape
     targets = {"denoised": out}
     if interval is not None:
@@ -373,6 +379,7 @@ def _movie_writer(
     scheduler: str | None,
     channel: int | None,
     plane: int | None,
+    roi: int | None = None,
 ) -> Callable[..., tuple[float, int]]:
     """Pick how the movies are written: here, or on Dask (its options checked before work)."""
     if not dask and workers is None and scheduler is None:
@@ -390,7 +397,7 @@ def _movie_writer(
     def write(*args: Any, samples: int = 0, **kwargs: Any) -> tuple[float, int]:
         if samples:
             raise InputError("--samples is not available with --dask yet; leave one out")
-        kwargs = {"channel": channel, "plane": plane, **kwargs}
+        kwargs = {"channel": channel, "plane": plane, "roi": roi, **kwargs}
         return _write_movies_dask(*args, workers=workers, scheduler=scheduler, **kwargs)
 
     return write
@@ -409,13 +416,14 @@ def _write_movies_dask(
     inputs: list[str],
     channel: int | None = None,
     plane: int | None = None,
+    roi: int | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> tuple[float, int]:
     """Denoise on a Dask cluster into Zarr stores; return (seconds, frames), start included."""
     from calmdown.distributed import dask_apply
 
-    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
+    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
     with ExitStack() as stack:
         if prepared is None:
             stack.callback(prep.close)
@@ -435,6 +443,7 @@ def _write_movies_dask(
             key=key,
             channel=channel,
             plane=plane,
+            roi=roi,
             interval=interval,
             scheduler=scheduler,
             workers=workers,
@@ -499,7 +508,7 @@ def _summary(
 
 
 def _recording(meta: dict[str, Any]) -> str:
-    """Say what the file tells of the recording: frame rate, zoom, channel and plane read."""
+    """Say what the file tells of the recording: frame rate, zoom, channel, plane, ROI read."""
     bits = []
     rate = meta.get("frame_rate")
     if isinstance(rate, (int, float)) and rate > 0:
@@ -511,6 +520,11 @@ def _recording(meta: dict[str, Any]) -> str:
     if meta.get("plane") is not None:
         of = f" of {meta['planes']}" if meta.get("planes") else ""
         bits.append(f"plane {meta['plane']}{of}")
+    if meta.get("roi") is not None:
+        named = meta.get("roi_name") not in (None, "", f"ROI {meta['roi']}")
+        name = f" ({meta['roi_name']})" if named else ""
+        of = f" of {meta['rois']}" if meta.get("rois") else ""
+        bits.append(f"ROI {meta['roi']}{name}{of}")
     return f"Recording: {', '.join(bits)}." if bits else ""
 
 
@@ -543,6 +557,7 @@ def denoise(
     key: Key = None,
     channel: Channel = None,
     plane: Plane = None,
+    roi: Roi = None,
     model_out: Annotated[
         Path | None, typer.Option("--model-out", help="Where to save the model.")
     ] = None,
@@ -608,10 +623,12 @@ def denoise(
             scheduler=dask_scheduler,
             channel=channel,
             plane=None if plane == "all" else _plane_number(plane),
+            roi=roi,
         )
         options: dict[str, Any] = {
             "key": key,
             "channel": channel,
+            "roi": roi,
             "cfg": cfg,
             "write_movies": write_movies,
             "interval": interval,
@@ -645,6 +662,7 @@ def _denoise_one(
     plane: int | None,
     model_out: Path | None,
     ckpt: Checkpoint,
+    roi: int | None = None,
     cfg: Config,
     write_movies: Callable[..., tuple[float, int]],
     interval: float | None,
@@ -657,7 +675,7 @@ def _denoise_one(
     Returns the summary paragraph and the model. Every file is written atomically, so an
     interrupt leaves the outputs complete or absent (and the checkpoint, to resume from).
     """
-    prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane)
+    prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
     with closing(prep):
         listed = prep.reader.metadata.get("files")  # the parts of a multi-file recording
         files = [str(f) for f in listed] if isinstance(listed, list) else []
@@ -686,6 +704,7 @@ def _denoise_one(
             samples=samples,
             channel=channel,
             plane=plane,
+            roi=roi,
         )
         record: dict[str, Any] = {"input": str(raw), "output": str(out)}
         if files:
@@ -791,6 +810,7 @@ def train_cmd(
     key: Key = None,
     channel: Channel = None,
     plane: Plane = None,
+    roi: Roi = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     context_frames: Context = None,
@@ -830,7 +850,7 @@ def train_cmd(
             seed=seed,
         )
         _check_output(out, raw)
-        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=_plane_number(plane))
+        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=_plane_number(plane), roi=roi)
         update, bar = _train_progress(quiet, cfg)
         with closing(prep), bar:
             model = train(prep.reader, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
@@ -853,6 +873,7 @@ def apply_cmd(
     key: Key = None,
     channel: Channel = None,
     plane: Plane = None,
+    roi: Roi = None,
     output: Output = "posterior",
     interval: Interval = None,
     gain: Gain = None,
@@ -892,6 +913,7 @@ def apply_cmd(
             scheduler=dask_scheduler,
             channel=channel,
             plane=one_plane,
+            roi=roi,
         )
         seconds, n_frames = write_movies(
             model,
@@ -905,6 +927,7 @@ def apply_cmd(
             inputs=[str(raw), str(model_file)],
             channel=channel,
             plane=one_plane,
+            roi=roi,
         )
         if not quiet:
             typer.echo(

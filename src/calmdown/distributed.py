@@ -354,6 +354,7 @@ def _run_block(
     movie_key: str | None,
     channel: int | None,
     plane: int | None,
+    roi: int | None,
     start: int,
     stop: int,
     interval: float | None,
@@ -372,7 +373,7 @@ def _run_block(
         if n is None or config.threads is not None
         else config.model_copy(update={"threads": n})
     )
-    reader = open_movie(source, key=movie_key, channel=channel, plane=plane)
+    reader = open_movie(source, key=movie_key, channel=channel, plane=plane, roi=roi)
     prep = Prepared(reader=reader, noise=noise, mean_image=mean_image, owns_reader=True)
     try:
         if reader.shape[0] != mean_image.n_frames:
@@ -473,6 +474,7 @@ def iter_dask_apply(
     key: str | None = None,
     channel: int | None = None,
     plane: int | None = None,
+    roi: int | None = None,
     interval: float | None = None,
     client: Any = None,
     scheduler: str | None = None,
@@ -520,7 +522,7 @@ def iter_dask_apply(
     t_start = time.perf_counter()
     prep = prepared
     if prep is None:
-        reader = open_movie(source, key=key, channel=channel, plane=plane)
+        reader = open_movie(source, key=key, channel=channel, plane=plane, roi=roi)
         try:
             prep = prepare(reader, cfg)
         finally:
@@ -574,6 +576,7 @@ def iter_dask_apply(
                     movie_key=key,
                     channel=channel,
                     plane=plane,
+                    roi=roi,
                     start=start,
                     stop=stop,
                     interval=interval,
@@ -624,6 +627,7 @@ def dask_apply(
     key: str | None = None,
     channel: int | None = None,
     plane: int | None = None,
+    roi: int | None = None,
     interval: float | None = None,
     client: Any = None,
     scheduler: str | None = None,
@@ -649,7 +653,7 @@ def dask_apply(
     out : path
         The denoised movie, ``*.zarr`` (float32, ADU). Written under ``<out>.partial`` and
         renamed when every task has succeeded.
-    key, channel, plane : optional
+    key, channel, plane, roi : optional
         Which movie in the file, as for :func:`calmdown.io.open_movie`.
     interval : float, optional
         Also write the central credible interval at this level to ``<out>.lower.zarr`` and
@@ -719,6 +723,7 @@ def dask_apply(
         key=key,
         channel=channel,
         plane=plane,
+        roi=roi,
         interval=interval,
         client=client,
         scheduler=scheduler,

@@ -53,6 +53,7 @@ def open_movie(
     key: str | None = None,
     channel: int | None = None,
     plane: int | None = None,
+    roi: int | None = None,
 ) -> MovieReader:
     """Open a movie of shape ``(T, Y, X)`` for lazy, block-wise reading.
 
@@ -78,6 +79,10 @@ def open_movie(
     plane : int or None
         The plane to read, counted from 1: a ScanImage slice, the ``Z`` axis of a TIFF, the
         depth axis of a 4-D NWB TwoPhotonSeries. Not accepted for formats without planes.
+    roi : int or None
+        The imaging region (ROI) to read from a ScanImage multi-ROI recording, counted from 1
+        (see :mod:`calmdown.io.scanimage`); may be left out when it has one ROI. Not accepted
+        for other files.
 
     Returns
     -------
@@ -89,8 +94,8 @@ def open_movie(
     ------
     InputError
         When the file is missing, of an unknown type, unreadable, or holds no numeric
-        ``(T, Y, X)`` movie, or the channel or plane is missing, ambiguous or out of range;
-        the message names the file and the fix.
+        ``(T, Y, X)`` movie, or the channel, plane or ROI is missing, ambiguous or out of
+        range; the message names the file and the fix.
 
     Examples
     --------
@@ -102,15 +107,18 @@ def open_movie(
     if isinstance(source, np.ndarray):
         _no_key(key, "an in-memory array")
         _no_pick(channel, plane, "an in-memory array")
+        _no_roi(roi, "an in-memory array")
         return ArrayReader(source)
     if not isinstance(source, (str, os.PathLike)):
         if isinstance(source, MovieReader):
             _no_key(key, "an open movie")
             _no_pick(channel, plane, "an open movie (pick them when opening it)")
+            _no_roi(roi, "an open movie (pick the ROI when opening it)")
             return source
         if all(hasattr(source, name) for name in ("shape", "dtype", "__getitem__")):
             _no_key(key, "an in-memory array")
             _no_pick(channel, plane, "an in-memory array")
+            _no_roi(roi, "an in-memory array")
             return ArrayReader(source)  # dask, zarr or h5py arrays: read lazily by slicing
         raise TypeError(
             f"source must be a path, a numpy array or a MovieReader, not {type(source).__name__}"
@@ -119,7 +127,12 @@ def open_movie(
     fmt = READ_FORMATS.get(path.suffix.lower())
     if has_glob(source) and not path.exists():
         return ConcatReader(
-            multi_file_parts(source) or [], key=key, channel=channel, plane=plane, source=path
+            multi_file_parts(source) or [],
+            key=key,
+            channel=channel,
+            plane=plane,
+            roi=roi,
+            source=path,
         )
     if not path.exists():
         hint = (
@@ -136,7 +149,7 @@ def open_movie(
     if fmt is None and path.is_dir():
         parts = multi_file_parts(path)
         if parts:
-            return ConcatReader(parts, key=key, channel=channel, plane=plane, source=path)
+            return ConcatReader(parts, key=key, channel=channel, plane=plane, roi=roi, source=path)
     if fmt is None:
         what = "is a folder" if path.is_dir() else f"has an unknown extension '{path.suffix}'"
         raise InputError(
@@ -150,6 +163,15 @@ def open_movie(
             "first be combined into one multi-page TIFF)",
             path=path,
         )
+    if fmt != "tiff":
+        names = {
+            "hdf5": "an HDF5 file",
+            "zarr": "a Zarr store",
+            "nwb": "an NWB file",
+            "npy": "a .npy file",
+            "suite2p": "a suite2p plane",
+        }
+        _no_roi(roi, names.get(fmt, f"a {fmt} file"), path=path)
     if fmt in ("tiff", "npy", "suite2p"):
         _no_key(key, f"a {fmt.upper()} file" if fmt != "suite2p" else "suite2p", path=path)
     if fmt in ("hdf5", "zarr", "npy"):
@@ -158,7 +180,8 @@ def open_movie(
         from calmdown.io.scanimage import ScanImageReader, is_scanimage
 
         if is_scanimage(path):
-            return ScanImageReader(path, channel=channel, plane=plane)
+            return ScanImageReader(path, channel=channel, plane=plane, roi=roi)
+        _no_roi(roi, "this TIFF file (it was not written by ScanImage)", path=path)
         from calmdown.io.tiff import TiffReader
 
         return TiffReader(path, channel=channel, plane=plane)
@@ -202,3 +225,12 @@ def _no_pick(
                 f"--{name} {value!r} does not apply to {what}; leave --{name} out",
                 path=path,
             )
+
+
+def _no_roi(roi: int | None, what: str, *, path: Path | None = None) -> None:
+    if roi is not None:
+        raise InputError(
+            f"--roi {roi!r} picks an imaging region of a ScanImage multi-ROI recording and does "
+            f"not apply to {what}; leave --roi out",
+            path=path,
+        )

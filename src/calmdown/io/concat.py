@@ -191,6 +191,8 @@ class ConcatReader(ReaderBase):
         The channel read from each file.
     plane : int or None
         The plane read from each file.
+    roi : int or None
+        The ROI read from each file (ScanImage multi-ROI recordings).
     source : path-like or None
         What the user named (the folder or the pattern), used as :attr:`path` in messages;
         the first file if None.
@@ -229,6 +231,7 @@ class ConcatReader(ReaderBase):
         key: str | None = None,
         channel: int | None = None,
         plane: int | None = None,
+        roi: int | None = None,
         source: str | os.PathLike[str] | None = None,
     ) -> None:
         from calmdown.io import open_movie
@@ -242,13 +245,14 @@ class ConcatReader(ReaderBase):
             "key": key,
             "channel": channel,
             "plane": plane,
+            "roi": roi,
             "source": source,
         }
         _single_images(paths, self.path)
         self.readers: list[MovieReader] = []
         try:
             for i, part in enumerate(paths):
-                reader = open_movie(part, key=key, channel=channel, plane=plane)
+                reader = open_movie(part, key=key, channel=channel, plane=plane, roi=roi)
                 self.readers.append(reader)
                 if i == 0:
                     continue

@@ -1,4 +1,4 @@
-"""Read ScanImage TIFF files: one channel of one plane, de-interleaved lazily.
+"""Read ScanImage TIFF files: one channel of one plane (of one ROI), de-interleaved lazily.
 
 ScanImage (2016 and later) saves every channel of every plane of every volume as its own TIFF
 page. The pages are ordered frame-major: for each volume, for each plane (slice), for each
@@ -20,11 +20,28 @@ with the same ``SI.*`` settings:
     Frame and volume rates (Hz); a plane's frames come at the volume rate.
 ``SI.hRoiManager.scanZoomFactor``
     The zoom.
+``SI.hRoiManager.mroiEnable``
+    Multi-ROI pages (see below).
 
 Channels and planes are counted as ScanImage counts them: channels by their ScanImage number
 (the values of ``channelSave``), planes from 1 (the first slice of each volume is plane 1).
 
-Not supported: multi-ROI (mROI) pages, whose regions are stacked in one tall page.
+Multi-ROI (mROI) recordings (``SI.hRoiManager.mroiEnable = true``) store every imaging
+region (ROI) of a frame in one tall page, stacked from the top in the order of the ROI
+definitions, with a fixed number of "fly-to" lines (scanned while the beam moves on to the
+next ROI; not image data) between neighbouring ROIs. The ROIs are read from the ROI-group JSON that
+ScanImage saves in the header of its BigTIFF files (``tifffile.read_scanimage_metadata``) or,
+where that is missing, in the ``Artist`` tag of the first page: ``RoiGroups`` ->
+``imagingRoiGroup`` -> ``rois``, each with ``scanfields`` (one, or a list of one per z) whose
+``pixelResolutionXY`` is ``[width, height]``. ROIs whose ``enable`` is false are not imaged and
+are left out. With ``n`` ROIs of heights ``h_1 ... h_n`` in pages of ``H`` rows, the fly-to
+lines between two ROIs number ``(H - sum(h)) / (n - 1)``; ROI ``i`` starts at row
+``sum_{j<i} (h_j + flyto)`` and, when narrower than the page, takes its left ``width``
+columns. One ROI is read at a time, as its own ``(T, height, width)`` movie, picked by its
+number counted from 1 (``roi=``, ``--roi``). Multi-plane mROI recordings are read where every
+ROI has the same pixel resolution at every z and is imaged at every plane (no
+``discretePlaneMode``); other layouts are refused with a message.
+
 Acquisitions split over several files are read, concatenated in time, by
 :class:`calmdown.io.concat.ConcatReader` (pass their folder or a pattern to
 :func:`calmdown.io.open_movie`).
@@ -32,6 +49,7 @@ Acquisitions split over several files are read, concatenated in time, by
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -51,7 +69,14 @@ from calmdown.io.base import ReaderBase, check_dtype, check_finite
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ScanImageLayout", "ScanImageReader", "is_scanimage", "scanimage_layout"]
+__all__ = [
+    "ScanImageLayout",
+    "ScanImageReader",
+    "ScanImageRoi",
+    "is_scanimage",
+    "scanimage_layout",
+    "scanimage_rois",
+]
 
 _FIX = "the file may be truncated or corrupt; check that it was copied completely"
 
@@ -286,8 +311,173 @@ def _choices(values: Sequence[int]) -> str:
     return " or ".join(", ".join(str(v) for v in values).rsplit(", ", 1))
 
 
+@dataclass(frozen=True)
+class ScanImageRoi:
+    """Where one imaging region (ROI) lies in the tall page of a multi-ROI recording.
+
+    Attributes
+    ----------
+    number : int
+        The ROI's number, counted from 1 in the order of the ROI definitions (enabled ROIs
+        only).
+    name : str or None
+        Its ``name`` in the ROI definitions, where there is one.
+    width : int
+        Columns (``pixelResolutionXY[0]``): the left ``width`` columns of the page.
+    height : int
+        Rows (``pixelResolutionXY[1]``).
+    row : int
+        The page row where it starts.
+    """
+
+    number: int
+    name: str | None
+    width: int
+    height: int
+    row: int
+
+    def describe(self) -> str:
+        """Return ``2 'name' (12 x 6 pixels)``: number, name and size (width x height)."""
+        name = f" {self.name!r}" if self.name else ""
+        return f"{self.number}{name} ({self.width} x {self.height} pixels)"
+
+
+def _roi_size(roi: dict[str, Any], number: int) -> tuple[int, int]:
+    """Return ``(width, height)`` of a ROI definition: the same in every scanfield."""
+    fields = roi.get("scanfields")
+    if isinstance(fields, dict):
+        fields = [fields]
+    if not isinstance(fields, list) or not fields:
+        raise ValueError(f"ROI {number} has no scanfields")
+    sizes = []
+    for field in fields:
+        value = field.get("pixelResolutionXY") if isinstance(field, dict) else None
+        flat = list(np.ravel(np.asarray(value, dtype=object))) if isinstance(value, list) else []
+        numbers = [n for n in map(_number, flat) if n is not None and n == int(n) and n >= 1]
+        if len(flat) != 2 or len(numbers) != 2:
+            raise ValueError(
+                f"ROI {number} has pixelResolutionXY {value!r}, not [width, height] in pixels"
+            )
+        sizes.append((int(numbers[0]), int(numbers[1])))
+    if len(set(sizes)) > 1:
+        found = ", ".join(f"{w} x {h}" for w, h in dict.fromkeys(sizes))
+        raise ValueError(
+            f"ROI {number} changes its pixel resolution with z ({found} pixels), a multi-plane "
+            "multi-ROI layout calmdown does not support"
+        )
+    return sizes[0]
+
+
+def scanimage_rois(
+    roidata: dict[str, Any], page_shape: tuple[int, int], *, planes: int = 1
+) -> tuple[ScanImageRoi, ...]:
+    """Find the imaging ROIs of a multi-ROI page from ScanImage's ROI-group JSON.
+
+    Parameters
+    ----------
+    roidata : dict
+        The parsed JSON, ``{"RoiGroups": {"imagingRoiGroup": {"rois": ...}}}`` (as
+        ``tifffile.read_scanimage_metadata`` returns it, or as in the first page's ``Artist``
+        tag); ``rois`` is one ROI or a list, each with ``scanfields`` (one, or a list of one per
+        z) holding ``pixelResolutionXY = [width, height]``.
+    page_shape : tuple of int
+        ``(rows, columns)`` of a TIFF page, all ROIs and fly-to lines included.
+    planes : int
+        Planes per volume. With more than one, every ROI must be imaged at every plane with
+        the same pixel resolution.
+
+    Returns
+    -------
+    tuple of ScanImageRoi
+        The enabled ROIs, top to bottom, separated by ``(rows - sum(heights)) / (n - 1)``
+        fly-to lines.
+
+    Raises
+    ------
+    ValueError
+        When the ROI definitions are missing, disagree with the page size (their heights
+        leave rows that do not split into a whole number of fly-to lines, or they are wider
+        than the page), or describe a layout that is not supported.
+
+    Examples
+    --------
+    >>> rois = [
+    ...     {"name": "a", "scanfields": {"pixelResolutionXY": [12, 10]}},
+    ...     {"name": "b", "scanfields": {"pixelResolutionXY": [12, 6]}},
+    ... ]
+    >>> found = scanimage_rois({"RoiGroups": {"imagingRoiGroup": {"rois": rois}}}, (20, 12))
+    >>> [(r.row, r.height, r.width) for r in found]
+    [(0, 10, 12), (14, 6, 12)]
+    """
+    groups = roidata.get("RoiGroups", roidata) if isinstance(roidata, dict) else None
+    group = groups.get("imagingRoiGroup") if isinstance(groups, dict) else None
+    rois = group.get("rois") if isinstance(group, dict) else None
+    if isinstance(rois, dict):
+        rois = [rois]  # MATLAB writes a one-element struct array as an object
+    if not isinstance(rois, list) or not all(isinstance(r, dict) for r in rois):
+        raise ValueError("the ROI definitions (RoiGroups, imagingRoiGroup, rois) are missing")
+    enabled = [r for r in rois if r.get("enable") is None or _flag(r.get("enable"))]
+    if not enabled:
+        raise ValueError("the ROI definitions hold no enabled imaging ROI")
+    page_rows, page_columns = page_shape
+    sizes = []
+    for number, roi in enumerate(enabled, start=1):
+        if planes > 1 and _flag(roi.get("discretePlaneMode", False)):
+            raise ValueError(
+                f"ROI {number} is imaged at some planes only (discretePlaneMode), a "
+                "multi-plane multi-ROI layout calmdown does not support"
+            )
+        sizes.append(_roi_size(roi, number))
+    heights = [h for _, h in sizes]
+    spare = page_rows - sum(heights)
+    gaps = len(sizes) - 1
+    if spare < 0 or (gaps and spare % gaps):
+        raise ValueError(
+            f"its {len(sizes)} ROIs are {' + '.join(str(h) for h in heights)} = {sum(heights)} "
+            f"rows high, and pages of {page_rows} rows leave {spare} rows, which do not split "
+            f"into a whole, non-negative number of fly-to lines between {gaps} pairs of ROIs; "
+            "the ROI definitions do not match the pages"
+        )
+    flyto = spare // gaps if gaps else 0
+    wide = [(n, w) for n, (w, _) in enumerate(sizes, start=1) if w > page_columns]
+    if wide:
+        number, width = wide[0]
+        raise ValueError(
+            f"ROI {number} is {width} pixels wide, wider than the pages ({page_columns}); the "
+            "ROI definitions do not match the pages"
+        )
+    out = []
+    row = 0
+    for number, (roi, (width, height)) in enumerate(zip(enabled, sizes, strict=True), start=1):
+        name = roi.get("name")
+        name = name.strip() if isinstance(name, str) and name.strip() else None
+        out.append(ScanImageRoi(number=number, name=name, width=width, height=height, row=row))
+        row += height + flyto
+    return tuple(out)
+
+
+def _roidata(tif: tifffile.TiffFile) -> dict[str, Any]:
+    """Return ScanImage's ROI-group JSON: from the BigTIFF header, else the Artist tag."""
+    try:
+        _, roidata, _ = tifffile.read_scanimage_metadata(tif.filehandle)
+    except (ValueError, TypeError, UnicodeDecodeError):
+        roidata = {}
+    if isinstance(roidata, dict) and roidata:
+        return dict(roidata)
+    artist = tif.pages.first.tags.valueof(315)  # Artist
+    if isinstance(artist, bytes):
+        artist = artist.decode("utf-8", errors="replace")
+    if not isinstance(artist, str) or not artist.strip():
+        return {}
+    try:
+        parsed = json.loads(artist.strip().rstrip("\x00"))
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 class ScanImageReader(ReaderBase):
-    r"""One channel of one plane of a ScanImage TIFF, as a lazy ``(T, Y, X)`` movie.
+    r"""One channel of one plane (of one ROI) of a ScanImage TIFF, as a lazy ``(T, Y, X)`` movie.
 
     Parameters
     ----------
@@ -299,15 +489,23 @@ class ScanImageReader(ReaderBase):
     plane : int or None
         The plane, counted from 1 within each volume. May be left out for single-plane
         recordings.
+    roi : int or None
+        The imaging region of a multi-ROI recording, counted from 1 in the order of the ROI
+        definitions (see the module notes). May be left out when the recording has one ROI;
+        not accepted for other recordings.
 
     Attributes
     ----------
     metadata : dict
         ``frame_rate`` (Hz: the volume rate for a multi-plane recording, as each plane is
         sampled once a volume), ``zoom``, ``channels`` (all saved), ``planes`` (their number),
-        ``channel`` and ``plane`` (the ones read), ``scanimage_version``.
+        ``channel`` and ``plane`` (the ones read), ``scanimage_version``; for a multi-ROI
+        recording also ``roi`` (the one read), ``rois`` (their number) and ``roi_name``
+        (where the ROI has one).
     layout : ScanImageLayout
         How the pages are interleaved.
+    rois : tuple of ScanImageRoi
+        The ROIs of a multi-ROI recording, empty for other recordings.
     unused_pages : int
         Pages after the last complete volume, ignored (an acquisition stopped mid-volume).
 
@@ -315,7 +513,7 @@ class ScanImageReader(ReaderBase):
     ------
     InputError
         When the file is unreadable, the ScanImage settings do not fit its pages, or the
-        channel or plane is ambiguous or missing; messages list the choices.
+        channel, plane or ROI is ambiguous or missing; messages list the choices.
 
     Examples
     --------
@@ -336,12 +534,14 @@ class ScanImageReader(ReaderBase):
         *,
         channel: int | None = None,
         plane: int | None = None,
+        roi: int | None = None,
     ) -> None:
         path = Path(path)
         self.path = path
         self._lock = threading.Lock()
         self._channel_arg = channel
         self._plane_arg = plane
+        self._roi_arg = roi
         try:
             # is_scanimage=False: read the real page offsets (tifffile would otherwise guess
             # them for classic ScanImage TIFFs, from the spacing of the first pages)
@@ -349,14 +549,16 @@ class ScanImageReader(ReaderBase):
         except Exception as err:  # tifffile raises TiffFileError, struct.error, ValueError, ...
             raise InputError(f"cannot read as a TIFF file ({err}); {_FIX}", path=path) from err
         try:
-            self._setup(path, channel, plane)
+            self._setup(path, channel, plane, roi)
         except BaseException:
             self._tif.close()
             raise
 
-    def _setup(self, path: Path, channel: int | None, plane: int | None) -> None:
+    def _setup(self, path: Path, channel: int | None, plane: int | None, roi: int | None) -> None:
         try:
             framedata = _framedata(self._tif)
+            mroi = _flag(framedata.get("SI.hRoiManager.mroiEnable", False))
+            roidata = _roidata(self._tif) if mroi else {}
             first = self._tif.pages.first
             page_shape = tuple(int(n) for n in first.shape)
             self.dtype = np.dtype(first.dtype)
@@ -389,6 +591,16 @@ class ScanImageReader(ReaderBase):
         self.layout = layout
         self._channel_index = self._pick_channel(path, layout, channel, plane)
         self._plane_index = self._pick_plane(path, layout, plane, channel)
+        self._page_shape = (page_shape[0], page_shape[1])
+        self.rois = self._find_rois(path, layout, roidata, self._page_shape) if mroi else ()
+        if not mroi and roi is not None:
+            raise InputError(
+                f"is not a ScanImage multi-ROI recording (SI.hRoiManager.mroiEnable is not "
+                f"true): each page holds one image, so there is no ROI {roi!r} to pick; leave "
+                "--roi out",
+                path=path,
+            )
+        self.roi = self._pick_roi(path, self.rois, roi) if mroi else None
         n_frames = layout.n_frames(n_pages)
         if n_frames == 0:
             raise InputError(
@@ -409,7 +621,10 @@ class ScanImageReader(ReaderBase):
                 "acquisition was probably stopped mid-volume)",
                 stacklevel=3,
             )
-        self.shape = (n_frames, page_shape[0], page_shape[1])
+        if self.roi is not None:
+            self.shape = (n_frames, self.roi.height, self.roi.width)
+        else:
+            self.shape = (n_frames, page_shape[0], page_shape[1])
         rate = layout.volume_rate if layout.planes > 1 else layout.frame_rate
         if rate is None and layout.planes > 1 and layout.frame_rate:
             rate = layout.frame_rate / (layout.planes + layout.flyback)
@@ -421,6 +636,11 @@ class ScanImageReader(ReaderBase):
             "channel": layout.channels[self._channel_index],
             "plane": self._plane_index + 1,
         }
+        if self.roi is not None:
+            self.metadata["roi"] = self.roi.number
+            self.metadata["rois"] = len(self.rois)
+            if self.roi.name:
+                self.metadata["roi_name"] = self.roi.name
         if rate is not None and not layout.slice_major:
             self.metadata["frame_rate"] = rate
         if layout.zoom is not None:
@@ -428,15 +648,17 @@ class ScanImageReader(ReaderBase):
         if layout.version is not None:
             self.metadata["scanimage_version"] = layout.version
         logger.debug(
-            "%s: ScanImage, %d pages: channels %s, %d planes (+%d flyback); reading channel %s "
-            "plane %d, %s",
+            "%s: ScanImage, %d pages: channels %s, %d planes (+%d flyback), %d ROIs; reading "
+            "channel %s plane %d ROI %s, %s",
             path,
             n_pages,
             layout.channels,
             layout.planes,
             layout.flyback,
+            len(self.rois),
             self.metadata["channel"],
             self.metadata["plane"],
+            self.metadata.get("roi"),
             self.shape,
         )
 
@@ -484,11 +706,61 @@ class ScanImageReader(ReaderBase):
             )
         return int(plane) - 1
 
+    @staticmethod
+    def _find_rois(
+        path: Path, layout: ScanImageLayout, roidata: dict[str, Any], page_shape: tuple[int, int]
+    ) -> tuple[ScanImageRoi, ...]:
+        if not roidata:
+            raise InputError(
+                "is a ScanImage multi-ROI recording (SI.hRoiManager.mroiEnable is true), but "
+                "its ROI definitions (the RoiGroups JSON of the ScanImage header or the Artist "
+                "tag) are missing or unreadable, so its regions cannot be told apart; export "
+                "the ROI to a plain (T, Y, X) TIFF with ScanImage or suite2p",
+                path=path,
+            )
+        try:
+            return scanimage_rois(roidata, page_shape, planes=layout.planes)
+        except ValueError as err:
+            raise InputError(
+                f"has a multi-ROI layout that calmdown cannot read: {err}; export the ROI to a "
+                "plain (T, Y, X) TIFF with ScanImage or suite2p",
+                path=path,
+            ) from err
+
+    @staticmethod
+    def _pick_roi(path: Path, rois: tuple[ScanImageRoi, ...], roi: int | None) -> ScanImageRoi:
+        numbers = [r.number for r in rois]
+        listing = "; ".join(r.describe() for r in rois)
+        if roi is None:
+            if len(rois) == 1:
+                return rois[0]
+            raise InputError(
+                f"is a ScanImage multi-ROI recording of {len(rois)} ROIs ({listing}, width x "
+                f"height); choose one with --roi {_choices(numbers)} (counted from 1; roi= in "
+                "Python)",
+                path=path,
+            )
+        if isinstance(roi, bool) or int(roi) != roi or not 1 <= roi <= len(rois):
+            raise InputError(
+                f"has no ROI {roi!r}; it holds {len(rois)} ROI(s) ({listing}): pass --roi "
+                f"{_choices(numbers)} (counted from 1)",
+                path=path,
+            )
+        return rois[int(roi) - 1]
+
     def _repr_fields(self) -> str:
-        return f"channel={self.metadata.get('channel')} plane={self.metadata.get('plane')}"
+        fields = f"channel={self.metadata.get('channel')} plane={self.metadata.get('plane')}"
+        if self.roi is not None:
+            fields += f" roi={self.roi.number}"
+        return fields
 
     def _reopen_kwargs(self) -> dict[str, Any]:
-        return {"path": self.path, "channel": self._channel_arg, "plane": self._plane_arg}
+        return {
+            "path": self.path,
+            "channel": self._channel_arg,
+            "plane": self._plane_arg,
+            "roi": self._roi_arg,
+        }
 
     def pages(self, start: int, stop: int) -> list[int]:
         """Return the indices of the TIFF pages that hold frames ``start:stop``."""
@@ -498,6 +770,8 @@ class ScanImageReader(ReaderBase):
 
     def _read(self, start: int, stop: int) -> np.ndarray:
         _, y, x = self.shape
+        page_y, page_x = self._page_shape
+        row = self.roi.row if self.roi is not None else 0  # a ROI: its rows, left columns
         out = np.empty((stop - start, y, x), dtype=np.float32)
         if start == stop:
             return out
@@ -505,7 +779,7 @@ class ScanImageReader(ReaderBase):
             with self._lock, np.errstate(over="ignore", invalid="ignore"):
                 for i, index in enumerate(self.pages(start, stop)):
                     page = self._tif.pages[index]
-                    out[i] = page.asarray().reshape(y, x)
+                    out[i] = page.asarray().reshape(page_y, page_x)[row : row + y, :x]
         except Exception as err:  # decoding errors of every kind from tifffile and codecs
             raise InputError(
                 f"cannot read frames {start}:{stop} ({type(err).__name__}: {err}); {_FIX}",
