@@ -136,19 +136,23 @@ def temporal_change(x: torch.Tensor) -> torch.Tensor:
     by 2-4 % between its bins, several times the prior's error variance.)
     """
     n = x.shape[0]
-    k = CHANGE_FRAMES
     box = torch.nn.functional.avg_pool2d(
         x[:, None], CHANGE_PIXELS, stride=1, padding=CHANGE_PIXELS // 2, count_include_pad=False
     )[:, 0]
-    zero = box.new_zeros((1, *box.shape[1:]))
-    c = torch.cumsum(torch.cat([zero, box]), dim=0)  # c[i] = sum of box[:i]
-    t = torch.arange(n, device=x.device)
-    a0, a1 = torch.clamp(t - k, min=0), t  # frames before: [t-k, t)
-    b0, b1 = t + 1, torch.clamp(t + 1 + k, max=n)  # frames after: [t+1, t+1+k)
-    na, nb = (a1 - a0).to(x.dtype), (b1 - b0).to(x.dtype)
-    before = (c[a1] - c[a0]) / torch.clamp(na, min=1)[:, None, None]
-    after = (c[b1] - c[b0]) / torch.clamp(nb, min=1)[:, None, None]
-    both = ((na > 0) & (nb > 0)).to(x.dtype)[:, None, None]
+    # Explicit shifted sums, not a running sum: each frame's value is then computed the same way
+    # wherever the chunk of frames it sits in starts (results must not depend on chunking).
+    before, after = torch.zeros_like(box), torch.zeros_like(box)
+    n_before, n_after = torch.zeros(n, device=x.device), torch.zeros(n, device=x.device)
+    for k in range(1, CHANGE_FRAMES + 1):
+        if k >= n:
+            break
+        before[k:] += box[:-k]
+        n_before[k:] += 1
+        after[:-k] += box[k:]
+        n_after[:-k] += 1
+    both = ((n_before > 0) & (n_after > 0)).to(x.dtype)[:, None, None]
+    before = before / torch.clamp(n_before, min=1).to(x.dtype)[:, None, None]
+    after = after / torch.clamp(n_after, min=1).to(x.dtype)[:, None, None]
     return (after - before).abs() * both
 
 
