@@ -349,11 +349,13 @@ def _guard_and_correct(
     correction: ResidualCorrection | None,
     final: CalibrationStages | None = None,
     level: torch.Tensor | None = None,
+    change: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
 
     Returns the location, the variance and the surprise probability. ``final`` needs
-    ``level``, the mean image the network was given.
+    ``level``, the mean image the network was given; ``change`` is
+    :func:`temporal_change` of ``x`` where the caller has it already.
     """
     guarded = surprise_guard(x, loc, pvar, _noise_var(noise, loc), gcfg, null_scale=null_scale)
     loc_g, var_g = guarded.loc, guarded.var
@@ -361,7 +363,7 @@ def _guard_and_correct(
         loc_g, var_g, _ = correction.apply(x, loc_g, var_g, _noise_var(noise, loc_g))
     if final is not None:
         assert level is not None
-        var_g = final.apply(var_g, loc_g, level, temporal_change(x))
+        var_g = final.apply(var_g, loc_g, level, temporal_change(x) if change is None else change)
     return loc_g, var_g, guarded.p_surprise
 
 
@@ -574,6 +576,7 @@ def _calibrate(
     ) -> list:
         out = []
         for x, loc, pvar, target, prop, mean in parts:
+            change = temporal_change(x)
             loc_g, var_g, _ = _guard_and_correct(
                 x,
                 loc,
@@ -584,9 +587,9 @@ def _calibrate(
                 correction=corr,
                 final=final,
                 level=mean,
+                change=change,
             )
             raw_nv = noise.raw_variance_photons(x)
-            change = temporal_change(x)
             out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv, mean, change))
         return out
 
