@@ -45,3 +45,17 @@ def test_weights_that_do_not_fit_the_network(tmp_path, small_model):
     torch.save(data, path)
     with pytest.raises(ModelFileError, match="damaged"):
         load_model(path)
+
+
+def test_format_4_file_with_one_guard_null_scale_still_reads(tmp_path, small_sim, small_model):
+    # Format 4 had one null scale for the guard's single window; it now serves every window.
+    path = save_model(small_model, tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["format_version"] = 4
+    data["guard_null_scale"] = 1.5
+    del data["guard_null_scales"]
+    torch.save(data, path)
+    loaded = load_model(path)
+    assert loaded.guard_null_scales == (1.5,)
+    out = calmdown.apply(loaded, small_sim.raw[:30])
+    assert out.shape == (30, *small_sim.raw.shape[1:]) and np.isfinite(out).all()

@@ -80,3 +80,66 @@ def test_guarded_prior_holds_no_noise_of_the_pixels_own_frame():
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), field
     # Other frames do see the change.
     assert not torch.allclose(before.loc[31, 11, 11], after.loc[31, 11, 11])
+
+
+def _blurred_process_event(seed, amplitude=2.0):
+    """Simulate an event on a thin process (7 px, 15 frames) that the prior half sees, blurred.
+
+    Residual pattern of a context prior on a thin process: the event's pixels are too low by
+    ``amplitude`` and the columns either side too high by half of it (the prior smeared the
+    event it saw in the context frames into them).
+    """
+    x, loc, pv, nv = _noise_movie(seed=seed, shape=(80, 24, 24))
+    rng = np.random.default_rng(seed + 100)
+    clean = loc.clone()
+    t = torch.arange(30, 45)
+    course = amplitude * torch.exp(-(t - 30).float() / 12.0)
+    clean[30:45, 8:15, 12] += course[:, None]
+    loc = loc.clone()
+    loc[30:45, 8:15, 11] += course[:, None] / 2
+    loc[30:45, 8:15, 13] += course[:, None] / 2
+    x = torch.from_numpy(rng.poisson(clean.numpy()).astype(np.float32))
+    return x, loc, pv, nv, clean
+
+
+def test_guard_sees_an_event_the_prior_blurred_into_the_process_neighbours():
+    # In a square window the event's excess and its neighbours' deficit cancel; windows of the
+    # pixel alone or along the process keep it.
+    square_only = GuardConfig(pixel_windows=(), line_pixels=1)
+    seen, seen_square = [], []
+    for seed in range(4):
+        x, loc, pv, nv, _ = _blurred_process_event(seed)
+        inside = (slice(32, 42), slice(9, 14), 12)
+        seen.append(float(surprise_guard(x, loc, pv, nv, GuardConfig()).p_surprise[inside].mean()))
+        seen_square.append(
+            float(surprise_guard(x, loc, pv, nv, square_only).p_surprise[inside].mean())
+        )
+    assert np.mean(seen) > 0.9
+    assert np.mean(seen_square) < 0.1
+
+
+def test_posterior_interval_holds_an_event_the_prior_missed():
+    # Where the guard hands a pixel to the data, the interval must hold the event's course
+    # (its rise and decay), not only its average over the local frames.
+    hits = []
+    for seed in range(4):
+        x, loc, pv, nv, clean = _blurred_process_event(seed, amplitude=3.0)
+        g = surprise_guard(x, loc, pv, nv, GuardConfig())
+        mean, var = gaussian_posterior(x, g.loc, g.var, torch.clamp(g.loc, min=0.05))
+        half = 1.6449 * torch.sqrt(var)
+        inside = (slice(30, 45), slice(8, 15), 12)
+        hits.append(((clean - mean).abs() <= half)[inside].float().mean().item())
+    assert np.mean(hits) >= 0.85
+
+
+def test_each_evidence_window_is_a_unit_z_score_on_noise():
+    from calmdown.posterior import evidence_windows, evidence_zscores
+
+    x, loc, pv, nv = _noise_movie(seed=5, shape=(200, 32, 32))
+    cfg = GuardConfig()
+    zs = evidence_zscores(x - loc, pv + nv, cfg)
+    assert len(zs) == len(evidence_windows(cfg)) == 6
+    for z in zs:
+        inner = z[20:-20, 4:-4, 4:-4]
+        assert abs(float(inner.mean())) < 0.05
+        assert 0.9 < float(inner.std()) < 1.1

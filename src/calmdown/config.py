@@ -114,10 +114,26 @@ class GuardConfig(_Strict):
     """Switch the guard off to get the plain Bayesian posterior."""
 
     window_frames: int = Field(default=31, ge=1)
-    """Frames of the space-time window over which evidence of a surprise is pooled (odd)."""
+    """Frames of the square space-time window over which evidence of a surprise is pooled
+    (odd); the single-pixel and line windows below pool it over other shapes."""
 
     window_pixels: int = Field(default=3, ge=1)
-    """Side in pixels of that window (odd)."""
+    """Side in pixels of that square window (odd)."""
+
+    pixel_windows: tuple[int, ...] = (31,)
+    """Frames of single-pixel evidence windows (odd, each at least 3).
+
+    The prior blurs an event it half sees into the process's neighbours, so in a square
+    window the event's excess and the neighbours' deficit cancel; one pixel alone keeps it.
+    Short windows cost denoising quality: the largest of a short window's statistics over
+    the local frames is often large by chance, so the guard acts on noise."""
+
+    line_frames: int = Field(default=31, ge=3)
+    """Frames of the straight-line evidence windows (odd)."""
+
+    line_pixels: int = Field(default=5, ge=1)
+    """Length in pixels of straight-line evidence windows, in four orientations (vertical,
+    horizontal, both diagonals), which follow a thin process; 1 switches them off (odd)."""
 
     local_frames: int = Field(default=11, ge=3)
     """Frames of the smaller window whose residual replaces the prior where the guard acts.
@@ -128,7 +144,8 @@ class GuardConfig(_Strict):
     """Side in pixels of that smaller window."""
 
     prior_odds: float = Field(default=1e-2, gt=0, lt=1)
-    """Prior probability that a given window holds a surprise (a rare event)."""
+    """Prior probability that a pixel's windows hold a surprise (a rare event), shared out
+    equally between the evidence windows so that more windows do not mean more false alarms."""
 
     correction: bool = True
     """Apply the fitted soma-scale residual correction (:mod:`calmdown.correction`)."""
@@ -142,9 +159,21 @@ class GuardConfig(_Strict):
     slab_ratio: float = Field(default=100.0, gt=1)
     """Variance of a surprise relative to the null variance of the window mean."""
 
+    @field_validator("pixel_windows")
+    @classmethod
+    def _pixel_windows(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for frames in value:
+            if frames < 3 or frames % 2 == 0:
+                raise ValueError(
+                    f"pixel windows need an odd number of frames, at least 3; got {frames}"
+                )
+        return tuple(value)
+
     @field_validator(
         "window_frames",
         "window_pixels",
+        "line_frames",
+        "line_pixels",
         "local_frames",
         "local_pixels",
         "correction_frames",

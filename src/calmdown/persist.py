@@ -23,11 +23,13 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 4
-"""Format written. 4: the final calibration is a list of stages."""
+FORMAT_VERSION = 5
+"""Format written. 4: the final calibration is a list of stages. 5: one guard null scale per
+evidence window."""
 
-READABLE_VERSIONS = (3, 4)
-"""Formats read (a format 3 file's single final stage is read as one stage)."""
+READABLE_VERSIONS = (3, 4, 5)
+"""Formats read (a format 3 file's single final stage is read as one stage; a format 3 or 4
+file's single guard null scale serves every evidence window)."""
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
@@ -55,7 +57,7 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "scale0": float(model.scale0),
         "state_dict": model.state_dict,
         "calibration": model.calibration.to_dict(),
-        "guard_null_scale": float(model.guard_null_scale),
+        "guard_null_scales": [float(v) for v in model.guard_null_scales],
         "correction": None if model.correction is None else model.correction.to_dict(),
         "error_correlation": model.error_correlation.to_dict(),
         "final_calibration": model.final_calibration.to_dict(),
@@ -115,7 +117,9 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             scale0=float(data["scale0"]),
             state_dict=data["state_dict"],
             calibration=ScaleCalibration(**data["calibration"]),
-            guard_null_scale=float(data["guard_null_scale"]),
+            guard_null_scales=tuple(
+                float(v) for v in data.get("guard_null_scales", [data.get("guard_null_scale")])
+            ),
             correction=(
                 None
                 if data.get("correction") is None

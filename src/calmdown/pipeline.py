@@ -10,7 +10,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +38,11 @@ from calmdown.io import MovieReader, open_movie
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.posterior import (
+    evidence_zscores,
     gaussian_posterior,
     guard_halo,
     surprise_guard,
     window_sum,
-    window_zscores,
 )
 from calmdown.propagation import (
     EPS,
@@ -102,8 +102,9 @@ class TrainedModel:
         Network weights.
     calibration : ScaleCalibration
         Per-bin factors on the prior variance, fitted on held-out frames.
-    guard_null_scale : float
-        Standard deviation of the guard's window z-score on held-out frames.
+    guard_null_scales : tuple of float
+        Standard deviation of each guard evidence window's z-score on held-out frames, one
+        per :func:`~calmdown.posterior.evidence_windows` (a format 4 model file has one).
     correction : ResidualCorrection or None
         The fitted soma-scale residual correction.
     error_correlation : ErrorCorrelation
@@ -126,7 +127,7 @@ class TrainedModel:
     scale0: float
     state_dict: dict[str, torch.Tensor]
     calibration: ScaleCalibration
-    guard_null_scale: float
+    guard_null_scales: tuple[float, ...]
     correction: ResidualCorrection | None
     training: dict[str, Any]
     heldout: dict[str, Any]
@@ -345,7 +346,7 @@ def _guard_and_correct(
     noise: NoiseModel,
     gcfg: GuardConfig,
     *,
-    null_scale: float,
+    null_scale: float | Sequence[float],
     correction: ResidualCorrection | None,
     final: CalibrationStages | None = None,
     level: torch.Tensor | None = None,
@@ -376,6 +377,10 @@ def _correction_windows(gcfg: GuardConfig, noise: NoiseModel) -> dict[str, Any]:
         "core": core,
     }
 
+
+_FIT_MAX_SURPRISE = 0.01
+"""Pixels whose surprise probability exceeds this are left out of the fits of the prior's
+variance (the correction's and the final stages')."""
 
 _CALIBRATION_PIXELS = 8_000_000
 """Pixels (frames x pixels per frame) the calibration is fitted on, at least, where available."""
@@ -450,7 +455,7 @@ class _Calibration:
     """Everything :func:`_calibrate` fits on held-out frames."""
 
     calibration: ScaleCalibration
-    guard_null_scale: float
+    guard_null_scales: tuple[float, ...]
     correction: ResidualCorrection | None
     final_calibration: CalibrationStages
     error_correlation: ErrorCorrelation
@@ -561,13 +566,16 @@ def _calibrate(
         known_var=prop_f,
         n_bins=5,
     )
-    # Null scale of the guard's window statistic, after calibration.
-    zs = []
+    # Null scale of each of the guard's window statistics, after calibration (robust: the
+    # few windows that hold an event must not set it).
+    zs: list[list[np.ndarray]] = []
     for x, loc, pvar, target, prop, _ in fit_parts:
-        z = window_zscores(x - loc, calib.apply(pvar) + prop + _noise_var(noise, loc), gcfg)
-        zs.append(z[target].flatten().cpu().numpy())
-    zall = np.concatenate(zs)
-    null_scale = float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall)))))
+        var = calib.apply(pvar) + prop + _noise_var(noise, loc)
+        zs.append([z[target].flatten().cpu().numpy() for z in evidence_zscores(x - loc, var, gcfg)])
+    null_scale = []
+    for per_window in zip(*zs, strict=True):
+        zall = np.concatenate(per_window)
+        null_scale.append(float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall))))))
 
     def guarded(
         parts: list[tuple[torch.Tensor, ...]],
@@ -577,7 +585,7 @@ def _calibrate(
         out = []
         for x, loc, pvar, target, prop, mean in parts:
             change = temporal_change(x)
-            loc_g, var_g, _ = _guard_and_correct(
+            loc_g, var_g, p_surprise = _guard_and_correct(
                 x,
                 loc,
                 calib.apply(pvar) + prop,
@@ -590,7 +598,12 @@ def _calibrate(
                 change=change,
             )
             raw_nv = noise.raw_variance_photons(x)
-            out.append((x, loc_g, var_g, _noise_var(noise, loc_g), target, raw_nv, mean, change))
+            # The prior's variance is fitted where the prior is in charge. Where the guard
+            # acts, its own (wide) part of the variance dominates; in a ratio of sums it would
+            # drag down the factors of every other pixel in the same group.
+            fit = target[:, None, None] & (p_surprise < _FIT_MAX_SURPRISE)
+            nv = _noise_var(noise, loc_g)
+            out.append((x, loc_g, var_g, nv, fit, raw_nv, mean, change, target))
         return out
 
     corr_parts = [
@@ -608,8 +621,8 @@ def _calibrate(
     # Two stages, each by brightness x one feature: how fast the data change, then how far the
     # prior departs from the mean image (each alone leaves the other's groups off by 10-20 %).
     stage_parts = [
-        (x, loc, var, raw_nv, mean, target, change)
-        for x, loc, var, _, target, raw_nv, mean, change in guarded(fit_parts, correction)
+        (x, loc, var, raw_nv, mean, fit, change)
+        for x, loc, var, _, fit, raw_nv, mean, change, _ in guarded(fit_parts, correction)
     ]
     stages = []
     for feature in ("change", "activity"):
@@ -621,12 +634,12 @@ def _calibrate(
         ]
     stratified = CalibrationStages(stages)
     final = guarded(check_parts, correction, stratified)
-    x_c = torch.cat([p[0][p[4]].flatten() for p in final]).cpu().numpy()
-    loc_c = torch.cat([p[1][p[4]].flatten() for p in final]).cpu().numpy()
-    var_c = torch.cat([(p[2] + p[3])[p[4]].flatten() for p in final]).cpu().numpy()
+    x_c = torch.cat([p[0][p[8]].flatten() for p in final]).cpu().numpy()
+    loc_c = torch.cat([p[1][p[8]].flatten() for p in final]).cpu().numpy()
+    var_c = torch.cat([(p[2] + p[3])[p[8]].flatten() for p in final]).cpu().numpy()
     check = predictive_check(x_c, loc_c, var_c)
     check["memorisation"] = memorised
-    return _Calibration(calib, null_scale, correction, stratified, error_correlation, check)
+    return _Calibration(calib, tuple(null_scale), correction, stratified, error_correlation, check)
 
 
 class _SegmentMean:
@@ -737,7 +750,7 @@ def _train(
         scale0=scale0,
         state_dict=result.state_dict,
         calibration=fitted.calibration,
-        guard_null_scale=fitted.guard_null_scale,
+        guard_null_scales=fitted.guard_null_scales,
         correction=fitted.correction,
         final_calibration=fitted.final_calibration,
         training={
@@ -887,7 +900,7 @@ def _apply_chunks(
             pvar,
             noise,
             gcfg,
-            null_scale=model.guard_null_scale,
+            null_scale=model.guard_null_scales,
             correction=correction,
             final=model.final_calibration,
             level=pred.mean,

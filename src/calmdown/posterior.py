@@ -5,12 +5,15 @@ Two steps, both on one chunk of frames in photon units:
 1. **Surprise guard.** A point-estimate prior learns that thin processes never flash, and would
    erase a rare event. Pooled over a space-time window, the residual ``x - loc`` of a real
    event is far beyond what the noise allows, even where each pixel's own residual is not. We
-   model the window's mean residual as ``0 + noise`` (no surprise) or ``delta + noise`` with
-   ``delta`` from a broad slab (a surprise), with small prior odds. Where the posterior
-   probability of a surprise is high, the prior's location moves by the local residual and its
-   variance grows by that estimate's own uncertainty, so the interval widens where the data,
-   not the network, decide. Every window leaves out the frame being denoised: the pixel's own
-   value enters only through the likelihood.
+   model a window's mean residual as ``0 + noise`` (no surprise) or ``delta + noise`` with
+   ``delta`` from a broad slab (a surprise), with small prior odds shared between windows of
+   several shapes (a square, the pixel alone, straight lines along which a thin process may
+   run: the prior blurs an event it half sees into the process's neighbours, and in a square
+   their deficit cancels the event's excess). Where the posterior probability of a surprise
+   is high, the prior's location moves by the local residual and its variance grows by that
+   estimate's own uncertainty and by the spread of the clean signal over the local frames, so
+   the interval widens where the data, not the network, decide. Every window leaves out the
+   frame being denoised: the pixel's own value enters only through the likelihood.
 2. **Posterior.** The (guarded) prior ``N(loc, var)`` times the pixel's Poisson-Gaussian
    likelihood, with the noise variance taken at the prior's location: the posterior mean is
    the denoised value, the posterior variance gives credible intervals.
@@ -19,20 +22,29 @@ Two steps, both on one chunk of frames in photon units:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
 from calmdown.config import GuardConfig
 
-__all__ = ["GuardOutput", "gaussian_posterior", "guard_halo", "surprise_guard", "window_zscores"]
+__all__ = [
+    "EvidenceWindow",
+    "GuardOutput",
+    "evidence_windows",
+    "evidence_zscores",
+    "gaussian_posterior",
+    "guard_halo",
+    "surprise_guard",
+]
 
 
 def guard_halo(cfg: GuardConfig) -> int:
     """Frames on each side the guard needs beyond the frames it outputs."""
     if not cfg.enabled:
         return 0
-    return cfg.window_frames // 2 + cfg.local_frames // 2
+    return max(w.frames for w in evidence_windows(cfg)) // 2 + cfg.local_frames // 2
 
 
 def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
@@ -69,69 +81,107 @@ def window_count(
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
-def _shifted(x: torch.Tensor, offset: tuple[int, ...], fill: float) -> torch.Tensor:
-    """``out[i] = x[i + offset]``, and ``fill`` where ``i + offset`` lies outside."""
-    out = torch.full_like(x, fill)
-    src, dst = [], []
-    for n, d in zip(x.shape, offset, strict=True):
-        src.append(slice(max(d, 0), n + min(d, 0)))
-        dst.append(slice(max(-d, 0), n + min(-d, 0)))
-    out[tuple(dst)] = x[tuple(src)]
+@dataclass(frozen=True)
+class EvidenceWindow:
+    """One shape of space-time window over which the guard pools residuals.
+
+    Attributes
+    ----------
+    name : str
+        What it is, for messages and reports.
+    frames : int
+        Frames (odd).
+    square : int
+        Side of a square spatial footprint, or 0 where ``offsets`` give it.
+    offsets : tuple of (int, int)
+        (dy, dx) of each pixel of a non-square footprint.
+    """
+
+    name: str
+    frames: int
+    square: int = 0
+    offsets: tuple[tuple[int, int], ...] = ()
+
+    def spatial_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum of (T, Y, X) ``x`` over the footprint centred on each pixel (zero outside)."""
+        if self.square:
+            half = self.square // 2
+            return _window_sum_1d(_window_sum_1d(x, 1, half), 2, half)
+        out = torch.zeros_like(x)
+        h, w = x.shape[1:]
+        for dy, dx in self.offsets:
+            dst_y = slice(max(-dy, 0), h - max(dy, 0))
+            dst_x = slice(max(-dx, 0), w - max(dx, 0))
+            src_y = slice(max(dy, 0), h - max(-dy, 0))
+            src_x = slice(max(dx, 0), w - max(-dx, 0))
+            out[:, dst_y, dst_x] += x[:, src_y, src_x]
+        return out
+
+
+def evidence_windows(cfg: GuardConfig) -> list[EvidenceWindow]:
+    """List the guard's evidence windows: a square, single pixels, and straight lines.
+
+    A rare event on a thin process is diluted in a square window, and the prior, which half
+    sees it in the context frames, blurs it into the neighbours, whose deficit then cancels
+    the event's excess; a window of the pixel alone or along the process keeps it.
+    """
+    out = [EvidenceWindow(f"square {cfg.window_pixels} px", cfg.window_frames, cfg.window_pixels)]
+    out += [EvidenceWindow("pixel", frames, 1) for frames in cfg.pixel_windows]
+    if cfg.line_pixels > 1:
+        h = cfg.line_pixels // 2
+        for name, (uy, ux) in (
+            ("vertical", (1, 0)),
+            ("horizontal", (0, 1)),
+            ("diagonal", (1, 1)),
+            ("antidiagonal", (1, -1)),
+        ):
+            offsets = tuple((k * uy, k * ux) for k in range(-h, h + 1))
+            out.append(EvidenceWindow(f"{name} line", cfg.line_frames, 0, offsets))
     return out
 
 
-@dataclass
-class _WindowSums:
-    """Sums of residual, variance and count over each guard window, and over its frame slice."""
+def _shifted_z2(sums: tuple[torch.Tensor, ...], frames: int, dt: int) -> tuple[slice, torch.Tensor]:
+    """z**2 at frames ``t`` in the returned slice, of the window centred at ``t + dt``.
 
-    resid: torch.Tensor
-    var: torch.Tensor
-    count: torch.Tensor
-    slice_resid: torch.Tensor
-    slice_var: torch.Tensor
-    slice_count: torch.Tensor
-
-    @classmethod
-    def of(cls, resid: torch.Tensor, var: torch.Tensor, frames: int, pixels: int) -> _WindowSums:
-        shape = tuple(resid.shape)
-        return cls(
-            window_sum(resid, frames, pixels),
-            window_sum(var, frames, pixels),
-            window_count(shape, frames, pixels, resid.device),
-            window_sum(resid, 1, pixels),
-            window_sum(var, 1, pixels),
-            window_count(shape, 1, pixels, resid.device),
-        )
-
-    def zscore(self, offset: tuple[int, int, int], frames: int) -> torch.Tensor:
-        """z-score, for the pixel at each position, of the window centred ``offset`` away.
-
-        The slice of that window in the pixel's own frame is left out (when the window spans
-        more than one frame), so the statistic holds no noise of the frame being denoised.
-        """
-        r = _shifted(self.resid, offset, 0.0)
-        v = _shifted(self.var, offset, 0.0)
-        n = _shifted(self.count, offset, 0.0)
-        if frames > 1 and abs(offset[0]) <= frames // 2:
-            own = (0, *offset[1:])
-            r = r - _shifted(self.slice_resid, own, 0.0)
-            v = v - _shifted(self.slice_var, own, 0.0)
-            n = n - _shifted(self.slice_count, own, 0.0)
-        # Windows centred outside the movie, or left empty, show no surprise.
-        valid = (n > 0.5) & (v > 0)
-        n = torch.clamp(n, min=1.0)
-        z = (r / n) / torch.sqrt(torch.clamp(v, min=1e-12) / (n * n))
-        return torch.where(valid, z, torch.zeros_like(z))
-
-
-def window_zscores(resid: torch.Tensor, var: torch.Tensor, cfg: GuardConfig) -> torch.Tensor:
-    """z-score of the window-mean residual under the no-surprise hypothesis (null sd 1).
-
-    The window is centred on each pixel and leaves out the pixel's own frame (see
-    :func:`surprise_guard`).
+    ``sums`` are the window's space-time sums of residual and variance and their frame
+    slices; the slice in frame ``t`` is left out, so the statistic holds no noise of the frame
+    being denoised. Windows left with no frame show no surprise.
     """
-    sums = _WindowSums.of(resid, var, cfg.window_frames, cfg.window_pixels)
-    return sums.zscore((0, 0, 0), cfg.window_frames)
+    r_win, v_win, r_own, v_own = sums
+    n = r_win.shape[0]
+    a, b = max(0, -dt), min(n, n - dt)
+    r = r_win[a + dt : b + dt] - r_own[a:b]
+    v = v_win[a + dt : b + dt] - v_own[a:b]
+    z2 = r.mul_(r).div_(v.clamp_(min=1e-12))
+    # Frames in the window besides frame t itself (exact, from counts).
+    centre = torch.arange(a + dt, b + dt, device=r.device)
+    span = torch.clamp(centre + frames // 2, max=n - 1) - torch.clamp(centre - frames // 2, min=0)
+    z2 *= (span >= 1).to(z2.dtype)[:, None, None]
+    return slice(a, b), z2
+
+
+def _window_sums(
+    resid: torch.Tensor, var: torch.Tensor, window: EvidenceWindow
+) -> tuple[torch.Tensor, ...]:
+    r_own, v_own = window.spatial_sum(resid), window.spatial_sum(var)
+    half = window.frames // 2
+    return _window_sum_1d(r_own, 0, half), _window_sum_1d(v_own, 0, half), r_own, v_own
+
+
+def evidence_zscores(
+    resid: torch.Tensor, var: torch.Tensor, cfg: GuardConfig
+) -> list[torch.Tensor]:
+    """z-score of each evidence window's mean residual under no surprise (null sd 1).
+
+    One (T, Y, X) tensor per window of :func:`evidence_windows`, centred on each pixel and
+    leaving out the pixel's own frame; their spread on held-out frames gives the null scales.
+    """
+    out = []
+    for window in evidence_windows(cfg):
+        r_win, v_win, r_own, v_own = _window_sums(resid, var, window)
+        _, z2 = _shifted_z2((r_win, v_win, r_own, v_own), window.frames, 0)
+        out.append(torch.sign(r_win - r_own) * torch.sqrt(z2))
+    return out
 
 
 @dataclass
@@ -150,7 +200,7 @@ def surprise_guard(
     noise_var: torch.Tensor,
     cfg: GuardConfig,
     *,
-    null_scale: float = 1.0,
+    null_scale: float | Sequence[float] = 1.0,
 ) -> GuardOutput:
     """Let the data override the prior where they disagree with it beyond noise.
 
@@ -159,6 +209,11 @@ def surprise_guard(
     residual its frame-``t`` slice. The pixel's own value then enters only through the
     likelihood (it is not counted twice), and held-out residuals grouped by the guarded prior
     measure its error without selection bias.
+
+    Where the guard acts, the prior is replaced by what the neighbouring frames say: the
+    location moves by their mean residual, and the variance grows by that mean's own
+    uncertainty and by how much the clean signal varies among those frames (an event's rise
+    and decay), so the interval holds the event's course, not only its average.
 
     Parameters
     ----------
@@ -170,9 +225,10 @@ def surprise_guard(
         Detector noise variance.
     cfg : GuardConfig
         Windows and prior odds.
-    null_scale : float
-        Standard deviation of the window z-score on held-out frames (prior errors are
-        correlated, so it exceeds 1); z-scores are divided by it.
+    null_scale : float or sequence of float
+        Standard deviation of each evidence window's z-score on held-out frames (prior errors
+        are correlated, so it exceeds 1), one per :func:`evidence_windows` or one for all;
+        z-scores are divided by it.
 
     Returns
     -------
@@ -180,30 +236,47 @@ def surprise_guard(
     """
     if not cfg.enabled:
         return GuardOutput(loc=loc, var=prior_var, p_surprise=torch.zeros_like(loc))
+    windows = evidence_windows(cfg)
+    scales = [null_scale] if isinstance(null_scale, int | float) else list(null_scale)
+    if len(scales) == 1:
+        scales = scales * len(windows)
+    if len(scales) != len(windows):
+        raise ValueError(f"{len(scales)} null scales for {len(windows)} evidence windows")
     resid = x - loc
     var = prior_var + noise_var
     rho = cfg.slab_ratio
-    base = math.log(cfg.prior_odds / (1 - cfg.prior_odds)) - 0.5 * math.log1p(rho)
-    sums = _WindowSums.of(resid, var, cfg.window_frames, cfg.window_pixels)
+    # The prior odds are shared between the windows (a Bonferroni split).
+    odds = cfg.prior_odds / len(windows)
+    base = math.log(odds / (1 - odds)) - 0.5 * math.log1p(rho)
     # Every pixel of a window that detected a surprise is handed to the data: the largest
-    # surprise probability over the windows centred within the local window.
-    z2 = torch.zeros_like(resid)
-    ht, hp = cfg.local_frames // 2, cfg.local_pixels // 2
-    for dt in range(-ht, ht + 1):
-        for dy in range(-hp, hp + 1):
-            for dx in range(-hp, hp + 1):
-                z = sums.zscore((dt, dy, dx), cfg.window_frames)
-                z2 = torch.maximum(z2, z * z)
-    p = torch.sigmoid(base + 0.5 * z2 / null_scale**2 * rho / (1 + rho))
-    # Local mean residual without the frame-t slice, and its variance.
-    local = _WindowSums.of(resid, var, cfg.local_frames, cfg.local_pixels)
-    m = torch.clamp(local.count - local.slice_count, min=1.0)
-    r_loo = (local.resid - local.slice_resid) / m
-    v_loo = (local.var - local.slice_var) / (m * m)
+    # surprise over the windows centred within the local window's frames.
+    log_odds = torch.full_like(resid, -math.inf)
+    ht = cfg.local_frames // 2
+    gain = 0.5 * rho / (1 + rho)
+    for window, scale in zip(windows, scales, strict=True):
+        sums = _window_sums(resid, var, window)
+        z2 = torch.zeros_like(resid)
+        for dt in range(-ht, ht + 1):
+            span, z2_dt = _shifted_z2(sums, window.frames, dt)
+            torch.maximum(z2[span], z2_dt, out=z2[span])
+        torch.maximum(log_odds, base + gain / scale**2 * z2, out=log_odds)
+    p = torch.sigmoid(log_odds)
+    # Local residual without the frame-t slice: its mean, the mean's variance, and the spread
+    # of the clean values around it beyond noise (clipped at zero: biased upward where
+    # there is no surprise, which errs on the side of a wider interval where the guard acts).
+    win = (cfg.local_frames, cfg.local_pixels)
+    count = window_count(tuple(resid.shape), *win, resid.device)
+    own = window_count(tuple(resid.shape), 1, cfg.local_pixels, resid.device)
+    m = torch.clamp(count - own, min=1.0)
+    r_loo = (window_sum(resid, *win) - window_sum(resid, 1, win[1])) / m
+    mean_var = (window_sum(var, *win) - window_sum(var, 1, win[1])) / m
+    r2 = resid * resid
+    mean_sq = (window_sum(r2, *win) - window_sum(r2, 1, win[1])) / m
+    spread = torch.clamp(mean_sq - r_loo * r_loo - mean_var, min=0.0)
     shrink = rho / (1 + rho)
     new_loc = loc + p * shrink * r_loo
-    new_var = prior_var + p * v_loo + p * (1 - p) * (shrink * r_loo) ** 2
-    return GuardOutput(loc=new_loc, var=new_var, p_surprise=p)
+    extra = p * (mean_var / m + spread) + p * (1 - p) * (shrink * r_loo) ** 2
+    return GuardOutput(loc=new_loc, var=prior_var + extra, p_surprise=p)
 
 
 def gaussian_posterior(
