@@ -127,3 +127,26 @@ def test_cli_writes_json(tmp_path):
     assert data["method"] == "binomial"
     assert "half the photons" in res.output
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_raw_half_has_the_noise_of_a_recording_with_half_the_photons():
+    # The split halves the read noise with the photons; a recording of half the photons keeps
+    # all of it. The raw half's error must be that recording's noise variance, or dark pixels
+    # (read noise is most of their noise) make the gain look better than it is.
+    rng = np.random.default_rng(7)
+    shape, level, read = (400, 24, 24), 0.6, 0.8
+    full = rng.poisson(2 * level, shape) + read * rng.standard_normal(shape)
+    half = rng.poisson(level, shape) + read * rng.standard_normal(shape)
+    noise = NoiseModel(gain=1.0, offset=0.0, read_noise=read)
+    seen = {}
+
+    def identity(movie):
+        seen["a"] = movie.copy()
+        return movie
+
+    res = estimate_gain(full.astype(np.float32), noise=noise, denoiser=identity, method="binomial")
+    want = float(np.var(half))
+    assert abs(res.mse_raw / want - 1) < 0.03
+    assert abs(float(np.var(seen["a"])) / want - 1) < 0.03
+    # Scoring the raw half itself: no gain.
+    assert abs(res.psnr_gain_db) < 0.1

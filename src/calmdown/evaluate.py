@@ -9,7 +9,9 @@ the noise of B is independent of everything the denoiser saw, so
 
 and the denoiser's mean squared error against the truth follows by subtracting the noise
 variance of B. The raw half A's own error is its noise variance, which by symmetry equals B's;
-their ratio is the PSNR gain.
+their ratio is the PSNR gain. One thing a split does not halve like a recording with half the
+photons would: the split halves the read noise too, so A is given the missing half as
+independent Gaussian noise before it is denoised, and its raw error counts it.
 
 How to split
 ------------
@@ -344,7 +346,8 @@ class EvaluateResult:
         Its standard deviation from a block bootstrap over runs of frames (sampling of
         frames and noise only; retraining with another seed varies it too).
     mse_raw : float
-        Mean noise variance of one half (photon units squared): the raw half's error.
+        Mean noise variance of the raw half A (photon units squared), with the read noise
+        a recording of half the photons has: the raw half's error.
     mse_denoised : float
         Estimated mean squared error of the denoised half against the clean half-signal.
     mse_denoised_sd : float
@@ -505,8 +508,10 @@ def estimate_gain(
     -----
     With ``A``, ``B`` the halves, ``dA`` the denoised half A and ``V = E[(A - B)^2] / 2`` the
     noise variance of one half (the halves are uncorrelated, with equal variance),
-    ``MSE(dA) = E[(dA - B)^2] - V`` and the gain is ``10 log10(V / MSE(dA))``. The gain is that
-    on a recording with half the photons of this one.
+    ``MSE(dA) = E[(dA - B)^2] - V``. Half A is given independent Gaussian noise of variance
+    ``R = rn^2 / 2`` (``rn`` the read noise in photon units) before it is denoised: the split
+    halves the read noise, a recording of half the photons does not. The gain is
+    ``10 log10((V + R) / MSE(dA))``, that on a recording with half the photons of this one.
 
     Examples
     --------
@@ -527,6 +532,12 @@ def estimate_gain(
     chosen = split_method(noise) if method == "auto" else method
     rng = np.random.default_rng(seed)
     a, b, split_var = _split(noise.to_photons(x), noise, rng, method=chosen)
+    # A split halves the read noise with the photons, but a recording with half the photons
+    # has all of it: half A gets the missing half as independent noise (B, the target, does
+    # not need it), so that it is what such a recording would be. Dark pixels, where read
+    # noise is most of the noise, would otherwise denoise better than they can.
+    read_var = 0.5 * noise.read_noise_photons**2
+    a = (a + rng.standard_normal(a.shape) * np.sqrt(read_var)).astype(np.float32)
     training: dict[str, Any] = {}
     if denoiser is None:
         opts = dict(options)
@@ -545,7 +556,8 @@ def estimate_gain(
     n_pix = x.shape[1] * x.shape[2] * n_t
     v = float(var_t.sum() / n_pix)
     mse = float(score_t.sum() / n_pix) - v
-    gain = _gain_db(v, v + mse)
+    # The raw half's error: its noise variance with the read noise it was given.
+    gain = _gain_db(v + read_var, v + read_var + mse)
 
     block = block_frames or max(8, n_t // 40)
     starts = np.arange(0, n_t, block)
@@ -558,7 +570,7 @@ def estimate_gain(
     v_b = va_b[picks].sum(axis=1) / n_b
     mse_b = sc_b[picks].sum(axis=1) / n_b - v_b
     with np.errstate(divide="ignore", invalid="ignore"):
-        gains_b = np.where(mse_b > 0, 10 * np.log10(v_b / mse_b), np.inf)
+        gains_b = np.where(mse_b > 0, 10 * np.log10((v_b + read_var) / mse_b), np.inf)
     finite = np.isfinite(gains_b)
     gain_sd = float(np.std(gains_b[finite])) if finite.sum() > 1 else float("nan")
 
@@ -604,7 +616,7 @@ def estimate_gain(
     result = EvaluateResult(
         psnr_gain_db=gain,
         psnr_gain_db_sd=gain_sd,
-        mse_raw=v,
+        mse_raw=v + read_var,
         mse_denoised=mse,
         mse_denoised_sd=float(np.std(mse_b)),
         method=chosen,
