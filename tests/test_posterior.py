@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 
 from calmdown.config import GuardConfig
@@ -64,12 +65,16 @@ def test_window_helpers_match_brute_force():
     assert _box(x[:2], 31, 3).shape == (2, 6, 7)
 
 
-def test_guarded_prior_holds_no_noise_of_the_pixels_own_frame():
+@pytest.mark.parametrize(
+    "cfg",
+    [GuardConfig(), GuardConfig(window_frames=3, pixel_windows=(3,), line_frames=5)],
+    ids=["default", "windows shorter than the local frames"],
+)
+def test_guarded_prior_holds_no_noise_of_the_pixels_own_frame(cfg):
     # The pixel's value enters the posterior through the likelihood only; a guarded prior
     # that saw it would count it twice and bias every check made on held-out residuals.
     x, loc, pv, nv = _noise_movie(seed=4)
     x[20:40, 10:13, 10:13] += 3.0  # a clear event, so the guard acts here
-    cfg = GuardConfig()
     before = surprise_guard(x, loc, pv, nv, cfg)
     assert float(before.p_surprise[30, 11, 11]) > 0.9
     x2 = x.clone()
@@ -143,3 +148,39 @@ def test_each_evidence_window_is_a_unit_z_score_on_noise():
         inner = z[20:-20, 4:-4, 4:-4]
         assert abs(float(inner.mean())) < 0.05
         assert 0.9 < float(inner.std()) < 1.1
+
+
+def test_evidence_windows_match_brute_force():
+    # Each window centred within the local frames, its slice in frame t left out only where
+    # it holds frame t.
+    from calmdown.posterior import _shifted_z2, _window_sums, evidence_windows
+
+    rng = np.random.default_rng(6)
+    resid = torch.from_numpy(rng.standard_normal((12, 7, 7)).astype(np.float32))
+    var = torch.from_numpy(rng.uniform(0.5, 2.0, (12, 7, 7)).astype(np.float32))
+    cfg = GuardConfig(window_frames=3, pixel_windows=(5,), line_frames=3, line_pixels=3)
+    r, v = resid.numpy(), var.numpy()
+    for window in evidence_windows(cfg):
+        sums = _window_sums(resid, var, window)
+        foot = window.offsets or [
+            (dy, dx)
+            for dy in range(-(window.square // 2), window.square // 2 + 1)
+            for dx in range(-(window.square // 2), window.square // 2 + 1)
+        ]
+        h = window.frames // 2
+        for dt in (-4, -1, 0, 2, 4):
+            span, z2 = _shifted_z2(sums, window.frames, dt)
+            for t, y, x in [(5, 3, 3), (6, 0, 6), (span.start, 1, 2)]:
+                if not span.start <= t < span.stop:
+                    continue
+                c = t + dt
+                frames = [u for u in range(max(c - h, 0), min(c + h, 11) + 1) if u != t]
+                cells = [
+                    (u, y + dy, x + dx)
+                    for u in frames
+                    for dy, dx in foot
+                    if 0 <= y + dy < 7 and 0 <= x + dx < 7
+                ]
+                want = sum(r[i] for i in cells) ** 2 / sum(v[i] for i in cells) if cells else 0.0
+                got = float(z2[t - span.start, y, x])
+                assert abs(got - want) < 1e-3 * max(1.0, want), (window.name, dt, t)

@@ -144,19 +144,25 @@ def _shifted_z2(sums: tuple[torch.Tensor, ...], frames: int, dt: int) -> tuple[s
     """z**2 at frames ``t`` in the returned slice, of the window centred at ``t + dt``.
 
     ``sums`` are the window's space-time sums of residual and variance and their frame
-    slices; the slice in frame ``t`` is left out, so the statistic holds no noise of the frame
-    being denoised. Windows left with no frame show no surprise.
+    slices; where the window holds frame ``t``, its slice there is left out, so the
+    statistic holds no noise of the frame being denoised. A window left with no frame shows
+    no surprise.
     """
     r_win, v_win, r_own, v_own = sums
     n = r_win.shape[0]
     a, b = max(0, -dt), min(n, n - dt)
-    r = r_win[a + dt : b + dt] - r_own[a:b]
-    v = v_win[a + dt : b + dt] - v_own[a:b]
+    r = r_win[a + dt : b + dt]
+    v = v_win[a + dt : b + dt]
+    holds_t = abs(dt) <= frames // 2
+    if holds_t:
+        r = r - r_own[a:b]
+        v = v - v_own[a:b]
+    else:
+        r, v = r.clone(), v.clone()
     z2 = r.mul_(r).div_(v.clamp_(min=1e-12))
-    # Frames in the window besides frame t itself (exact, from counts).
-    centre = torch.arange(a + dt, b + dt, device=r.device)
-    span = torch.clamp(centre + frames // 2, max=n - 1) - torch.clamp(centre - frames // 2, min=0)
-    z2 *= (span >= 1).to(z2.dtype)[:, None, None]
+    if holds_t and (n < 2 or frames < 3):
+        # Only frame t was in the window: what is left is rounding error.
+        z2.zero_()
     return slice(a, b), z2
 
 
