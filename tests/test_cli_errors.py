@@ -206,3 +206,14 @@ def test_corrupt_and_foreign_version_model_files(tmp_path: Path, raw: Path) -> N
     assert_refused(code, output, out, "old.pt", "format 1", "retrain")
     code, output = run(["apply", str(tmp_path / "none.pt"), str(raw), "-o", str(out)])
     assert_refused(code, output, out, "none.pt", "no such model file")
+
+
+def test_samples_with_the_prior_alone_is_refused_before_training(tmp_path: Path, raw: Path) -> None:
+    out = tmp_path / "o.tif"
+    res = runner.invoke(
+        app, ["denoise", str(raw), "-o", str(out), "--output", "prior", "--samples", "2", "-q"]
+    )
+    assert res.exit_code != 0
+    assert "--samples" in res.output and "--output prior" in res.output
+    assert "Traceback" not in res.output
+    assert not list(tmp_path.glob("o*"))

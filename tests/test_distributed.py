@@ -124,6 +124,34 @@ def test_matches_single_process_with_interval(tmp_path, model, raw_zarr, referen
     assert not list(tmp_path.glob("*.partial"))
 
 
+def test_joint_samples_match_single_process(tmp_path, model, raw_zarr, client):
+    # The same seeded stream: the first block is the same draw; later blocks restart the
+    # stream's time correlation 64 frames before their start, which differs from the
+    # unbroken stream by decay ** 64 of a unit field.
+    threads = torch.get_num_threads()
+    chunks = list(iter_apply(model, raw_zarr, samples=2, threads=THREADS))
+    torch.set_num_threads(threads)
+    den = np.concatenate([c.denoised for c in chunks])
+    want = np.concatenate([c.samples for c in chunks], axis=1)
+    result = dask_apply(
+        model,
+        raw_zarr,
+        tmp_path / "s.zarr",
+        samples=2,
+        client=client,
+        frames_per_task=32,
+        threads=THREADS,
+    )
+    assert {p.name for p in result.paths.values()} == {"s.zarr", "s.sample1.zarr", "s.sample2.zarr"}
+    for j in range(2):
+        got = read(result.paths[f"sample{j + 1}"])
+        assert got.shape == SHAPE and got.dtype == np.float32
+        np.testing.assert_allclose(got[:32], want[j, :32], rtol=1e-5, atol=1e-3)
+        dev_got, dev_want = (got - den).ravel(), (want[j] - den).ravel()
+        assert np.corrcoef(dev_got, dev_want)[0, 1] > 0.999
+        assert not np.allclose(got, den)
+
+
 def test_cli_apply_on_a_running_scheduler(tmp_path, model, raw_zarr, reference, client):
     model_path = tmp_path / "m.pt"
     calmdown.persist.save_model(model, model_path)
@@ -140,11 +168,14 @@ def test_cli_apply_on_a_running_scheduler(tmp_path, model, raw_zarr, reference, 
             "-q",
             "--threads",
             "1",
+            "--samples",
+            "1",
             *scheduler,
         ],
     )
     assert res.exit_code == 0, res.output
     np.testing.assert_allclose(read(out), reference["denoised"], rtol=1e-5, atol=1e-3)
+    assert read(tmp_path / "applied.sample1.zarr").shape == SHAPE
 
 
 def test_one_roi_of_a_multi_roi_tiff(tmp_path, model, raw_zarr, reference, client):

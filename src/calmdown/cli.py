@@ -328,8 +328,7 @@ def _write_movies(
     samples: int = 0,
 ) -> tuple[float, int]:
     """Stream the denoised movie (intervals, samples) to files; return (seconds, frames)."""
-    if samples < 0:
-        raise InputError(f"--samples must be 0 or more, got {samples}")
+    _check_samples(samples, cfg)
     prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
     shape = prep.reader.shape
     targets = {"denoised": out}
@@ -370,6 +369,16 @@ def _write_movies(
     return time.perf_counter() - t0, shape[0]
 
 
+def _check_samples(samples: int, cfg: Config) -> None:
+    if samples < 0:
+        raise InputError(f"--samples must be 0 or more, got {samples}")
+    if samples and cfg.inference.output == "prior":
+        raise InputError(
+            "--samples draws from the posterior, but --output prior asks for the context "
+            "network's prediction alone; leave one of them out"
+        )
+
+
 def _movie_writer(
     out: Path,
     raw: Path,
@@ -394,9 +403,7 @@ def _movie_writer(
     require_distributed()
     check_dask_output(out, raw)
 
-    def write(*args: Any, samples: int = 0, **kwargs: Any) -> tuple[float, int]:
-        if samples:
-            raise InputError("--samples is not available with --dask yet; leave one out")
+    def write(*args: Any, **kwargs: Any) -> tuple[float, int]:
         kwargs = {"channel": channel, "plane": plane, "roi": roi, **kwargs}
         return _write_movies_dask(*args, workers=workers, scheduler=scheduler, **kwargs)
 
@@ -417,12 +424,14 @@ def _write_movies_dask(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
+    samples: int = 0,
     workers: int | None = None,
     scheduler: str | None = None,
 ) -> tuple[float, int]:
     """Denoise on a Dask cluster into Zarr stores; return (seconds, frames), start included."""
     from calmdown.distributed import dask_apply
 
+    _check_samples(samples, cfg)
     prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
     with ExitStack() as stack:
         if prepared is None:
@@ -445,6 +454,7 @@ def _write_movies_dask(
             plane=plane,
             roi=roi,
             interval=interval,
+            samples=samples,
             scheduler=scheduler,
             workers=workers,
             prepared=prep,
@@ -615,6 +625,7 @@ def denoise(
             seed=seed,
         )
         _check_output(out, raw)
+        _check_samples(samples, cfg)  # before training, not after it
         write_movies = _movie_writer(
             out,
             raw,
@@ -876,6 +887,7 @@ def apply_cmd(
     roi: Roi = None,
     output: Output = "posterior",
     interval: Interval = None,
+    samples: Samples = 0,
     gain: Gain = None,
     offset: Offset = None,
     read_noise: ReadNoise = None,
@@ -904,6 +916,7 @@ def apply_cmd(
             threads=threads,
         )
         _check_output(out, raw)
+        _check_samples(samples, cfg)
         one_plane = _plane_number(plane)
         write_movies = _movie_writer(
             out,
@@ -925,6 +938,7 @@ def apply_cmd(
             quiet=quiet,
             cfg=cfg,
             inputs=[str(raw), str(model_file)],
+            samples=samples,
             channel=channel,
             plane=one_plane,
             roi=roi,

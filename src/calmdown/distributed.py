@@ -137,8 +137,10 @@ def require_distributed() -> Any:
     return distributed
 
 
-def dask_output_paths(out: str | os.PathLike[str], interval: float | None) -> dict[str, Path]:
-    """Name the Zarr stores a run writes: the denoised movie and, with an interval, its bounds.
+def dask_output_paths(
+    out: str | os.PathLike[str], interval: float | None, samples: int = 0
+) -> dict[str, Path]:
+    """Name the Zarr stores a run writes: the denoised movie, its bounds, its samples.
 
     Parameters
     ----------
@@ -147,22 +149,26 @@ def dask_output_paths(out: str | os.PathLike[str], interval: float | None) -> di
     interval : float or None
         Credible-interval level; when given, ``<out>.lower.zarr`` and ``<out>.upper.zarr``
         are written too (as the single-process CLI names them).
+    samples : int
+        Joint posterior samples, written to ``<out>.sample1.zarr`` ... (as the CLI names them).
 
     Returns
     -------
     dict of str to Path
-        ``{"denoised": ..., "lower": ..., "upper": ...}``.
+        ``{"denoised": ..., "lower": ..., "upper": ..., "sample1": ...}``.
 
     Examples
     --------
-    >>> sorted(p.name for p in dask_output_paths("run.zarr", 0.9).values())
-    ['run.lower.zarr', 'run.upper.zarr', 'run.zarr']
+    >>> sorted(p.name for p in dask_output_paths("run.zarr", 0.9, samples=1).values())
+    ['run.lower.zarr', 'run.sample1.zarr', 'run.upper.zarr', 'run.zarr']
     """
     out = Path(out).expanduser()
     paths = {"denoised": out}
     if interval is not None:
         lower, upper = output_paths_like(out, ["lower", "upper"])
         paths.update(lower=lower, upper=upper)
+    names = [f"sample{j + 1}" for j in range(samples)]
+    paths.update(zip(names, output_paths_like(out, names), strict=True))
     return paths
 
 
@@ -358,11 +364,17 @@ def _run_block(
     start: int,
     stop: int,
     interval: float | None,
+    samples: int,
     config: Config,
     stores: dict[str, str],
     threads: dict[str, int],
 ) -> BlockDone:
-    """Denoise frames ``start..stop`` of ``source`` and write them into the partial stores."""
+    """Denoise frames ``start..stop`` of ``source`` and write them into the partial stores.
+
+    Joint samples are drawn by the same seeded stream as in one process; a block that starts
+    later runs the stream's correlation recursion from 64 frames before its start, which
+    differs from the unbroken stream by at most ``decay ** 64`` of a unit field.
+    """
     import zarr
     from distributed import get_worker
 
@@ -383,13 +395,24 @@ def _run_block(
                 path=source,
             )
         for chunk in iter_apply(
-            model, reader, prepared=prep, interval=interval, config=cfg, frames=(start, stop)
+            model,
+            reader,
+            prepared=prep,
+            interval=interval,
+            samples=samples,
+            config=cfg,
+            frames=(start, stop),
         ):
             for name, store in stores.items():
                 # Opened per chunk: a run that was called off has removed the store, and a
                 # task still running then fails here instead of writing into nothing.
                 array = zarr.open_array(store=store, mode="r+")
-                array[chunk.start : chunk.stop] = getattr(chunk, name)
+                if name.startswith("sample"):
+                    assert chunk.samples is not None
+                    values = chunk.samples[int(name[6:]) - 1]
+                else:
+                    values = getattr(chunk, name)
+                array[chunk.start : chunk.stop] = values
     finally:
         prep.close()
     try:
@@ -476,6 +499,7 @@ def iter_dask_apply(
     plane: int | None = None,
     roi: int | None = None,
     interval: float | None = None,
+    samples: int = 0,
     client: Any = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -504,6 +528,8 @@ def iter_dask_apply(
     cfg = make_config(base, **options).model_copy(update={"model": model.config.model})
     if interval is not None and not 0 < interval < 1:
         raise InputError(f"interval must be between 0 and 1 (e.g. 0.9), got {interval}")
+    if samples < 0:
+        raise InputError(f"samples must be 0 or more, got {samples}")
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             "source must be the path of the movie (each Dask task opens it itself), not "
@@ -512,7 +538,7 @@ def iter_dask_apply(
     source = os.fspath(Path(source).expanduser().resolve())
     out = Path(out).expanduser()
     check_dask_output(out, source)
-    paths = dask_output_paths(out, interval)
+    paths = dask_output_paths(out, interval, samples)
     if not overwrite:
         for path in paths.values():
             if path.exists():
@@ -580,6 +606,7 @@ def iter_dask_apply(
                     start=start,
                     stop=stop,
                     interval=interval,
+                    samples=samples,
                     config=cfg,
                     stores=stores,
                     threads=threads,
@@ -629,6 +656,7 @@ def dask_apply(
     plane: int | None = None,
     roi: int | None = None,
     interval: float | None = None,
+    samples: int = 0,
     client: Any = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -658,6 +686,8 @@ def dask_apply(
     interval : float, optional
         Also write the central credible interval at this level to ``<out>.lower.zarr`` and
         ``<out>.upper.zarr``.
+    samples : int
+        Also write this many joint posterior samples to ``<out>.sample1.zarr`` ...
     client : distributed.Client, optional
         A client to run on; it is left open.
     scheduler : str, optional
@@ -725,6 +755,7 @@ def dask_apply(
         plane=plane,
         roi=roi,
         interval=interval,
+        samples=samples,
         client=client,
         scheduler=scheduler,
         workers=workers,
@@ -742,7 +773,7 @@ def dask_apply(
             progress(done)
     startup = timings.get("startup_seconds", 0.0)
     return DaskResult(
-        paths=dask_output_paths(out, interval),
+        paths=dask_output_paths(out, interval, samples),
         n_frames=int(sum(b.stop - b.start for b in blocks)),
         seconds=time.perf_counter() - t0 - startup,
         startup_seconds=startup,
