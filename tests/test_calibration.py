@@ -152,3 +152,25 @@ def test_memorised_training_frames_are_not_used():
     assert not _memorisation_check(held, honest, noise)["memorised"]
     report = _memorisation_check(held, memorised, noise)
     assert report["memorised"] and report["trained_frames_used"] == 0
+
+
+def test_a_poorly_determined_row_keeps_a_factor_its_own_data_allow():
+    # A dim row whose prior error is a small part of the noise cannot be fitted to 25 %; it
+    # falls back to the overall factor, which the bright row sets (about 2 here). Its own data
+    # put its factor near 0.3, so the fallback must stay within their reach.
+    from calmdown.calibration import fit_stratified_calibration
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    level = torch.from_numpy(np.repeat([1.0, 2.0, 3.0], n).astype(np.float32))[None]
+    var = torch.from_numpy(np.repeat([0.05, 1.0, 1.0], n).astype(np.float32))[None]
+    f_true = np.repeat([0.3, 2.0, 2.0], n)
+    err = rng.standard_normal(3 * n) * np.sqrt(f_true * var.numpy()[0])
+    x = torch.from_numpy((err + rng.standard_normal(3 * n)).astype(np.float32))[None]
+    frames = torch.ones(1, dtype=torch.bool)
+    zeros = torch.zeros_like(x)
+    part = (x, zeros, var, torch.ones_like(x), level, frames, zeros)
+    stage = fit_stratified_calibration([part], feature="change", activity_edges=(1.0,))
+    dim, bright = stage.factors[0], stage.factors[-1]
+    assert 1.6 < bright[0] < 2.4
+    assert max(dim) < 1.0

@@ -301,10 +301,11 @@ def fit_stratified_calibration(
         :data:`ACTIVITY_EDGES`).
     max_rel_se : float
         A brightness row whose factor would be known to worse than this relative standard
-        error takes the overall factor (1 if that too is poor): at low light the detector noise
-        dominates the residuals, and a factor that is a small difference of large numbers is
-        better left alone than fitted to noise. Within a row, the factors are a
-        precision-weighted non-decreasing fit in the activity.
+        error takes the overall factor (1 if that too is poor), clipped to within 2 standard
+        errors of the row's own estimate: at low light the detector noise dominates the
+        residuals, and a factor that is a small difference of large numbers is better left
+        alone than fitted to noise, but not replaced by one its data rule out. Within a row,
+        the factors are a precision-weighted non-decreasing fit in the activity.
     min_factor : float
         Smallest factor allowed.
 
@@ -353,7 +354,15 @@ def fit_stratified_calibration(
     for i in range(n_i):
         row_f = factor(sums[i].sum(axis=0))
         if row_f is None:
-            table.append([fallback] * n_j)
+            # Poorly determined: the overall factor, but never outside what the row's own data
+            # allow (2 standard errors either side of its estimate). The overall factor is set
+            # by the rows with the most variance, and can be several times a quiet row's.
+            n, excess, var, nv2 = sums[i].sum(axis=0)
+            value = fallback
+            if n >= 1 and var > 0:
+                own, se = excess / var, float(np.sqrt(2 * nv2)) / var
+                value = float(np.clip(fallback, own - 2 * se, own + 2 * se))
+            table.append([max(value, min_factor)] * n_j)
             continue
         # Within a row the error grows with the feature (the prior errs most where the signal
         # changes, or departs from its mean): a non-decreasing fit, each cell weighted by its
