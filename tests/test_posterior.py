@@ -67,8 +67,12 @@ def test_window_helpers_match_brute_force():
 
 @pytest.mark.parametrize(
     "cfg",
-    [GuardConfig(), GuardConfig(window_frames=3, pixel_windows=(3,), line_frames=5)],
-    ids=["default", "windows shorter than the local frames"],
+    [
+        GuardConfig(),
+        GuardConfig(window_frames=3, pixel_windows=(3,), line_frames=5),
+        GuardConfig(local_pixels=3),
+    ],
+    ids=["default", "windows shorter than the local frames", "local window 3 pixels wide"],
 )
 def test_guarded_prior_holds_no_noise_of_the_pixels_own_frame(cfg):
     # The pixel's value enters the posterior through the likelihood only; a guarded prior
@@ -184,3 +188,15 @@ def test_evidence_windows_match_brute_force():
                 want = sum(r[i] for i in cells) ** 2 / sum(v[i] for i in cells) if cells else 0.0
                 got = float(z2[t - span.start, y, x])
                 assert abs(got - want) < 1e-3 * max(1.0, want), (window.name, dt, t)
+
+
+def test_a_wider_local_window_takes_the_largest_evidence_over_more_windows():
+    # Each pixel is handed to the data by the strongest window centred within its local
+    # window; a local window 3 pixels wide looks at a superset of those centred on it alone.
+    x, loc, pv, nv = _noise_movie(seed=8)
+    x[20:40, 10:13, 10:13] += 1.5
+    narrow = surprise_guard(x, loc, pv, nv, GuardConfig()).p_surprise
+    wide = surprise_guard(x, loc, pv, nv, GuardConfig(local_pixels=3)).p_surprise
+    assert torch.all(wide >= narrow - 1e-6)
+    # Just outside the event, windows centred on the event's edge now count.
+    assert float(wide[25:35, 9, 10:13].mean()) > float(narrow[25:35, 9, 10:13].mean())

@@ -81,6 +81,16 @@ def window_count(
     return counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
 
 
+def _offset_slices(
+    shape: torch.Size | tuple[int, ...], dy: int, dx: int
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Index pairs ``dst, src`` of (T, Y, X) tensors with ``dst[:, i, j] <- src[:, i+dy, j+dx]``."""
+    h, w = shape[1:]
+    dst = (slice(None), slice(max(-dy, 0), h - max(dy, 0)), slice(max(-dx, 0), w - max(dx, 0)))
+    src = (slice(None), slice(max(dy, 0), h - max(-dy, 0)), slice(max(dx, 0), w - max(-dx, 0)))
+    return dst, src
+
+
 @dataclass(frozen=True)
 class EvidenceWindow:
     """One shape of space-time window over which the guard pools residuals.
@@ -108,13 +118,9 @@ class EvidenceWindow:
             half = self.square // 2
             return _window_sum_1d(_window_sum_1d(x, 1, half), 2, half)
         out = torch.zeros_like(x)
-        h, w = x.shape[1:]
         for dy, dx in self.offsets:
-            dst_y = slice(max(-dy, 0), h - max(dy, 0))
-            dst_x = slice(max(-dx, 0), w - max(dx, 0))
-            src_y = slice(max(dy, 0), h - max(-dy, 0))
-            src_x = slice(max(dx, 0), w - max(-dx, 0))
-            out[:, dst_y, dst_x] += x[:, src_y, src_x]
+            dst, src = _offset_slices(x.shape, dy, dx)
+            out[dst] += x[src]
         return out
 
 
@@ -164,6 +170,14 @@ def _shifted_z2(sums: tuple[torch.Tensor, ...], frames: int, dt: int) -> tuple[s
         # Only frame t was in the window: what is left is rounding error.
         z2.zero_()
     return slice(a, b), z2
+
+
+def _moved(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """``out[:, i, j] = x[:, i + dy, j + dx]``, zero where that lies outside the frame."""
+    out = torch.zeros_like(x)
+    dst, src = _offset_slices(x.shape, dy, dx)
+    out[dst] = x[src]
+    return out
 
 
 def _window_sums(
@@ -257,14 +271,17 @@ def surprise_guard(
     # Every pixel of a window that detected a surprise is handed to the data: the largest
     # surprise over the windows centred within the local window's frames.
     log_odds = torch.full_like(resid, -math.inf)
-    ht = cfg.local_frames // 2
+    ht, hp = cfg.local_frames // 2, cfg.local_pixels // 2
     gain = 0.5 * rho / (1 + rho)
     for window, scale in zip(windows, scales, strict=True):
         sums = _window_sums(resid, var, window)
         z2 = torch.zeros_like(resid)
-        for dt in range(-ht, ht + 1):
-            span, z2_dt = _shifted_z2(sums, window.frames, dt)
-            torch.maximum(z2[span], z2_dt, out=z2[span])
+        for dy in range(-hp, hp + 1):
+            for dx in range(-hp, hp + 1):
+                moved = sums if dy == dx == 0 else tuple(_moved(s, dy, dx) for s in sums)
+                for dt in range(-ht, ht + 1):
+                    span, z2_dt = _shifted_z2(moved, window.frames, dt)
+                    torch.maximum(z2[span], z2_dt, out=z2[span])
         torch.maximum(log_odds, base + gain / scale**2 * z2, out=log_odds)
     p = torch.sigmoid(log_odds)
     # Local residual without the frame-t slice: its mean, the mean's variance, and the spread
