@@ -360,11 +360,7 @@ def _write_movies(
             samples=samples,
         ):
             for name, writer in writers.items():
-                if name.startswith("sample"):
-                    assert chunk.samples is not None
-                    writer.write(chunk.start, chunk.samples[int(name[6:]) - 1])
-                else:
-                    writer.write(chunk.start, getattr(chunk, name))
+                writer.write(chunk.start, chunk.output(name))
             bar.update(chunk.stop - chunk.start)
     return time.perf_counter() - t0, shape[0]
 

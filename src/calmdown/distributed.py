@@ -407,12 +407,7 @@ def _run_block(
                 # Opened per chunk: a run that was called off has removed the store, and a
                 # task still running then fails here instead of writing into nothing.
                 array = zarr.open_array(store=store, mode="r+")
-                if name.startswith("sample"):
-                    assert chunk.samples is not None
-                    values = chunk.samples[int(name[6:]) - 1]
-                else:
-                    values = getattr(chunk, name)
-                array[chunk.start : chunk.stop] = values
+                array[chunk.start : chunk.stop] = chunk.output(name)
     finally:
         prep.close()
     try:

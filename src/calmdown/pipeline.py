@@ -161,6 +161,13 @@ class DenoisedChunk:
     samples: np.ndarray | None = None
     """(n_samples, n, Y, X) joint samples of the clean movie, when asked for."""
 
+    def output(self, name: str) -> np.ndarray:
+        """Return the array an output is named after: a field, or ``sampleN`` (N from 1)."""
+        if name.startswith("sample"):
+            assert self.samples is not None
+            return self.samples[int(name[6:]) - 1]
+        return getattr(self, name)
+
 
 # -- first pass ----------------------------------------------------------------------------
 
