@@ -61,7 +61,8 @@ def open_movie(
     ----------
     source : str, os.PathLike, numpy.ndarray or MovieReader
         A file whose extension picks the reader (``.tif``/``.tiff``/``.btf``, ScanImage TIFFs
-        included; ``.h5``/``.hdf5``/``.hdf``; a ``.zarr`` directory; ``.npy``; ``.nwb``); a
+        included; ``.h5``/``.hdf5``/``.hdf``; a ``.zarr`` directory; ``.npy``; ``.nwb``; a
+        Scanbox ``.sbx`` with its ``.mat`` beside it); a
         suite2p plane folder, its ``ops.npy`` or its ``data.bin``; a recording split over
         several files, read concatenated in time by a :class:`ConcatReader`: a folder of
         numbered TIFF files (ScanImage's ``name_00001.tif``, ``name_00002.tif``, ...) or a
@@ -74,11 +75,12 @@ def open_movie(
     channel : int or None
         The channel to read, for files with several: its ScanImage number (a value of
         ``SI.hChannels.channelSave``) for ScanImage TIFFs; counted from 1 along the ``C`` axis
-        of other TIFFs; 1 or 2 (``data_chan2.bin``) for suite2p. Not accepted for formats
-        without channels.
+        of other TIFFs; 1 or 2 (``data_chan2.bin``) for suite2p; counted from 1 as stored for
+        Scanbox. Not accepted for formats without channels.
     plane : int or None
         The plane to read, counted from 1: a ScanImage slice, the ``Z`` axis of a TIFF, the
-        depth axis of a 4-D NWB TwoPhotonSeries. Not accepted for formats without planes.
+        depth axis of a 4-D NWB TwoPhotonSeries, a plane of a Scanbox volume scan. Not
+        accepted for formats without planes.
     roi : int or None
         The imaging region (ROI) to read from a ScanImage multi-ROI recording, counted from 1
         (see :mod:`calmdown.io.scanimage`); may be left out when it has one ROI. Not accepted
@@ -125,6 +127,8 @@ def open_movie(
         )
     path = Path(source).expanduser()
     fmt = READ_FORMATS.get(path.suffix.lower())
+    if path.suffix.lower() == ".mat" and path.with_suffix(".sbx").is_file():
+        fmt = "sbx"  # a Scanbox recording named by its settings file
     if has_glob(source) and not path.exists():
         return ConcatReader(
             multi_file_parts(source) or [],
@@ -170,10 +174,15 @@ def open_movie(
             "nwb": "an NWB file",
             "npy": "a .npy file",
             "suite2p": "a suite2p plane",
+            "sbx": "a Scanbox recording",
         }
         _no_roi(roi, names.get(fmt, f"a {fmt} file"), path=path)
-    if fmt in ("tiff", "npy", "suite2p"):
-        _no_key(key, f"a {fmt.upper()} file" if fmt != "suite2p" else "suite2p", path=path)
+    if fmt in ("tiff", "npy", "suite2p", "sbx"):
+        _no_key(
+            key,
+            {"suite2p": "suite2p", "sbx": "a Scanbox recording"}.get(fmt, f"a {fmt.upper()} file"),
+            path=path,
+        )
     if fmt in ("hdf5", "zarr", "npy"):
         _no_pick(channel, plane, f"a {fmt.upper()} file (save one channel and plane)", path=path)
     if fmt == "tiff":
@@ -203,6 +212,10 @@ def open_movie(
         from calmdown.io.nwb import NWBReader
 
         return NWBReader(path, key=key, plane=plane)
+    if fmt == "sbx":
+        from calmdown.io.sbx import SbxReader
+
+        return SbxReader(path, channel=channel, plane=plane)
     from calmdown.io.npy import NpyReader
 
     return NpyReader(path)

@@ -46,6 +46,7 @@ READ_FORMATS: dict[str, str] = {
     ".npy": "npy",
     ".nwb": "nwb",
     ".bin": "suite2p",
+    ".sbx": "sbx",
 }
 
 

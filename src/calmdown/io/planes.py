@@ -1,8 +1,8 @@
 """How many planes a volumetric recording holds, without reading its frames.
 
 Planes are what ``--plane`` (``plane=``) picks: the slices of a ScanImage volume, the ``Z``
-axis of another TIFF, the depth axis of a 4-D NWB TwoPhotonSeries. Other formats hold one
-plane per file.
+axis of another TIFF, the depth axis of a 4-D NWB TwoPhotonSeries, the planes of a Scanbox
+volume scan. Other formats hold one plane per file.
 """
 
 from __future__ import annotations
@@ -38,7 +38,8 @@ def count_planes(source: object, *, key: str | None = None) -> int | None:
     int or None
         ScanImage: planes per volume (1 for a single-plane recording). Other TIFFs: the length
         of the ``Z`` axis, None without one. NWB: the depth of a 4-D series, None for a 3-D
-        one. HDF5, zarr, ``.npy``, suite2p, arrays: None.
+        one. Scanbox: planes per volume (1 without a volume scan). HDF5, zarr, ``.npy``,
+        suite2p, arrays: None.
 
     Raises
     ------
@@ -72,6 +73,10 @@ def count_planes(source: object, *, key: str | None = None) -> int | None:
         return _tiff_planes(path)
     if fmt == "nwb":
         return _nwb_planes(path, key)
+    if fmt == "sbx" or (path.suffix.lower() == ".mat" and path.with_suffix(".sbx").is_file()):
+        from calmdown.io.sbx import sbx_layout
+
+        return sbx_layout(path).planes
     return None
 
 
