@@ -34,6 +34,24 @@ def test_flat_movie_warns_that_the_gain_is_undetermined():
         _estimate(sim.raw)
 
 
+def test_uniform_brightness_asks_for_the_gain_instead_of_crashing():
+    """Nearly every pixel at one level: no photon-transfer slope to fit (was a LinAlgError)."""
+    from scipy.ndimage import gaussian_filter
+
+    from calmdown.simulate import record
+
+    rng = np.random.default_rng(0)
+    spots = np.zeros((6, 32, 32), np.float32)
+    for spot in spots:
+        spot[tuple(rng.integers(4, 28, 2))] = 1.0
+        spot[:] = gaussian_filter(spot, 2.5) / gaussian_filter(spot, 2.5).max()
+    blinking = rng.random((240, 6)) < 0.3  # white in time: it looks like noise
+    raw = record(0.7 + 4.2 * np.tensordot(blinking.astype(np.float32), spots, axes=1), seed=2)
+    with pytest.raises(InputError, match=r"nearly every pixel has the same brightness.*--gain"):
+        _estimate(raw)
+    assert _estimate(raw, gain=12.5).gain == 12.5
+
+
 def test_read_noise_and_another_detector():
     det = Detector(gain=4.0, excess_noise_factor=1.0, offset=30.0, read_noise=3.0)
     sim = simulate("dense", photons=1.0, shape=(300, 48, 48), seed=2, detector=det)

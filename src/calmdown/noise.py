@@ -216,11 +216,19 @@ def _binned_fit(
     weights = np.array([g.size for g in groups], float)
     # Iteratively reweighted least squares: the spread of a bin's mean variance grows with
     # the variance itself.
-    slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights))
-    cov = np.zeros((2, 2))
-    for _ in range(3):
-        pred = np.maximum(slope * bm + intercept, 1e-12)
-        (slope, intercept), cov = np.polyfit(bm, bv, 1, w=np.sqrt(weights) / pred, cov="unscaled")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", np.exceptions.RankWarning)  # rank deficient: no slope
+            slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights))
+            cov = np.zeros((2, 2))
+            for _ in range(3):
+                pred = np.maximum(slope * bm + intercept, 1e-12)
+                (slope, intercept), cov = np.polyfit(
+                    bm, bv, 1, w=np.sqrt(weights) / pred, cov="unscaled"
+                )
+    except (np.linalg.LinAlgError, np.exceptions.RankWarning, ValueError):
+        # Every bin at the same brightness (a nearly uniform scene): no slope to fit.
+        return float("nan"), float(np.mean(bv)), float("inf"), bm, bv
     # Standard error from the scatter of the bins around the line.
     pred = slope * bm + intercept
     w = weights / np.maximum(pred, 1e-12) ** 2
@@ -351,7 +359,7 @@ def estimate_noise(
     slope, intercept, rel_se, bm, bv = _binned_fit(
         np.concatenate(ranks), np.concatenate(means), np.concatenate(fit_vars)
     )
-    if gain is None and rel_se > 0.05:
+    if gain is None and np.isfinite(slope) and rel_se > 0.05:
         warnings.warn(
             f"{name or 'movie'}: the photon-transfer gain is poorly determined (relative standard "
             f"error {rel_se:.0%}): the movie's brightness range is too narrow. Give the "
@@ -367,7 +375,14 @@ def estimate_noise(
     elif any(given):
         source = "partly given"
     est_gain = slope if gain is None else float(gain)
-    if est_gain <= 0 or not np.isfinite(est_gain):
+    if not np.isfinite(est_gain):
+        raise InputError(
+            "could not measure the photon-transfer gain: nearly every pixel has the same "
+            "brightness, so the noise variance cannot be seen to grow with it; give the "
+            "detector's gain with --gain (ADU per photon)",
+            path=name,
+        )
+    if est_gain <= 0:
         raise InputError(
             "could not measure a positive photon-transfer gain (noise variance does not grow "
             "with brightness); give it with --gain (ADU per photon)",
