@@ -36,3 +36,11 @@ def test_unknown_option_is_named():
 def test_invalid_values_say_why(name, value, hint):
     with pytest.raises(InputError, match=hint):
         make_config(**{name: value})
+
+
+def test_none_sets_what_may_be_none_and_keeps_the_rest():
+    cfg = make_config(time_budget_s=None, max_steps=None, gain=None)
+    assert cfg.train.time_budget_s is None  # no time budget, as the field documents
+    assert cfg.train.max_steps == Config().train.max_steps  # unset: the default
+    assert cfg.noise.gain is None
+    assert make_config(cfg, time_budget_s=60).train.time_budget_s == 60

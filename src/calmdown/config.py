@@ -7,7 +7,7 @@ setting.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -54,6 +54,10 @@ class ModelConfig(_Strict):
 
     use_mean_image: bool = True
     """Feed the time-averaged image as an input channel (the static-morphology prior)."""
+
+    plane_context: bool = False
+    """Feed the neighbouring planes of a volume recording at the same frame as input channels
+    (see :mod:`calmdown.neighbours`); applying the model then needs them too."""
 
     mean_window: int = Field(default=500, ge=16)
     """Frames per block of the running mean image; blocks are interpolated linearly in time,
@@ -236,6 +240,15 @@ _SECTIONS = {
 }
 
 
+def _none_is_a_value(name: str) -> bool:
+    """Whether ``name=None`` sets a setting (it may be None, its default is not)."""
+    for section in _SECTIONS.values():
+        field = section.model_fields.get(name)
+        if field is not None:
+            return field.default is not None and type(None) in get_args(field.annotation)
+    return False
+
+
 def make_config(base: Config | None = None, **flat: Any) -> Config:
     """Build a :class:`Config` from flat keyword options.
 
@@ -245,8 +258,9 @@ def make_config(base: Config | None = None, **flat: Any) -> Config:
         Starting point; defaults to ``Config()``.
     **flat
         Options by their field name in any section (``context_frames=4``, ``gain=2.5``,
-        ``time_budget_s=60``, ``output="prior"``, ``device="cpu"``). ``None`` values are
-        ignored, so CLI options left unset keep the defaults.
+        ``time_budget_s=60``, ``output="prior"``, ``device="cpu"``). ``None`` keeps the
+        default (CLI options left unset), except for a setting whose own value may be ``None``
+        while its default is not: ``time_budget_s=None`` means no time budget.
 
     Returns
     -------
@@ -272,7 +286,7 @@ def make_config(base: Config | None = None, **flat: Any) -> Config:
         "guard": data["inference"]["guard"],
     }
     for name, value in flat.items():
-        if value is None:
+        if value is None and not _none_is_a_value(name):
             continue
         if name in ("device", "threads"):
             data[name] = value
