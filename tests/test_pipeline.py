@@ -93,3 +93,37 @@ def test_model_applies_to_another_recording(small_model):
     other = simulate("dense", photons=1.5, shape=(60, 64, 64), seed=11)
     out = calmdown.apply(small_model, other.raw)
     assert psnr(out, other.clean) > psnr(other.raw, other.clean) + 8
+
+
+def test_large_frames_are_calibrated_in_windows(monkeypatch):
+    """Calibration predicts random windows of large frames (bounded memory) and still covers."""
+    import calmdown.pipeline as pipeline
+
+    drawn = []
+    real = pipeline._crop_windows
+
+    def spy(h, w, n_pixels, rng):
+        draw = real(h, w, n_pixels, rng)
+        assert draw is not None, "the lowered budget must force windows"
+
+        def counted():
+            region, keep = draw()
+            drawn.append((region, keep))
+            return region, keep
+
+        return counted
+
+    monkeypatch.setattr(pipeline, "_HELDOUT_PIXELS", 1_000_000)
+    monkeypatch.setattr(pipeline, "_crop_windows", spy)
+    sim = simulate("dense", photons=1.5, shape=(200, 128, 128), seed=4)
+    model = calmdown.train(sim.raw, max_steps=200, time_budget_s=None, seed=0, val_every=50)
+    assert drawn
+    for region, keep in drawn:
+        side = keep[0].stop - keep[0].start
+        assert side < 128 and keep[1].stop - keep[1].start == side
+        assert region[0].stop - region[0].start <= side + 2 * pipeline._CROP_MARGIN
+    chunks = list(calmdown.iter_apply(model, sim.raw, interval=0.9))
+    lower = np.concatenate([c.lower for c in chunks])
+    upper = np.concatenate([c.upper for c in chunks])
+    inside = (sim.clean >= lower) & (sim.clean <= upper)
+    assert 0.85 <= inside.mean() <= 0.95, inside.mean()

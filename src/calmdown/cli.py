@@ -26,6 +26,7 @@ from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handl
 from calmdown.config import Config, make_config
 from calmdown.errors import CalmdownError, InputError
 from calmdown.io import (
+    MovieReader,
     MovieWriter,
     count_planes,
     open_movie,
@@ -33,6 +34,7 @@ from calmdown.io import (
     same_file,
     write_atomic,
 )
+from calmdown.neighbours import neighbour_numbers
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.train import TrainProgress
@@ -139,6 +141,14 @@ Context = Annotated[
 ]
 NoMean = Annotated[
     bool, typer.Option("--no-mean-image", help="Do not feed the time-averaged image.")
+]
+PlaneContext = Annotated[
+    bool,
+    typer.Option(
+        "--plane-context",
+        help="Also feed the planes above and below at the same frame (a volume recording; "
+        "needs --plane). The model then needs them when applied.",
+    ),
 ]
 Gain = Annotated[float | None, typer.Option("--gain", help="ADU per photon (else estimated).")]
 Offset = Annotated[float | None, typer.Option("--offset", help="Zero-light ADU (else estimated).")]
@@ -300,14 +310,39 @@ def _prepare_raw(
     plane: int | None,
     roi: int | None = None,
 ) -> Prepared:
-    """Open RAW (its channel, plane and ROI) and run the first pass; the result owns the reader."""
-    reader = open_movie(raw, key=key, channel=channel, plane=plane, roi=roi)
+    """Open RAW (its channel, plane and ROI) and run the first pass; the result owns the reader.
+
+    For a model with plane context, the neighbouring planes are opened too (and owned).
+    """
+    neighbours: list[MovieReader] = []
+    readers: list[MovieReader] = []
     try:
-        prep = prepare(reader, cfg)
+        if cfg.model.plane_context:
+            n_planes = count_planes(raw, key=key) if isinstance(raw, (str, Path)) else None
+            if plane is None or n_planes is None:
+                raise InputError(
+                    "--plane-context feeds the planes above and below the plane denoised: it "
+                    "needs a volume recording and --plane N (or denoise --plane all)",
+                    path=raw if isinstance(raw, (str, Path)) else None,
+                )
+            opened: dict[int, MovieReader] = {}
+            for number in neighbour_numbers(plane, n_planes):
+                if number not in opened:
+                    opened[number] = open_movie(
+                        raw, key=key, channel=channel, plane=number, roi=roi
+                    )
+                    readers.append(opened[number])
+                neighbours.append(opened[number])
+        reader = open_movie(raw, key=key, channel=channel, plane=plane, roi=roi)
+        readers.append(reader)
+        prep = prepare(reader, cfg, neighbours=neighbours or None)
     except BaseException:
-        reader.close()
+        for opened_reader in readers:
+            opened_reader.close()
         raise
     prep.owns_reader = True
+    if prep.planes is not None:
+        prep.planes.owned = [r for r in readers if r is not reader]
     return prep
 
 
@@ -574,6 +609,7 @@ def denoise(
     max_steps: MaxSteps = None,
     context_frames: Context = None,
     no_mean_image: NoMean = False,
+    plane_context: PlaneContext = False,
     gain: Gain = None,
     offset: Offset = None,
     read_noise: ReadNoise = None,
@@ -612,6 +648,7 @@ def denoise(
             max_steps=max_steps,
             context_frames=context_frames,
             use_mean_image=False if no_mean_image else None,
+            plane_context=True if plane_context else None,
             gain=gain,
             offset=offset,
             read_noise=read_noise,
@@ -622,6 +659,11 @@ def denoise(
         )
         _check_output(out, raw)
         _check_samples(samples, cfg)  # before training, not after it
+        if dask and plane_context:  # before training, not after it
+            raise InputError(
+                "--plane-context does not run on Dask yet (each task would have to read the "
+                "neighbouring planes too); leave out --dask or --plane-context"
+            )
         write_movies = _movie_writer(
             out,
             raw,
@@ -822,6 +864,7 @@ def train_cmd(
     max_steps: MaxSteps = None,
     context_frames: Context = None,
     no_mean_image: NoMean = False,
+    plane_context: PlaneContext = False,
     gain: Gain = None,
     offset: Offset = None,
     read_noise: ReadNoise = None,
@@ -849,6 +892,7 @@ def train_cmd(
             max_steps=max_steps,
             context_frames=context_frames,
             use_mean_image=False if no_mean_image else None,
+            plane_context=True if plane_context else None,
             gain=gain,
             offset=offset,
             read_noise=read_noise,

@@ -117,7 +117,12 @@ class MeanImage:
         own = lam[np.arange(t.size), block_of_t] / self.counts[block_of_t]
         return lam, own
 
-    def images(self, t: np.ndarray, own_frames: np.ndarray | None = None) -> np.ndarray:
+    def images(
+        self,
+        t: np.ndarray,
+        own_frames: np.ndarray | None = None,
+        region: tuple[slice, slice] = (slice(None), slice(None)),
+    ) -> np.ndarray:
         """Mean image at frames ``t`` (float32, (len(t), Y, X)).
 
         Parameters
@@ -125,12 +130,14 @@ class MeanImage:
         t : ndarray of int
             Frame indices.
         own_frames : ndarray, optional
-            The frames ``t`` themselves (photon units); when given, each frame's own
-            contribution is removed (leave-one-out).
+            The frames ``t`` themselves (photon units, within ``region``); when given, each
+            frame's own contribution is removed (leave-one-out).
+        region : (slice, slice)
+            The rows and columns wanted (default: the whole frame).
         """
         t = np.atleast_1d(np.asarray(t))
         lam, own = self.weights(t)
-        out = np.tensordot(lam, self.means, axes=1).astype(np.float32)
+        out = np.tensordot(lam, self.means[:, region[0], region[1]], axes=1).astype(np.float32)
         if own_frames is not None:
             own = own.astype(np.float32)[:, None, None]
             out = (out - own * own_frames) / (1.0 - own)

@@ -521,6 +521,11 @@ def iter_dask_apply(
     distributed = require_distributed()
     base = config or model.config
     cfg = make_config(base, **options).model_copy(update={"model": model.config.model})
+    if cfg.model.plane_context:
+        raise InputError(
+            "a model with plane context (neighbouring planes as input) does not run on Dask "
+            "yet: each task would have to read the neighbouring planes too; leave out --dask"
+        )
     if interval is not None and not 0 < interval < 1:
         raise InputError(f"interval must be between 0 and 1 (e.g. 0.9), got {interval}")
     if samples < 0:

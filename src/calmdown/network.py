@@ -39,12 +39,16 @@ class ContextNet(nn.Module):
         Channels at the finest level (half resolution); 1.5x and 2x at the coarser levels.
     use_mean_image : bool
         Whether the time-averaged image is an input channel.
+    neighbour_channels : int
+        Extra input channels after the context frames: the neighbouring planes of a volume at
+        frame t, as deviations from their own mean images (see :mod:`calmdown.neighbours`).
 
     Notes
     -----
     Inputs (photon units, all divided by the movie's brightness scale ``s0``):
-    ``mean`` (B, 1, H, W) and ``frames`` (B, 2K, H, W), the neighbouring frames; with the
-    mean-image channel the network sees the frames as deviations from the mean image.
+    ``mean`` (B, 1, H, W) and ``frames`` (B, 2K + N, H, W), the neighbouring frames followed
+    by the N neighbour-plane channels; with the mean-image channel the network sees the frames
+    as deviations from the mean image.
     Outputs ``loc`` and ``scale`` (B, 1, H, W) in the same scaled units:
     ``loc = mean + f(.)`` (or the context average + f without the mean image) and
     ``scale = softplus(g(.))``. H and W must be multiples of 8.
@@ -56,12 +60,19 @@ class ContextNet(nn.Module):
 
     multiple = 8
 
-    def __init__(self, context_frames: int = 3, width: int = 32, use_mean_image: bool = True):
+    def __init__(
+        self,
+        context_frames: int = 3,
+        width: int = 32,
+        use_mean_image: bool = True,
+        neighbour_channels: int = 0,
+    ):
         super().__init__()
         self.context_frames = context_frames
         self.width = width
         self.use_mean_image = use_mean_image
-        c_in = 4 * (2 * context_frames + (1 if use_mean_image else 0) + 1)
+        self.neighbour_channels = neighbour_channels
+        c_in = 4 * (2 * context_frames + (1 if use_mean_image else 0) + 1 + neighbour_channels)
         w1, w2, w3 = width, (3 * width) // 2, 2 * width
         self.enc1 = _block(c_in, w1)
         self.enc2 = _block(w1, w2)
@@ -91,20 +102,29 @@ class ContextNet(nn.Module):
             (B, 1, H, W) time-averaged image (scaled photon units); ignored without the
             mean-image channel.
         frames : Tensor
-            (B, 2K, H, W) the neighbouring frames (scaled photon units), frame t excluded.
+            (B, 2K + N, H, W) the neighbouring frames (scaled photon units), frame t
+            excluded, then the N neighbour-plane channels.
 
         Returns
         -------
         loc, scale : Tensor
             (B, 1, H, W) each.
         """
+        n_ctx = 2 * self.context_frames
+        if frames.shape[1] != n_ctx + self.neighbour_channels:
+            raise ValueError(
+                f"expected {n_ctx} context frames and {self.neighbour_channels} neighbour-plane "
+                f"channels, got {frames.shape[1]} channels"
+            )
+        planes = frames[:, n_ctx:]
+        frames = frames[:, :n_ctx]
         local = frames.mean(dim=1, keepdim=True)
         if self.use_mean_image:
             # Deviations from the static image, plus the image itself.
-            x = torch.cat([mean, frames - mean, local - mean], dim=1)
+            x = torch.cat([mean, frames - mean, local - mean, planes], dim=1)
             base = mean
         else:
-            x = torch.cat([frames, local], dim=1)
+            x = torch.cat([frames, local, planes], dim=1)
             base = local
         x = F.pixel_unshuffle(x, 2)
         e1 = self.enc1(x)

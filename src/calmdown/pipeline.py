@@ -35,6 +35,7 @@ from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
+from calmdown.neighbours import NEIGHBOUR_CHANNELS, NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.posterior import (
@@ -73,17 +74,24 @@ MovieLike = Any  # np.ndarray | str | os.PathLike | MovieReader
 
 @dataclass
 class Prepared:
-    """First pass over a movie: its noise model and running mean image."""
+    """First pass over a movie: its noise model and running mean image.
+
+    ``planes`` holds the neighbouring planes of a volume recording, for a network with plane
+    context (see :mod:`calmdown.neighbours`), each with its own noise model and mean image.
+    """
 
     reader: MovieReader
     noise: NoiseModel
     mean_image: MeanImage
     owns_reader: bool = True
+    planes: NeighbourPlanes | None = None
 
     def close(self) -> None:
-        """Close the reader if this pass opened it."""
+        """Close the reader if this pass opened it, and the neighbouring planes it opened."""
         if self.owns_reader:
             self.reader.close()
+        if self.planes is not None:
+            self.planes.close()
 
 
 @dataclass
@@ -140,8 +148,7 @@ class TrainedModel:
     def network(self, device: torch.device) -> ContextNet:
         """Return the network on ``device``, in evaluation mode."""
         if self._net is None or next(self._net.parameters()).device != device:
-            m = self.config.model
-            net = ContextNet(m.context_frames, m.width, m.use_mean_image)
+            net = make_network(self.config)
             net.load_state_dict(self.state_dict)
             self._net = net.to(device).eval()
         return self._net
@@ -177,18 +184,88 @@ def _set_threads(config: Config) -> None:
         torch.set_num_threads(config.threads)
 
 
+def make_network(config: Config) -> ContextNet:
+    """Return a new, untrained :class:`ContextNet` of the shape ``config.model`` gives."""
+    m = config.model
+    return ContextNet(
+        m.context_frames,
+        m.width,
+        m.use_mean_image,
+        neighbour_channels=NEIGHBOUR_CHANNELS if m.plane_context else 0,
+    )
+
+
 def prepare(
-    movie: MovieLike, config: Config, *, key: str | None = None, noise: NoiseModel | None = None
+    movie: MovieLike,
+    config: Config,
+    *,
+    key: str | None = None,
+    noise: NoiseModel | None = None,
+    neighbours: Sequence[MovieLike] | None = None,
 ) -> Prepared:
-    """Open a movie, estimate its noise model (unless given) and its running mean image."""
+    """Open a movie, estimate its noise model (unless given) and its running mean image.
+
+    ``neighbours``: the planes above and below of a volume recording (the one neighbour twice
+    at the volume's edge), for a network with plane context; each gets its own noise model
+    and mean image.
+    """
     owns = not isinstance(movie, MovieReader)
     reader = open_movie(movie, key=key)
     try:
-        return _prepare(reader, config, noise, owns)
+        prep = _prepare(reader, config, noise, owns)
     except BaseException:
         if owns:
             reader.close()
         raise
+    if neighbours is not None:
+        try:
+            prep.planes = _prepare_neighbours(neighbours, prep.reader.shape, config, key=key)
+        except BaseException:
+            prep.close()
+            raise
+    return prep
+
+
+def _prepare_neighbours(
+    neighbours: Sequence[MovieLike], shape: tuple[int, int, int], config: Config, *, key: str | None
+) -> NeighbourPlanes:
+    """Open the neighbouring planes (each distinct source once) and make their first pass."""
+    opened: dict[int, MovieReader] = {}
+    owned: list[MovieReader] = []
+    readers = []
+    try:
+        for source in neighbours:
+            if id(source) not in opened:
+                reader = open_movie(source, key=key)
+                opened[id(source)] = reader
+                if reader is not source:
+                    owned.append(reader)
+            readers.append(opened[id(source)])
+        planes = NeighbourPlanes.prepare(
+            readers,
+            shape,
+            estimate=lambda r: _estimate_noise(r, config),
+            window=config.model.mean_window,
+        )
+    except BaseException:
+        for reader in owned:
+            reader.close()
+        raise
+    planes.owned = owned
+    return planes
+
+
+def _estimate_noise(reader: MovieReader, config: Config) -> NoiseModel:
+    nc = config.noise
+    return estimate_noise(
+        reader.read,
+        reader.shape[0],
+        gain=nc.gain,
+        offset=nc.offset,
+        read_noise=nc.read_noise,
+        max_frames=nc.max_frames,
+        name=str(reader.path) if reader.path is not None else None,
+    )
 
 
 def _prepare(reader: MovieReader, config: Config, noise: NoiseModel | None, owns: bool) -> Prepared:
@@ -203,16 +280,7 @@ def _prepare(reader: MovieReader, config: Config, noise: NoiseModel | None, owns
             path=name,
         )
     if noise is None:
-        nc = config.noise
-        noise = estimate_noise(
-            reader.read,
-            n_frames,
-            gain=nc.gain,
-            offset=nc.offset,
-            read_noise=nc.read_noise,
-            max_frames=nc.max_frames,
-            name=name,
-        )
+        noise = _estimate_noise(reader, config)
     mean_image = compute_mean_image(
         reader.read, n_frames, window=config.model.mean_window, to_photons=noise.to_photons
     )
@@ -227,16 +295,28 @@ def _data_hash(prep: Prepared) -> str:
     return h.hexdigest()[:16]
 
 
-def _training_segments(reader: MovieReader, noise: NoiseModel, config: Config) -> list[Segment]:
+def _training_segments(prep: Prepared, config: Config) -> list[Segment]:
+    reader, noise, planes = prep.reader, prep.noise, prep.planes
     n_frames, h, w = reader.shape
-    budget = min(config.train.max_train_frames, max(int(1.0e9 / (4 * h * w)), 64), n_frames)
+    layers = 1 + (planes.channels if planes is not None else 0)
+    budget = min(
+        config.train.max_train_frames, max(int(1.0e9 / (4 * h * w * layers)), 64), n_frames
+    )
     need = max(min_frames(config.model.context_frames), 64)
     if budget >= n_frames:
-        return [Segment(0, noise.to_photons(reader.read(0, n_frames)))]
-    n_seg = max(1, budget // 256)
-    length = max(budget // n_seg, need)
-    starts = np.linspace(0, n_frames - length, n_seg).round().astype(int)
-    return [Segment(int(s), noise.to_photons(reader.read(int(s), int(s) + length))) for s in starts]
+        starts, length = np.array([0]), n_frames
+    else:
+        n_seg = max(1, budget // 256)
+        length = max(budget // n_seg, need)
+        starts = np.linspace(0, n_frames - length, n_seg).round().astype(int)
+    return [
+        Segment(
+            int(s),
+            noise.to_photons(reader.read(int(s), int(s) + length)),
+            planes.read(int(s), int(s) + length) if planes is not None else None,
+        )
+        for s in starts
+    ]
 
 
 # -- prediction ----------------------------------------------------------------------------
@@ -271,6 +351,9 @@ def _predict_prior(
     device: torch.device,
     noise: NoiseModel | None = None,
     frame_base: int = 0,
+    planes: NeighbourPlanes | None = None,
+    plane_photons: np.ndarray | None = None,
+    region: tuple[slice, slice] = (slice(None), slice(None)),
 ) -> PriorPrediction:
     """Prior location and variance (photon units, on ``device``) of frames ``targets``.
 
@@ -278,7 +361,10 @@ def _predict_prior(
     frames, including every context frame the targets need. With ``noise`` given (and
     ``probe_stride`` > 0), every ``probe_stride``-th frame (by absolute index, ``targets +
     frame_base``) is also predicted from inputs perturbed by their own noise, and the
-    propagated noise variance is averaged over a space-time window.
+    propagated noise variance is averaged over a space-time window. For a network with plane
+    context, ``plane_photons`` ``(len(photons), N, Y, X)`` holds the same frames of the
+    neighbouring ``planes``. ``photons`` may be a window ``region`` of the frames (``mean_image``
+    must then give that window too).
     """
     k = config.model.context_frames
     inf = config.inference
@@ -299,6 +385,15 @@ def _predict_prior(
         mean = mean_image.images(ts, own_frames=own)
         frames_t = torch.from_numpy(np.ascontiguousarray(photons[ctx])).to(device) / scale0
         mean_t = torch.from_numpy(mean[:, None]).to(device) / scale0
+        plane_sd = None
+        if planes is not None:
+            assert plane_photons is not None
+            level = planes.mean_images_at(ts + frame_base, region)
+            deviation = plane_photons[ts - offset] - level
+            deviation_t = torch.from_numpy(np.ascontiguousarray(deviation)).to(device) / scale0
+            frames_t = torch.cat([frames_t, deviation_t], dim=1)
+            if stride:
+                plane_sd = planes.noise_sd(torch.from_numpy(level).to(device))
         loc, scale = run(mean_t, frames_t)
         locs.append(loc[:, 0] * scale0)
         means.append(mean_t[:, 0] * scale0)
@@ -323,6 +418,11 @@ def _predict_prior(
                     for t in ts[sel]
                 ]
             ).to(device)
+            if plane_sd is not None:  # each neighbouring plane's noise, at its own level
+                n_ctx = 2 * k
+                frame_sd = torch.cat(
+                    [frame_sd.expand(-1, n_ctx, -1, -1), plane_sd[sel]], dim=1
+                )
             m2 = mean_t[sel] + EPS * mean_sd * z[:, :1] / scale0
             f2 = frames_t[sel] + EPS * frame_sd * z[:, 1:] / scale0
             loc2, _ = run(m2, f2)
@@ -394,6 +494,41 @@ _CALIBRATION_PIXELS = 8_000_000
 
 _STRETCH_PIXELS = 2_000_000
 """Size of one run of trained-on frames predicted for the calibration."""
+
+_HELDOUT_PIXELS = 64_000_000
+"""Most pixels (frames, margins included, x pixels per frame) of the held-out runs that the
+calibration predicts and holds in memory; with larger frames each run is cropped to a random
+window instead (a 128 x 128 movie's 40 runs fit whole)."""
+
+_CROP_MARGIN = 32
+"""Pixels predicted around a calibration window and then dropped, so that the network sees
+the window's surroundings as it does in a whole frame."""
+
+
+def _crop_windows(
+    h: int, w: int, n_pixels: int, rng: np.random.Generator
+) -> Callable[[], tuple[tuple[slice, slice], tuple[slice, slice]]] | None:
+    """Return a function drawing calibration windows, or None when whole frames fit.
+
+    ``n_pixels``: frames to predict times pixels per frame. Each window is a random square
+    whose side keeps the total within :data:`_HELDOUT_PIXELS`; the function returns the region
+    to predict (the window and a margin, within the frame) and the window within that region.
+    """
+    if n_pixels <= _HELDOUT_PIXELS:
+        return None
+    side = int(np.sqrt(_HELDOUT_PIXELS * h * w / n_pixels)) // 8 * 8
+    sy, sx = min(max(side, 64), h), min(max(side, 64), w)
+
+    def draw() -> tuple[tuple[slice, slice], tuple[slice, slice]]:
+        y0, x0 = int(rng.integers(0, h - sy + 1)), int(rng.integers(0, w - sx + 1))
+        py0, px0 = max(0, y0 - _CROP_MARGIN), max(0, x0 - _CROP_MARGIN)
+        py1, px1 = min(h, y0 + sy + _CROP_MARGIN), min(w, x0 + sx + _CROP_MARGIN)
+        return (
+            (slice(py0, py1), slice(px0, px1)),
+            (slice(y0 - py0, y0 - py0 + sy), slice(x0 - px0, x0 - px0 + sx)),
+        )
+
+    return draw
 
 
 def _memorisation_check(
@@ -477,6 +612,7 @@ def _calibrate(
     scale0: float,
     config: Config,
     device: torch.device,
+    planes: NeighbourPlanes | None = None,
 ) -> _Calibration:
     """Fit, on held-out runs of frames, everything that sits on top of the network.
 
@@ -507,29 +643,45 @@ def _calibrate(
     order = rng.permutation(len(runs))[:40]
     fit_parts: list[tuple[torch.Tensor, ...]] = []
     check_parts: list[tuple[torch.Tensor, ...]] = []
+    h, w = segments[0].photons.shape[1:]
+
+    def span(seg: Segment, run: np.ndarray) -> np.ndarray:
+        return np.arange(max(0, run[0] - margin), min(seg.photons.shape[0], run[-1] + 1 + margin))
+
+    # Large frames: each run is predicted in a random window, so memory and time stay bounded.
+    n_pixels = sum(len(span(*runs[i])) for i in order) * h * w
+    draw_window = _crop_windows(h, w, n_pixels, rng)
 
     def part(seg: Segment, frames: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, ...]:
-        n_seg = seg.photons.shape[0]
+        region, keep = draw_window() if draw_window else ((slice(None),) * 2, (slice(None),) * 2)
+        photons = seg.photons[:, region[0], region[1]]
         pred = _predict_prior(
             net,
-            seg.photons,
+            photons,
             0,
-            n_seg,
+            seg.photons.shape[0],
             frames,
-            _SegmentMean(mean_image, seg.start),
+            _SegmentMean(mean_image, seg.start, region),
             scale0=scale0,
             config=config,
             device=device,
             noise=noise,
             frame_base=seg.start,
+            planes=planes,
+            plane_photons=None if seg.planes is None else seg.planes[:, :, region[0], region[1]],
+            region=region,
         )
-        x = torch.from_numpy(seg.photons[frames]).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(photons[frames])).to(device)
         prop = pred.propagated if pred.propagated is not None else torch.zeros_like(pred.loc)
-        return (x, pred.loc, pred.var, torch.from_numpy(target).to(device), prop, pred.mean)
+        inner = (slice(None), keep[0], keep[1])
+        x, loc, var, prop, mean = (
+            a[inner].contiguous() for a in (x, pred.loc, pred.var, prop, pred.mean)
+        )
+        return (x, loc, var, torch.from_numpy(target).to(device), prop, mean)
 
     for j, i in enumerate(order):
         seg, run = runs[i]
-        frames = np.arange(max(0, run[0] - margin), min(seg.photons.shape[0], run[-1] + 1 + margin))
+        frames = span(seg, run)
         (fit_parts if j % 2 == 0 else check_parts).append(part(seg, frames, np.isin(frames, run)))
     if not check_parts:
         check_parts = fit_parts
@@ -537,8 +689,8 @@ def _calibrate(
     # variance that is ~1 % of the noise's: add frames the network trained on (it never saw
     # a frame's own value when predicting it, so their residuals are honest unless it
     # memorised noise, which the check below would show).
-    h, w = segments[0].photons.shape[1:]
-    fit_pixels = sum(int(p[3].sum()) for p in fit_parts) * h * w
+    window_pixels = fit_parts[0][0].shape[1] * fit_parts[0][0].shape[2]
+    fit_pixels = sum(int(p[3].sum()) for p in fit_parts) * window_pixels
     trained_parts = []
     length = int(np.clip(_STRETCH_PIXELS // (h * w), 2 * margin + 16, 256))
     slots = [
@@ -554,7 +706,7 @@ def _calibrate(
         target = inner & ~held
         if target.any():
             trained_parts.append(part(seg, frames, target))
-            fit_pixels += int(target.sum()) * h * w
+            fit_pixels += int(target.sum()) * window_pixels
     heldout_parts = fit_parts + ([] if check_parts is fit_parts else check_parts)
     memorised = _memorisation_check(heldout_parts, trained_parts, noise)
     if not memorised["memorised"]:
@@ -613,12 +765,11 @@ def _calibrate(
             out.append((x, loc_g, var_g, nv, fit, raw_nv, mean, change, target))
         return out
 
-    corr_parts = [
-        (x - loc, calib.apply(pvar) + prop, _noise_var(noise, loc), target)
-        for x, loc, pvar, target, prop, _ in fit_parts
-    ]
     error_correlation = estimate_error_correlation(
-        corr_parts,
+        [  # built here, so that it is freed as soon as the fit is done
+            (x - loc, calib.apply(pvar) + prop, _noise_var(noise, loc), target)
+            for x, loc, pvar, target, prop, _ in fit_parts
+        ],
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
     )
@@ -649,19 +800,44 @@ def _calibrate(
     return _Calibration(calib, tuple(null_scale), correction, stratified, error_correlation, check)
 
 
-class _SegmentMean:
-    """A MeanImage seen through a segment's local frame numbering."""
+def _check_plane_context(config: Config, prep: Prepared) -> None:
+    """Refuse a network with plane context without the planes, and planes without one."""
+    wanted, given = config.model.plane_context, prep.planes is not None
+    if wanted and not given:
+        raise InputError(
+            "this model takes the neighbouring planes of a volume recording as context; give "
+            "them (--plane-context with --plane on the command line, neighbours= in Python)",
+            path=prep.reader.path,
+        )
+    if given and not wanted:
+        raise InputError(
+            "neighbouring planes were given, but the model was trained without them; train "
+            "with plane context (--plane-context, plane_context=True) or leave them out",
+            path=prep.reader.path,
+        )
 
-    def __init__(self, mean_image: MeanImage, start: int) -> None:
+
+class _SegmentMean:
+    """A MeanImage seen through a segment's local frame numbering (and a window of it)."""
+
+    def __init__(
+        self,
+        mean_image: MeanImage,
+        start: int,
+        region: tuple[slice, slice] = (slice(None), slice(None)),
+    ) -> None:
         self.mean_image = mean_image
         self.start = start
+        self.region = region
 
     @property
     def n_frames(self) -> int:
         return self.mean_image.n_frames
 
     def images(self, t: np.ndarray, own_frames: np.ndarray | None = None) -> np.ndarray:
-        return self.mean_image.images(np.asarray(t) + self.start, own_frames=own_frames)
+        return self.mean_image.images(
+            np.asarray(t) + self.start, own_frames=own_frames, region=self.region
+        )
 
     def noise_factor(self, t: np.ndarray) -> np.ndarray:
         return self.mean_image.noise_factor(np.asarray(t) + self.start)
@@ -678,6 +854,7 @@ def train(
     progress: Callable[[TrainProgress], None] | None = None,
     prepared: Prepared | None = None,
     checkpoint: Checkpoint | str | os.PathLike[str] | None = None,
+    neighbours: Sequence[MovieLike] | None = None,
     **options: Any,
 ) -> TrainedModel:
     """Train the context network on a movie (self-supervised).
@@ -698,6 +875,10 @@ def train(
         Write training checkpoints there (every ~30 s, at the end and on interrupt), and with
         ``Checkpoint(path, resume=True)`` continue from one (see :mod:`calmdown.checkpoint`).
         A plain path starts over. Removed on success unless ``remove_when_done=False``.
+    neighbours : sequence of ndarray, path or MovieReader, optional
+        The planes above and below of a volume recording (at its top or bottom, the one
+        neighbour twice), same shape as ``movie``: the network then also sees them at frame
+        t (plane context, see :mod:`calmdown.neighbours`), and applying it needs them too.
     **options
         Flat overrides, e.g. ``time_budget_s=60``, ``gain=2.0``, ``seed=1``.
 
@@ -705,11 +886,11 @@ def train(
     -------
     TrainedModel
     """
-    cfg = make_config(config, **options)
+    cfg = _with_plane_context(make_config(config, **options), neighbours, prepared)
     _set_threads(cfg)
     device = resolve_device(cfg.device)
     ckpt = Checkpoint.coerce(checkpoint)
-    prep = prepared or prepare(movie, cfg, key=key)
+    prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
         model = _train(prep, cfg, device, progress, checkpoint=ckpt)
     finally:
@@ -718,6 +899,16 @@ def train(
     if ckpt is not None and ckpt.remove_when_done:
         ckpt.remove()
     return model
+
+
+def _with_plane_context(
+    cfg: Config, neighbours: Sequence[MovieLike] | None, prepared: Prepared | None
+) -> Config:
+    """Switch plane context on when neighbouring planes are given."""
+    given = neighbours is not None or (prepared is not None and prepared.planes is not None)
+    if given and not cfg.model.plane_context:
+        return make_config(cfg, plane_context=True)
+    return cfg
 
 
 def _train(
@@ -729,7 +920,8 @@ def _train(
     checkpoint: Checkpoint | None = None,
 ) -> TrainedModel:
     t0 = time.perf_counter()
-    segments = _training_segments(prep.reader, prep.noise, cfg)
+    _check_plane_context(cfg, prep)
+    segments = _training_segments(prep, cfg)
     scale0 = float(max(np.mean(prep.mean_image.global_mean), 0.05))
     trainer = Trainer(
         segments,
@@ -739,11 +931,14 @@ def _train(
         model_config=cfg.model,
         train_config=cfg.train,
         device=device,
+        planes=prep.planes,
     )
     result = run_training(
         trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
     )
-    fitted = _calibrate(trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device)
+    fitted = _calibrate(
+        trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device, prep.planes
+    )
     logger.info(
         "trained %d steps in %.1f s (%s); held-out 90%% raw-interval coverage %.3f",
         result.steps,
@@ -784,6 +979,7 @@ def iter_apply(
     config: Config | None = None,
     frames: tuple[int, int] | None = None,
     samples: int = 0,
+    neighbours: Sequence[MovieLike] | None = None,
     **options: Any,
 ) -> Iterator[DenoisedChunk]:
     """Denoise a movie chunk by chunk (memory does not grow with its length).
@@ -809,6 +1005,8 @@ def iter_apply(
         Also return this many joint Monte-Carlo samples of the clean movie per chunk (errors
         correlated across pixels and frames as the model's; seeded by the config's seed).
         Chunks then hold fewer frames so that the samples take at most about 512 MB.
+    neighbours : sequence of ndarray, path or MovieReader, optional
+        The neighbouring planes, for a model trained with them (see :func:`train`).
     **options
         Flat overrides such as ``output="prior"`` or ``chunk_frames=64``.
 
@@ -825,7 +1023,7 @@ def iter_apply(
         raise InputError(f"interval must be between 0 and 1 (e.g. 0.9), got {interval}")
     device = resolve_device(cfg.device)
     # A new movie gets its own noise model (the offset can differ between sessions).
-    prep = prepared or prepare(movie, cfg, key=key)
+    prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
         n = prep.reader.shape[0]
         if frames is not None and not 0 <= frames[0] < frames[1] <= n:
@@ -851,6 +1049,7 @@ def _apply_chunks(
     frames: tuple[int, int] | None = None,
     samples: int = 0,
 ) -> Iterator[DenoisedChunk]:
+    _check_plane_context(model.config, prep)
     net = model.network(device)
     noise = prep.noise
     n_frames = prep.reader.shape[0]
@@ -878,6 +1077,9 @@ def _apply_chunks(
         g0 = max(0, chunk.out_start - g_halo)
         g1 = min(n_frames, chunk.out_stop + g_halo)
         photons = noise.to_photons(prep.reader.read(chunk.read_start, chunk.read_stop))
+        plane_photons = (
+            prep.planes.read(chunk.read_start, chunk.read_stop) if prep.planes is not None else None
+        )
         targets = np.arange(g0, g1)
         pred = _predict_prior(
             net,
@@ -890,6 +1092,8 @@ def _apply_chunks(
             config=cfg,
             device=device,
             noise=noise if use_posterior else None,
+            planes=prep.planes,
+            plane_photons=plane_photons,
         )
         loc = pred.loc
         pvar = model.calibration.apply(pred.var)
@@ -957,6 +1161,7 @@ def denoise(
     key: str | None = None,
     output: str | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
+    neighbours: Sequence[MovieLike] | None = None,
     **options: Any,
 ) -> np.ndarray:
     """Train on a movie and denoise it; returns float32 (T, Y, X) in the movie's units.
@@ -973,6 +1178,8 @@ def denoise(
         ``posterior`` (default) is the denoised movie; ``prior`` the context-only prediction.
     progress : callable, optional
         Training progress callback.
+    neighbours : sequence of ndarray, path or MovieReader, optional
+        The planes above and below of a volume recording, as context (see :func:`train`).
     **options
         Flat overrides, e.g. ``time_budget_s=60``, ``seed=1``, ``device="cpu"``.
 
@@ -989,8 +1196,8 @@ def denoise(
     >>> out.shape == sim.raw.shape
     True
     """
-    cfg = make_config(config, **options)
-    prep = prepare(movie, cfg, key=key)
+    cfg = _with_plane_context(make_config(config, **options), neighbours, None)
+    prep = prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
         model = train(movie, config=cfg, progress=progress, prepared=prep)
         chunks = iter_apply(model, movie, prepared=prep, output=output)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from calmdown.errors import InputError
 from calmdown.loss import marginal_nll
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel
+
+if TYPE_CHECKING:
+    from calmdown.neighbours import NeighbourPlanes
 
 __all__ = ["Segment", "TrainProgress", "Trainer", "TrainingResult", "held_out_mask"]
 
@@ -57,10 +60,15 @@ def held_out_mask(frames: np.ndarray, val_fraction: float, n_frames: int) -> np.
 
 @dataclass
 class Segment:
-    """Contiguous frames of the movie held in memory for training (photon units)."""
+    """Contiguous frames of the movie held in memory for training (photon units).
+
+    ``planes``: the same frames of the neighbouring planes, ``(T, N, Y, X)``, for a network
+    with plane context.
+    """
 
     start: int
     photons: np.ndarray
+    planes: np.ndarray | None = None
 
 
 @dataclass
@@ -104,6 +112,9 @@ class Trainer:
         Settings.
     device : torch.device
         Where to train.
+    planes : NeighbourPlanes, optional
+        The neighbouring planes, for a network with plane context (one input channel each);
+        each segment then holds their frames (``Segment.planes``).
 
     Notes
     -----
@@ -123,6 +134,7 @@ class Trainer:
         model_config: ModelConfig,
         train_config: TrainConfig,
         device: torch.device,
+        planes: NeighbourPlanes | None = None,
     ) -> None:
         self.segments = segments
         self.mean_image = mean_image
@@ -133,8 +145,12 @@ class Trainer:
         self.device = device
         self.rng = np.random.default_rng(train_config.seed)
         torch.manual_seed(train_config.seed)
+        self.planes = planes
         self.net = ContextNet(
-            model_config.context_frames, model_config.width, model_config.use_mean_image
+            model_config.context_frames,
+            model_config.width,
+            model_config.use_mean_image,
+            neighbour_channels=planes.channels if planes is not None else 0,
         ).to(device)
         h, w = segments[0].photons.shape[1:]
         self.patch = min(train_config.patch_size, h // 8 * 8, w // 8 * 8)
@@ -181,6 +197,10 @@ class Trainer:
         ys, xs = slice(y0, y0 + p), slice(x0, x0 + p)
         target = seg.photons[t, ys, xs]
         frames = seg.photons[ctx, ys, xs]  # crop while indexing: never copy whole frames
+        if self.planes is not None:
+            assert seg.planes is not None
+            deviation = seg.planes[t, :, ys, xs] - self.planes.crop_means(seg.start + t, ys, xs)
+            frames = np.concatenate([frames, deviation])
         lam, own = self.mean_image.weights(np.array([seg.start + t]))
         mean = np.tensordot(lam[0], self.mean_image.means[:, ys, xs], axes=1)
         mean = (mean - own[0] * target) / (1.0 - own[0])
@@ -233,8 +253,9 @@ class Trainer:
             x = torch.rot90(x, k, dims=(2, 3))
             if flip:
                 x = torch.flip(x, dims=(3,))
-            if reverse and i == 1:  # time reversal of the context frames
-                x = torch.flip(x, dims=(1,))
+            if reverse and i == 1:  # time reversal of the context frames (not the planes)
+                n_ctx = 2 * self.mcfg.context_frames
+                x = torch.cat([torch.flip(x[:, :n_ctx], dims=(1,)), x[:, n_ctx:]], dim=1)
             out.append(x)
         return tuple(out)
 
