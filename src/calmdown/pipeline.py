@@ -420,9 +420,7 @@ def _predict_prior(
             ).to(device)
             if plane_sd is not None:  # each neighbouring plane's noise, at its own level
                 n_ctx = 2 * k
-                frame_sd = torch.cat(
-                    [frame_sd.expand(-1, n_ctx, -1, -1), plane_sd[sel]], dim=1
-                )
+                frame_sd = torch.cat([frame_sd.expand(-1, n_ctx, -1, -1), plane_sd[sel]], dim=1)
             m2 = mean_t[sel] + EPS * mean_sd * z[:, :1] / scale0
             f2 = frames_t[sel] + EPS * frame_sd * z[:, 1:] / scale0
             loc2, _ = run(m2, f2)
@@ -500,6 +498,10 @@ _HELDOUT_PIXELS = 64_000_000
 calibration predicts and holds in memory; with larger frames each run is cropped to a random
 window instead (a 128 x 128 movie's 40 runs fit whole)."""
 
+_WINDOW_SIDE = 128
+"""Side of the calibration windows of frames larger than :data:`_WINDOW_SIDE` squared (the
+trained-on runs added to the held-out ones would otherwise be whole frames)."""
+
 _CROP_MARGIN = 32
 """Pixels predicted around a calibration window and then dropped, so that the network sees
 the window's surroundings as it does in a whole frame."""
@@ -511,12 +513,16 @@ def _crop_windows(
     """Return a function drawing calibration windows, or None when whole frames fit.
 
     ``n_pixels``: frames to predict times pixels per frame. Each window is a random square
-    whose side keeps the total within :data:`_HELDOUT_PIXELS`; the function returns the region
+    whose side keeps the total within :data:`_HELDOUT_PIXELS`, and at most
+    :data:`_WINDOW_SIDE` in frames larger than that; the function returns the region
     to predict (the window and a margin, within the frame) and the window within that region.
     """
-    if n_pixels <= _HELDOUT_PIXELS:
+    large = h * w > _WINDOW_SIDE**2
+    if n_pixels <= _HELDOUT_PIXELS and not large:
         return None
     side = int(np.sqrt(_HELDOUT_PIXELS * h * w / n_pixels)) // 8 * 8
+    if large:
+        side = min(side, _WINDOW_SIDE)
     sy, sx = min(max(side, 64), h), min(max(side, 64), w)
 
     def draw() -> tuple[tuple[slice, slice], tuple[slice, slice]]:
@@ -692,7 +698,8 @@ def _calibrate(
     window_pixels = fit_parts[0][0].shape[1] * fit_parts[0][0].shape[2]
     fit_pixels = sum(int(p[3].sum()) for p in fit_parts) * window_pixels
     trained_parts = []
-    length = int(np.clip(_STRETCH_PIXELS // (h * w), 2 * margin + 16, 256))
+    length = int(np.clip(_STRETCH_PIXELS // window_pixels, 2 * margin + 16, 256))
+    length = min(length, max(seg.photons.shape[0] for seg in segments))  # a short movie
     slots = [
         (seg, a) for seg in segments for a in range(0, seg.photons.shape[0] - length + 1, length)
     ]
