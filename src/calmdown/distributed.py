@@ -636,6 +636,10 @@ def iter_dask_apply(
         if not committed:
             for future in futures:
                 future.cancel()
+            if futures and client is not None:
+                # A task already running goes on writing into the partial stores after its
+                # future is cancelled: wait for it, or it would re-create what is removed below.
+                _wait_until_not_executing(client, {f.key for f in futures})
         for close in reversed(cleanup):
             try:
                 close()
@@ -644,6 +648,27 @@ def iter_dask_apply(
         if not committed:
             for path in paths.values():
                 _remove(_partial(path))
+
+
+def _executing_keys(dask_worker: Any) -> list[str]:
+    """Keys of the tasks a worker is running now (runs on each worker)."""
+    state = getattr(dask_worker, "state", dask_worker)
+    return [str(getattr(ts, "key", ts)) for ts in getattr(state, "executing", ())]
+
+
+def _wait_until_not_executing(client: Any, keys: set[str], timeout: float = 120.0) -> None:
+    """Wait until no worker runs any of ``keys`` (cancelled tasks finish their block)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_executing_keys)
+        except (OSError, RuntimeError, TimeoutError, ValueError) as err:  # a closing cluster
+            logger.debug("could not ask the workers what they run: %s", err)
+            return
+        if not any(key in keys for found in running.values() for key in found):
+            return
+        time.sleep(0.1)
+    logger.warning("Dask tasks still running %.0f s after being cancelled", timeout)
 
 
 def dask_apply(
