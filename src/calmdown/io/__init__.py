@@ -18,6 +18,7 @@ from calmdown.errors import InputError
 from calmdown.io.base import READ_FORMATS, ArrayReader, MovieReader
 from calmdown.io.concat import ConcatReader, has_glob, multi_file_parts
 from calmdown.io.planes import count_planes
+from calmdown.io.sbx import is_sbx_settings
 from calmdown.io.write import (
     WRITE_FORMATS,
     MovieWriter,
@@ -127,7 +128,7 @@ def open_movie(
         )
     path = Path(source).expanduser()
     fmt = READ_FORMATS.get(path.suffix.lower())
-    if path.suffix.lower() == ".mat" and path.with_suffix(".sbx").is_file():
+    if is_sbx_settings(path):
         fmt = "sbx"  # a Scanbox recording named by its settings file
     if has_glob(source) and not path.exists():
         return ConcatReader(

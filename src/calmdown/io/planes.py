@@ -73,9 +73,9 @@ def count_planes(source: object, *, key: str | None = None) -> int | None:
         return _tiff_planes(path)
     if fmt == "nwb":
         return _nwb_planes(path, key)
-    if fmt == "sbx" or (path.suffix.lower() == ".mat" and path.with_suffix(".sbx").is_file()):
-        from calmdown.io.sbx import sbx_layout
+    from calmdown.io.sbx import is_sbx_settings, sbx_layout
 
+    if fmt == "sbx" or is_sbx_settings(path):
         return sbx_layout(path).planes
     return None
 

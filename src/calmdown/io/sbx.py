@@ -40,10 +40,15 @@ from calmdown.io.base import ReaderBase
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SbxLayout", "SbxReader", "read_sbx_info", "sbx_layout", "sbx_paths"]
+__all__ = ["SbxLayout", "SbxReader", "is_sbx_settings", "read_sbx_info", "sbx_layout", "sbx_paths"]
 
 _INVERT = np.float32(np.iinfo(np.uint16).max)
 _FIX = "the file may be truncated or corrupt; check that it was copied completely"
+
+
+def is_sbx_settings(path: Path) -> bool:
+    """Whether `path` is the ``.mat`` settings file of a Scanbox recording (``.sbx`` beside it)."""
+    return path.suffix.lower() == ".mat" and path.with_suffix(".sbx").is_file()
 
 
 def sbx_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
