@@ -174,3 +174,39 @@ def test_a_poorly_determined_row_keeps_a_factor_its_own_data_allow():
     dim, bright = stage.factors[0], stage.factors[-1]
     assert 1.6 < bright[0] < 2.4
     assert max(dim) < 1.0
+
+
+def _resting_errs_more(seed: int, shape=(300, 48, 48)):
+    """Make a prior that errs 4x its claim near the mean image and as claimed far from it.
+
+    Bright cells at rest: the prior's timing of small departures is off, while large
+    departures (clear transients) are tracked; an order-imposing fit cannot follow this.
+    """
+    rng = np.random.default_rng(seed)
+    level = torch.from_numpy(rng.uniform(4.0, 8.0, shape[1:]).astype(np.float32))
+    far = torch.from_numpy(rng.random(shape) < 0.5)
+    claimed = torch.full(shape, 0.05)
+    loc = level + torch.where(far, torch.tensor(3.0), torch.tensor(0.05))
+    true_var = torch.where(far, claimed, 4 * claimed)
+    g = torch.Generator().manual_seed(seed)
+    clean = loc + torch.randn(shape, generator=g) * true_var.sqrt()
+    x = clean + torch.randn(shape, generator=g)
+    return x, loc, claimed, torch.ones(shape), level, clean, far
+
+
+def test_deviation_stage_follows_an_error_that_falls_with_the_deviation():
+    x, loc, claimed, raw_nv, level, _, _ = _resting_errs_more(0)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    part = [(x, loc, claimed, raw_nv, level, target, None)]
+    stage = fit_stratified_calibration(part, feature="deviation")
+    monotone = fit_stratified_calibration(part, feature="activity")
+    _, loc2, claimed2, _, level2, clean2, far2 = _resting_errs_more(1)
+    fitted = stage.apply(claimed2, loc2, level2)
+    for group in (far2, ~far2):
+        assert 0.86 <= _coverage(loc2, fitted, clean2, group) <= 0.94
+    # The non-decreasing fit in the activity pools both groups: one of them is off.
+    pooled = monotone.apply(claimed2, loc2, level2)
+    worst = min(_coverage(loc2, pooled, clean2, g) for g in (far2, ~far2))
+    assert worst < 0.85
+    again = StratifiedCalibration(**stage.to_dict())
+    assert torch.equal(again.apply(claimed2, loc2, level2), fitted)

@@ -117,11 +117,28 @@ ACTIVITY_EDGES = (1.0, 2.0, 3.0, 5.0, 8.0)
 CHANGE_EDGES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.5)
 """Bin edges of the change feature ``temporal_change(x) / sd`` of the final stage."""
 
+DEVIATION_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.97, 0.99)
+"""Quantiles of the fitted pixels that bound the bins of the deviation feature."""
+
+CELL_PRIOR_SD = 0.5
+"""Prior spread, relative to its row's factor, of one cell's factor in a stage without an order
+(the deviation): a cell's own estimate is shrunk toward its row's by their precisions."""
+
 CHANGE_FRAMES = 3
 """Frames on each side that :func:`temporal_change` averages."""
 
 CHANGE_PIXELS = 5
 """Side of the square spatial window :func:`temporal_change` averages over."""
+
+
+def deviation(loc: torch.Tensor, level: torch.Tensor) -> torch.Tensor:
+    """How far the prior departs from the mean image, in shot-noise units of that image.
+
+    ``|loc - level| / sqrt(level)`` (photons): free of the pixel's own value, like the prior.
+    Unlike the prior's own spread, which the network learns poorly where noise dominates, the
+    shot noise of the mean image is known, so the feature means the same in every recording.
+    """
+    return (loc - level).abs() / torch.sqrt(torch.clamp(level, min=1e-3))
 
 
 def temporal_change(x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +196,8 @@ class StratifiedCalibration:
     factors : list of list of float
         ``factors[i][j]`` for brightness bin ``i`` and feature bin ``j``.
     feature : str
-        ``"change"`` or ``"activity"`` (the only stage of model files of format 3).
+        ``"change"``, ``"activity"`` (the only stage of model files of format 3) or
+        ``"deviation"`` (:func:`deviation`).
     """
 
     level_edges: list[float]
@@ -218,10 +236,12 @@ class StratifiedCalibration:
         if self.feature == "change":
             if change is None:
                 raise ValueError("this calibration stage needs the prior's temporal change")
-            num = change
+            a = change / torch.sqrt(torch.clamp(var, min=1e-12))
+        elif self.feature == "deviation":
+            a = deviation(loc, level)
+
         else:
-            num = (loc - level).abs()
-        a = num / torch.sqrt(torch.clamp(var, min=1e-12))
+            a = (loc - level).abs() / torch.sqrt(torch.clamp(var, min=1e-12))
         return torch.bucketize(level.contiguous(), lev), torch.bucketize(a.contiguous(), act)
 
     def to_dict(self) -> dict[str, Any]:
@@ -317,7 +337,11 @@ def fit_stratified_calibration(
         [torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts]
     ).double()
     qs = np.quantile(levels.cpu().numpy(), np.linspace(0, 1, level_bins + 1)[1:-1])
-    if activity_edges is None:
+    if activity_edges is None and feature == "deviation":
+        values = torch.cat([deviation(p[1], p[4])[p[5]].flatten()[::7] for p in parts])
+        qd = np.quantile(values.double().cpu().numpy(), DEVIATION_QUANTILES)
+        activity_edges = tuple(float(q) for q in np.unique(qd))
+    elif activity_edges is None:
         activity_edges = CHANGE_EDGES if feature == "change" else ACTIVITY_EDGES
     stage = StratifiedCalibration(
         level_edges=[float(q) for q in np.unique(qs)],
@@ -371,7 +395,13 @@ def fit_stratified_calibration(
         seen = (n > 0) & (var > 0)
         own = np.where(seen, excess / np.where(seen, var, 1.0), 0.0)
         weight = np.where(seen, var**2 / np.maximum(2 * nv2, 1e-300), 0.0)
-        fitted = isotonic(own[seen], weight[seen])
+        if feature == "deviation":
+            # No order to impose (the error is largest near the mean image in bright pixels
+            # and far from it in dim ones): each cell's estimate is shrunk toward its row's.
+            prior_w = 1.0 / (CELL_PRIOR_SD * row_f) ** 2
+            fitted = (own[seen] * weight[seen] + row_f * prior_w) / (weight[seen] + prior_w)
+        else:
+            fitted = isotonic(own[seen], weight[seen])
         row = np.full(n_j, np.nan)
         row[seen] = fitted
         for j in range(n_j):  # cells no held-out pixel fell in: the cell below's factor

@@ -23,12 +23,13 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 6
+FORMAT_VERSION = 7
 """Format written. 4: the final calibration is a list of stages. 5: one guard null scale per
 evidence window. 6: the model settings may ask for neighbouring planes as context (an older
-calmdown would not know the setting)."""
+calmdown would not know the setting). 7: a final calibration stage by the prior's deviation from
+the mean image (an older calmdown would read it as another feature)."""
 
-READABLE_VERSIONS = (3, 4, 5, 6)
+READABLE_VERSIONS = (3, 4, 5, 6, 7)
 """Formats read (a format 3 file's single final stage is read as one stage; a format 3 or 4
 file's single guard null scale serves every evidence window)."""
 

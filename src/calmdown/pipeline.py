@@ -487,6 +487,9 @@ _FIT_MAX_SURPRISE = 0.01
 """Pixels whose surprise probability exceeds this are left out of the fits of the prior's
 variance (the correction's and the final stages')."""
 
+_STAGE_FEATURES = ("change", "activity", "deviation")
+"""Features of the final calibration stages, fitted in this order."""
+
 _CALIBRATION_PIXELS = 8_000_000
 """Pixels (frames x pixels per frame) the calibration is fitted on, at least, where available."""
 
@@ -790,7 +793,7 @@ def _calibrate(
         for x, loc, var, _, fit, raw_nv, mean, change, _ in guarded(fit_parts, correction)
     ]
     stages = []
-    for feature in ("change", "activity"):
+    for feature in _STAGE_FEATURES:
         stage = fit_stratified_calibration(stage_parts, feature=feature)
         stages.append(stage)
         stage_parts = [
