@@ -21,6 +21,7 @@ from scipy import stats
 from calmdown import __version__
 from calmdown.calibration import (
     CHANGE_FRAMES,
+    CHANGE_PIXELS,
     CalibrationStages,
     ScaleCalibration,
     fit_scale_calibration,
@@ -39,6 +40,7 @@ from calmdown.neighbours import NEIGHBOUR_CHANNELS, NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.posterior import (
+    evidence_windows,
     evidence_zscores,
     gaussian_posterior,
     guard_halo,
@@ -1072,6 +1074,7 @@ def _apply_chunks(
         if use_posterior
         else 0
     )
+    s_halo = _spatial_halo(gcfg, correction)
     z_half = float(stats.norm.ppf(0.5 + interval / 2)) if interval is not None else None
     stream = (
         SampleStream(
@@ -1102,45 +1105,104 @@ def _apply_chunks(
             planes=prep.planes,
             plane_photons=plane_photons,
         )
-        loc = pred.loc
+        loc, level = pred.loc, pred.mean
         pvar = model.calibration.apply(pred.var)
         if pred.propagated is not None:
-            pvar = pvar + pred.propagated
+            pvar += pred.propagated
         x = torch.from_numpy(photons[g0 - chunk.read_start : g1 - chunk.read_start]).to(device)
         keep = slice(chunk.out_start - g0, chunk.out_stop - g0)
         prior_adu = noise.to_adu(loc[keep].cpu().numpy())
         if not use_posterior:
             yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
             continue
-        loc_g, var_g, p_surprise = _guard_and_correct(
-            x,
-            loc,
-            pvar,
-            noise,
-            gcfg,
-            null_scale=model.guard_null_scales,
-            correction=correction,
-            final=model.final_calibration,
-            level=pred.mean,
-        )
-        post_mean, post_var = gaussian_posterior(x, loc_g, var_g, _noise_var(noise, loc_g))
-        post_mean, post_var = post_mean[keep], post_var[keep]
+        del pred  # its tensors live on in loc, pvar and level
         out = DenoisedChunk(
-            chunk.out_start,
-            chunk.out_stop,
-            noise.to_adu(post_mean.cpu().numpy()),
-            prior_adu,
-            p_surprise=p_surprise[keep].cpu().numpy(),
-        )
+            chunk.out_start, chunk.out_stop, np.empty_like(prior_adu), prior_adu,
+            p_surprise=np.empty_like(prior_adu),
+        )  # fmt: skip
         if z_half is not None:
-            sd = torch.sqrt(post_var) * z_half
-            out.lower = noise.to_adu((post_mean - sd).cpu().numpy())
-            out.upper = noise.to_adu((post_mean + sd).cpu().numpy())
-        if stream is not None:
-            u = stream.frames(chunk.out_start, chunk.out_stop)
-            draws = post_mean[None] + torch.sqrt(post_var)[None] * u
-            out.samples = noise.to_adu(draws.cpu().numpy())
+            out.lower, out.upper = np.empty_like(prior_adu), np.empty_like(prior_adu)
+        u = stream.frames(chunk.out_start, chunk.out_stop) if stream is not None else None
+        if u is not None:
+            out.samples = np.empty((samples, *prior_adu.shape), prior_adu.dtype)
+        # The guard, the correction and the posterior run over row bands of the chunk, each
+        # with the rows its windows reach, so their temporaries take MB, not GB.
+        rows = max(1, _BAND_PIXELS // (x.shape[0] * x.shape[2]))
+        for y0, y1, a0, a1 in _row_bands(x.shape[1], rows, s_halo):
+            band = (slice(None), slice(a0, a1))
+            inner = (keep, slice(y0 - a0, y1 - a0))
+            loc_g, var_g, p_surprise = _guard_and_correct(
+                x[band],
+                loc[band],
+                pvar[band],
+                noise,
+                gcfg,
+                null_scale=model.guard_null_scales,
+                correction=correction,
+                final=model.final_calibration,
+                level=level[band],
+            )
+            post_mean, post_var = gaussian_posterior(
+                x[band], loc_g, var_g, _noise_var(noise, loc_g)
+            )
+            post_mean, post_var = post_mean[inner], post_var[inner]
+            rows_out = (slice(None), slice(y0, y1))
+            out.denoised[rows_out] = noise.to_adu(post_mean.cpu().numpy())
+            assert out.p_surprise is not None
+            out.p_surprise[rows_out] = p_surprise[inner].cpu().numpy()
+            if z_half is not None:
+                assert out.lower is not None and out.upper is not None
+                sd = torch.sqrt(post_var) * z_half
+                out.lower[rows_out] = noise.to_adu((post_mean - sd).cpu().numpy())
+                out.upper[rows_out] = noise.to_adu((post_mean + sd).cpu().numpy())
+            if u is not None:
+                assert out.samples is not None
+                draws = post_mean[None] + torch.sqrt(post_var)[None] * u[:, :, y0:y1]
+                out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
         yield out
+
+
+_BAND_PIXELS = 1 << 22
+"""Frames x pixels of one row band (its halo included) of a chunk that the guard, the
+correction and the posterior work on at once: their dozens of temporaries then take tens of
+MB, where a whole 512 x 512 chunk would take GB."""
+
+
+def _spatial_halo(gcfg: GuardConfig, correction: ResidualCorrection | None) -> int:
+    """Rows on each side of a band that the guard, the correction and the final stages read.
+
+    A safe bound: the sum of the reaches of the guard's widest evidence window moved over
+    its local window, of the correction's windows (which read the guard's output) and of the
+    spatial window of :func:`~calmdown.calibration.temporal_change`.
+    """
+    guard = 0
+    if gcfg.enabled:
+        reach = [
+            max([w.square // 2, *(max(abs(dy), abs(dx)) for dy, dx in w.offsets)])
+            for w in evidence_windows(gcfg)
+        ]
+        guard = max(reach) + gcfg.local_pixels // 2
+    corr = 0
+    if correction is not None and gcfg.correction:
+        corr = max(correction.evidence[1], correction.local[1], correction.core) // 2
+    return guard + corr + CHANGE_PIXELS // 2
+
+
+def _row_bands(height: int, rows: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """Cut ``height`` rows into bands of ``rows``, each read with ``halo`` more on each side.
+
+    Returns ``(y0, y1, a0, a1)`` per band: rows ``y0..y1`` read as ``a0..a1`` (the halo
+    clipped at the frame's edges).
+
+    Examples
+    --------
+    >>> _row_bands(10, 4, 1)
+    [(0, 4, 0, 5), (4, 8, 3, 9), (8, 10, 7, 10)]
+    """
+    return [
+        (y0, min(y0 + rows, height), max(0, y0 - halo), min(height, y0 + rows + halo))
+        for y0 in range(0, height, rows)
+    ]
 
 
 def apply(
