@@ -370,8 +370,11 @@ def _predict_prior(
     """
     k = config.model.context_frames
     inf = config.inference
-    locs, variances, means = [], [], []
-    probes, probed = [], []
+    # Filled batch by batch (lists of batches joined at the end would hold everything twice).
+    out = PriorPrediction(*(torch.empty(0, device=device) for _ in range(3)))
+    probe_sums: list[torch.Tensor] = []  # spatial window sums of the probed frames
+    probe_total = 0.0  # sum of every probe, for a run too short for every window to hold one
+    probed = np.zeros(len(targets), bool)
     stride = inf.probe_stride if noise is not None else 0
     h, w = photons.shape[1:]
     tile_pixels = min(h, inf.tile_size) * min(w, inf.tile_size)
@@ -397,14 +400,19 @@ def _predict_prior(
             if stride:
                 plane_sd = planes.noise_sd(torch.from_numpy(level).to(device))
         loc, scale = run(mean_t, frames_t)
-        locs.append(loc[:, 0] * scale0)
-        means.append(mean_t[:, 0] * scale0)
-        variances.append((scale[:, 0] * scale0) ** 2)
+        if i == 0:
+            out = PriorPrediction(
+                *(loc.new_empty((len(targets), *loc.shape[2:])) for _ in range(3))
+            )
+        batch_rows = slice(i, i + len(ts))
+        torch.mul(loc[:, 0], scale0, out=out.loc[batch_rows])
+        torch.mul(mean_t[:, 0], scale0, out=out.mean[batch_rows])
+        torch.mul(scale[:, 0], scale0, out=out.var[batch_rows]).square_()
         if not stride:
             continue
         probed_here = probe_frames(ts, stride, start=frame_base)
         sel = np.flatnonzero(probed_here)
-        prop = torch.zeros_like(loc[:, 0])
+        probed[batch_rows] = probed_here
         if sel.size:
             assert noise is not None
             factor = torch.from_numpy(mean_image.noise_factor(ts[sel])).to(device)
@@ -426,19 +434,50 @@ def _predict_prior(
             m2 = mean_t[sel] + EPS * mean_sd * z[:, :1] / scale0
             f2 = frames_t[sel] + EPS * frame_sd * z[:, 1:] / scale0
             loc2, _ = run(m2, f2)
-            prop[sel] = ((loc2[:, 0] - loc[sel, 0]) * scale0 / EPS) ** 2
-        probes.append(prop)
-        probed.append(torch.from_numpy(probed_here).to(device))
-    out = PriorPrediction(torch.cat(locs), torch.cat(variances), torch.cat(means))
+            prop = ((loc2[:, 0] - loc[sel, 0]) * scale0 / EPS) ** 2
+            probe_sums.extend(window_sum(prop, 1, WINDOW[1]))
+            probe_total += float(prop.double().sum())
     if stride:
-        mask = torch.cat(probed).to(out.loc.dtype)[:, None, None].expand_as(out.loc)
-        total = window_sum(torch.cat(probes), *WINDOW)
-        count = window_sum(mask.contiguous(), *WINDOW)
-        if bool((count > 0).all()):
-            out.propagated = total / count
-        else:  # a run shorter than the stride: fall back to its own average
-            mean_prop = torch.cat(probes).sum() / torch.clamp(mask.sum(), min=1.0)
-            out.propagated = torch.where(count > 0, total / torch.clamp(count, min=1.0), mean_prop)
+        out.propagated = _average_probes(probe_sums, probed, probe_total, (h, w), device=device)
+    return out
+
+
+def _average_probes(
+    probe_sums: list[torch.Tensor],
+    probed: np.ndarray,
+    probe_total: float,
+    shape: tuple[int, int],
+    *,
+    device: torch.device,
+) -> torch.Tensor:
+    """Propagated variance of each frame: the probes' mean over a :data:`WINDOW` around it.
+
+    ``probe_sums``: each probed frame's sum over the window's pixels (in the order of the
+    True entries of ``probed``, one per frame), ``probe_total`` the sum of every probe. Each
+    frame's sum over the window's frames is added up frame by frame (no running sum over the
+    chunk, so the result does not depend on where a chunk starts, and no temporaries the size
+    of the chunk). A frame with no probed frame in its window (a run shorter than the stride)
+    gets the run's average over its probed pixels.
+    """
+    half = WINDOW[0] // 2
+    positions = np.flatnonzero(probed)
+    h, w = shape
+    counts = []
+    for n, reach in ((h, WINDOW[1] // 2), (w, WINDOW[1] // 2)):
+        i = torch.arange(n, device=device)
+        counts.append(torch.clamp(i + reach, max=n - 1) - torch.clamp(i - reach, min=0) + 1)
+    pixels = (counts[0][:, None] * counts[1][None, :]).float()  # in-bounds pixels per window
+    out = torch.empty((len(probed), h, w), device=device)
+    fallback = probe_total / max(len(positions) * h * w, 1)
+    for t in range(len(probed)):
+        lo, hi = np.searchsorted(positions, [t - half, t + half + 1])
+        if hi > lo:
+            total = probe_sums[lo].clone()
+            for j in range(lo + 1, hi):
+                total += probe_sums[j]
+            torch.div(total, pixels * float(hi - lo), out=out[t])
+            continue
+        out[t] = fallback
     return out
 
 
@@ -1106,16 +1145,13 @@ def _apply_chunks(
             plane_photons=plane_photons,
         )
         loc, level = pred.loc, pred.mean
-        pvar = model.calibration.apply(pred.var)
-        if pred.propagated is not None:
-            pvar += pred.propagated
         x = torch.from_numpy(photons[g0 - chunk.read_start : g1 - chunk.read_start]).to(device)
         keep = slice(chunk.out_start - g0, chunk.out_stop - g0)
         prior_adu = noise.to_adu(loc[keep].cpu().numpy())
         if not use_posterior:
             yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
+            del pred, loc, level, x, photons, plane_photons, prior_adu  # as below
             continue
-        del pred  # its tensors live on in loc, pvar and level
         out = DenoisedChunk(
             chunk.out_start, chunk.out_stop, np.empty_like(prior_adu), prior_adu,
             p_surprise=np.empty_like(prior_adu),
@@ -1131,10 +1167,13 @@ def _apply_chunks(
         for y0, y1, a0, a1 in _row_bands(x.shape[1], rows, s_halo):
             band = (slice(None), slice(a0, a1))
             inner = (keep, slice(y0 - a0, y1 - a0))
+            pvar = model.calibration.apply(pred.var[band])
+            if pred.propagated is not None:
+                pvar += pred.propagated[band]
             loc_g, var_g, p_surprise = _guard_and_correct(
                 x[band],
                 loc[band],
-                pvar[band],
+                pvar,
                 noise,
                 gcfg,
                 null_scale=model.guard_null_scales,
@@ -1160,6 +1199,8 @@ def _apply_chunks(
                 draws = post_mean[None] + torch.sqrt(post_var)[None] * u[:, :, y0:y1]
                 out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
         yield out
+        # Not held while the next chunk is computed (the caller holds ``out`` at most).
+        del out, pred, loc, level, x, photons, plane_photons, prior_adu, u
 
 
 _BAND_PIXELS = 1 << 22
