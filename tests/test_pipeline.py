@@ -54,6 +54,27 @@ def test_result_does_not_depend_on_chunking(small_sim, small_model):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-3)
 
 
+def test_result_does_not_depend_on_row_bands(small_sim, small_model, monkeypatch):
+    # The guard, the correction and the posterior run over row bands of each chunk (with
+    # the rows their windows reach); bands of a few rows must give the whole-frame result.
+    from calmdown import pipeline
+
+    def run():
+        chunks = list(calmdown.iter_apply(small_model, small_sim.raw[:60], interval=0.9, samples=2))
+        return {
+            name: np.concatenate([getattr(c, name) for c in chunks], axis=-3)
+            for name in ("denoised", "lower", "upper", "p_surprise", "samples")
+        }
+
+    monkeypatch.setattr(pipeline, "_BAND_PIXELS", 1 << 40)
+    whole = run()
+    monkeypatch.setattr(pipeline, "_BAND_PIXELS", 60 * 64 * 5)  # bands of 5 rows
+    banded = run()
+    assert pipeline._spatial_halo(small_model.config.inference.guard, small_model.correction) > 5
+    for name, value in whole.items():
+        np.testing.assert_allclose(banded[name], value, rtol=1e-5, atol=1e-4, err_msg=name)
+
+
 def test_intervals_bracket_the_estimate(small_sim, small_model):
     chunks = list(calmdown.iter_apply(small_model, small_sim.raw[:40], interval=0.9))
     lower = np.concatenate([c.lower for c in chunks])

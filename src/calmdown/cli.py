@@ -397,6 +397,7 @@ def _write_movies(
             for name, writer in writers.items():
                 writer.write(chunk.start, chunk.output(name))
             bar.update(chunk.stop - chunk.start)
+            del chunk  # not held while the next one is computed
     return time.perf_counter() - t0, shape[0]
 
 
