@@ -239,7 +239,6 @@ class StratifiedCalibration:
             a = change / torch.sqrt(torch.clamp(var, min=1e-12))
         elif self.feature == "deviation":
             a = deviation(loc, level)
-
         else:
             a = (loc - level).abs() / torch.sqrt(torch.clamp(var, min=1e-12))
         return torch.bucketize(level.contiguous(), lev), torch.bucketize(a.contiguous(), act)

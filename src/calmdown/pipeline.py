@@ -38,7 +38,7 @@ from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
-from calmdown.neighbours import NEIGHBOUR_CHANNELS, NeighbourPlanes
+from calmdown.neighbours import NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.posterior import (
@@ -47,6 +47,7 @@ from calmdown.posterior import (
     gaussian_posterior,
     guard_halo,
     surprise_guard,
+    window_count,
     window_sum,
 )
 from calmdown.propagation import (
@@ -59,7 +60,7 @@ from calmdown.propagation import (
 )
 from calmdown.samples import ErrorCorrelation, SampleStream, estimate_error_correlation
 from calmdown.tiling import predict_tiled, time_chunks
-from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask
+from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask, make_network
 
 __all__ = [
     "DenoisedChunk",
@@ -152,7 +153,7 @@ class TrainedModel:
     def network(self, device: torch.device) -> ContextNet:
         """Return the network on ``device``, in evaluation mode."""
         if self._net is None or next(self._net.parameters()).device != device:
-            net = make_network(self.config)
+            net = make_network(self.config.model)
             net.load_state_dict(self.state_dict)
             self._net = net.to(device).eval()
         return self._net
@@ -186,17 +187,6 @@ class DenoisedChunk:
 def _set_threads(config: Config) -> None:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
-
-
-def make_network(config: Config) -> ContextNet:
-    """Return a new, untrained :class:`ContextNet` of the shape ``config.model`` gives."""
-    m = config.model
-    return ContextNet(
-        m.context_frames,
-        m.width,
-        m.use_mean_image,
-        neighbour_channels=NEIGHBOUR_CHANNELS if m.plane_context else 0,
-    )
 
 
 def prepare(
@@ -470,11 +460,7 @@ def _average_probes(
     half = WINDOW[0] // 2
     positions = np.flatnonzero(probed)
     h, w = shape
-    counts = []
-    for n, reach in ((h, WINDOW[1] // 2), (w, WINDOW[1] // 2)):
-        i = torch.arange(n, device=device)
-        counts.append(torch.clamp(i + reach, max=n - 1) - torch.clamp(i - reach, min=0) + 1)
-    pixels = (counts[0][:, None] * counts[1][None, :]).float()  # in-bounds pixels per window
+    pixels = window_count((1, h, w), 1, WINDOW[1], device)[0]  # in-bounds pixels per window
     out = torch.empty((len(probed), h, w), device=device)
     fallback = probe_total / max(len(positions) * h * w, 1)
     for t in range(len(probed)):

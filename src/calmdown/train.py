@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,13 +35,18 @@ from calmdown.config import ModelConfig, TrainConfig
 from calmdown.context import MeanImage, context_indices
 from calmdown.errors import InputError
 from calmdown.loss import marginal_nll
+from calmdown.neighbours import NEIGHBOUR_CHANNELS, NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel
 
-if TYPE_CHECKING:
-    from calmdown.neighbours import NeighbourPlanes
-
-__all__ = ["Segment", "TrainProgress", "Trainer", "TrainingResult", "held_out_mask"]
+__all__ = [
+    "Segment",
+    "TrainProgress",
+    "Trainer",
+    "TrainingResult",
+    "held_out_mask",
+    "make_network",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,16 @@ def held_out_mask(frames: np.ndarray, val_fraction: float, n_frames: int) -> np.
     period = max(2, round(1.0 / val_fraction))
     run = int(np.clip(n_frames // (2 * period), 1, 16))
     return (np.asarray(frames) // run) % period == period // 2
+
+
+def make_network(model: ModelConfig) -> ContextNet:
+    """Return a new, untrained :class:`ContextNet` of the shape ``model`` gives."""
+    return ContextNet(
+        model.context_frames,
+        model.width,
+        model.use_mean_image,
+        neighbour_channels=NEIGHBOUR_CHANNELS if model.plane_context else 0,
+    )
 
 
 @dataclass
@@ -146,12 +161,7 @@ class Trainer:
         self.rng = np.random.default_rng(train_config.seed)
         torch.manual_seed(train_config.seed)
         self.planes = planes
-        self.net = ContextNet(
-            model_config.context_frames,
-            model_config.width,
-            model_config.use_mean_image,
-            neighbour_channels=planes.channels if planes is not None else 0,
-        ).to(device)
+        self.net = make_network(model_config).to(device)
         h, w = segments[0].photons.shape[1:]
         self.patch = min(train_config.patch_size, h // 8 * 8, w // 8 * 8)
         if self.patch < 8:
