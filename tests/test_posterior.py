@@ -200,3 +200,34 @@ def test_a_wider_local_window_takes_the_largest_evidence_over_more_windows():
     assert torch.all(wide >= narrow - 1e-6)
     # Just outside the event, windows centred on the event's edge now count.
     assert float(wide[25:35, 9, 10:13].mean()) > float(narrow[25:35, 9, 10:13].mean())
+
+
+def test_guard_over_some_frames_equals_those_frames_of_the_whole_run():
+    # Inference asks the guard only for the frames the next step reads; the windows still
+    # read the frames around them, so the result is that of a run over every frame.
+    x, loc, pv, nv = _noise_movie(seed=4, shape=(70, 20, 20))
+    x[30:40, 8:11, 8:11] += 3.0  # an event, so that the guard acts somewhere
+    cfg = GuardConfig()
+    whole = surprise_guard(x, loc, pv, nv, cfg, null_scale=1.3)
+    for frames in (slice(25, 45), slice(0, 12), slice(60, 70)):
+        part = surprise_guard(x, loc, pv, nv, cfg, null_scale=1.3, frames=frames)
+        assert part.loc.shape == (frames.stop - frames.start, 20, 20)
+        for name in ("loc", "var", "p_surprise"):
+            torch.testing.assert_close(
+                getattr(part, name), getattr(whole, name)[frames], rtol=0, atol=0, msg=name
+            )
+    assert float(whole.p_surprise[32:38, 9, 9].mean()) > 0.5
+
+
+def test_window_sums_do_not_depend_on_where_a_run_starts():
+    # A chunk of frames that starts elsewhere must give each frame the same sums to the bit:
+    # a last-bit difference could move a pixel into another calibration bin.
+    from calmdown.posterior import window_sum
+
+    rng = np.random.default_rng(5)
+    x = torch.from_numpy((rng.gamma(1.0, 3.0, (90, 16, 40)) - 2.0).astype(np.float32))
+    whole = window_sum(x, 31, 3)
+    part = window_sum(x[17:80], 31, 3)  # frames 32..65 have their whole window inside
+    assert torch.equal(part[15:48], whole[32:65])
+    exact = window_sum(x.double(), 31, 3)
+    torch.testing.assert_close(whole.double(), exact, rtol=1e-6, atol=1e-4)

@@ -198,7 +198,9 @@ class InferenceConfig(_Strict):
     movie); ``prior``: the context network's prediction alone, for comparison."""
 
     chunk_frames: int = Field(default=128, ge=1)
-    """Frames processed at once; memory grows with this, never with the movie's length."""
+    """Most frames processed at once (large frames get fewer, see
+    :data:`calmdown.pipeline.CHUNK_PIXELS`); memory grows with this, never with the movie's
+    length."""
 
     tile_size: int = Field(default=1024, ge=32)
     """Side of the spatial tiles; larger frames are tiled with overlap."""

@@ -50,17 +50,44 @@ def guard_halo(cfg: GuardConfig) -> int:
 def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     """Sum over ``[i - half, i + half]`` along ``dim``, clipped at the ends.
 
-    Zero padding and one cumulative sum: the cost does not depend on ``half``.
+    Each element's sum is the same to the bit wherever the run of elements it sits in
+    starts, so a result does not depend on how a movie is cut into chunks and bands (a
+    calibration's bins would amplify a last-bit difference into a different interval).
+    Along time (``dim`` 0) a running sum in float64, exact for float32 values whose
+    exponents span less than 29 bits; a few pixels (``half`` <= 2) as shifted sums added
+    in a fixed order; wider spatial windows by one cumulative sum.
     """
     if half == 0:
         return x
     n = x.shape[dim]
+    if dim == 0 and x.dtype == torch.float32:
+        return _running_sum(x, half)
+    if half <= 2:
+        out = x.clone()
+        for k in range(1, min(half, n - 1) + 1):
+            out.narrow(dim, k, n - k).add_(x.narrow(dim, 0, n - k))
+            out.narrow(dim, 0, n - k).add_(x.narrow(dim, k, n - k))
+        return out
     pad_shape = list(x.shape)
     pad_shape[dim] = half + 1
     lead = x.new_zeros(pad_shape)
     pad_shape[dim] = half
     c = torch.cumsum(torch.cat([lead, x, x.new_zeros(pad_shape)], dim=dim), dim=dim)
     return c.narrow(dim, 2 * half + 1, n) - c.narrow(dim, 0, n)
+
+
+def _running_sum(x: torch.Tensor, half: int) -> torch.Tensor:
+    """Window sums along the first axis, frame by frame, accumulated in float64."""
+    n = x.shape[0]
+    out = torch.empty_like(x)
+    acc = x[: min(half, n)].sum(dim=0, dtype=torch.float64)
+    for t in range(n):
+        if t + half < n:
+            acc += x[t + half]
+        if t - half - 1 >= 0:
+            acc -= x[t - half - 1]
+        out[t] = acc
+    return out
 
 
 def window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
@@ -146,17 +173,24 @@ def evidence_windows(cfg: GuardConfig) -> list[EvidenceWindow]:
     return out
 
 
-def _shifted_z2(sums: tuple[torch.Tensor, ...], frames: int, dt: int) -> tuple[slice, torch.Tensor]:
+def _shifted_z2(
+    sums: tuple[torch.Tensor, ...],
+    frames: int,
+    dt: int,
+    out: tuple[int, int] | None = None,
+) -> tuple[slice, torch.Tensor]:
     """z**2 at frames ``t`` in the returned slice, of the window centred at ``t + dt``.
 
     ``sums`` are the window's space-time sums of residual and variance and their frame
     slices; where the window holds frame ``t``, its slice there is left out, so the
     statistic holds no noise of the frame being denoised. A window left with no frame shows
-    no surprise.
+    no surprise. With ``out=(f0, f1)`` only frames ``f0..f1`` are computed, and the slice
+    returned counts from ``f0``.
     """
     r_win, v_win, r_own, v_own = sums
     n = r_win.shape[0]
-    a, b = max(0, -dt), min(n, n - dt)
+    f0, f1 = out if out is not None else (0, n)
+    a, b = max(f0, -dt), min(f1, n - dt)
     r = r_win[a + dt : b + dt]
     v = v_win[a + dt : b + dt]
     holds_t = abs(dt) <= frames // 2
@@ -169,7 +203,7 @@ def _shifted_z2(sums: tuple[torch.Tensor, ...], frames: int, dt: int) -> tuple[s
     if holds_t and (n < 2 or frames < 3):
         # Only frame t was in the window: what is left is rounding error.
         z2.zero_()
-    return slice(a, b), z2
+    return slice(a - f0, b - f0), z2
 
 
 def _moved(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
@@ -221,6 +255,7 @@ def surprise_guard(
     cfg: GuardConfig,
     *,
     null_scale: float | Sequence[float] = 1.0,
+    frames: slice | None = None,
 ) -> GuardOutput:
     """Let the data override the prior where they disagree with it beyond noise.
 
@@ -249,12 +284,21 @@ def surprise_guard(
         Standard deviation of each evidence window's z-score on held-out frames (prior errors
         are correlated, so it exceeds 1), one per :func:`evidence_windows` or one for all;
         z-scores are divided by it.
+    frames : slice, optional
+        Compute the output for these frames only (``start:stop``, within the input): the
+        windows still read every input frame, so frames an output's windows reach must be
+        given. The result equals those frames of a run over all of them; the guard's cost then
+        follows the frames kept, not the halo read for them.
 
     Returns
     -------
     GuardOutput
+        Tensors of the frames asked for.
     """
+    n = x.shape[0]
+    f0, f1, _ = (frames or slice(None)).indices(n)
     if not cfg.enabled:
+        loc, prior_var = loc[f0:f1], prior_var[f0:f1]
         return GuardOutput(loc=loc, var=prior_var, p_surprise=torch.zeros_like(loc))
     windows = evidence_windows(cfg)
     scales = [null_scale] if isinstance(null_scale, int | float) else list(null_scale)
@@ -270,36 +314,44 @@ def surprise_guard(
     base = math.log(odds / (1 - odds)) - 0.5 * math.log1p(rho)
     # Every pixel of a window that detected a surprise is handed to the data: the largest
     # surprise over the windows centred within the local window's frames.
-    log_odds = torch.full_like(resid, -math.inf)
+    out_shape = (f1 - f0, *resid.shape[1:])
+    log_odds = resid.new_full(out_shape, -math.inf)
     ht, hp = cfg.local_frames // 2, cfg.local_pixels // 2
     gain = 0.5 * rho / (1 + rho)
     for window, scale in zip(windows, scales, strict=True):
         sums = _window_sums(resid, var, window)
-        z2 = torch.zeros_like(resid)
+        z2 = resid.new_zeros(out_shape)
         for dy in range(-hp, hp + 1):
             for dx in range(-hp, hp + 1):
                 moved = sums if dy == dx == 0 else tuple(_moved(s, dy, dx) for s in sums)
                 for dt in range(-ht, ht + 1):
-                    span, z2_dt = _shifted_z2(moved, window.frames, dt)
+                    span, z2_dt = _shifted_z2(moved, window.frames, dt, (f0, f1))
                     torch.maximum(z2[span], z2_dt, out=z2[span])
         torch.maximum(log_odds, base + gain / scale**2 * z2, out=log_odds)
     p = torch.sigmoid(log_odds)
     # Local residual without the frame-t slice: its mean, the mean's variance, and the spread
     # of the clean values around it beyond noise (clipped at zero: biased upward where
     # there is no surprise, which errs on the side of a wider interval where the guard acts).
+    # Computed over the frames asked for and the local window's reach around them (the
+    # window counts are then clipped where the input ends, as over the whole input).
+    a0, a1 = max(0, f0 - ht), min(n, f1 + ht)
+    keep = slice(f0 - a0, f1 - a0)
+    resid, var = resid[a0:a1], var[a0:a1]
     win = (cfg.local_frames, cfg.local_pixels)
-    count = window_count(tuple(resid.shape), *win, resid.device)
-    own = window_count(tuple(resid.shape), 1, cfg.local_pixels, resid.device)
+    count = window_count(tuple(resid.shape), *win, resid.device)[keep]
+    own = window_count(tuple(resid.shape), 1, cfg.local_pixels, resid.device)[keep]
     m = torch.clamp(count - own, min=1.0)
-    r_loo = (window_sum(resid, *win) - window_sum(resid, 1, win[1])) / m
-    mean_var = (window_sum(var, *win) - window_sum(var, 1, win[1])) / m
-    r2 = resid * resid
-    mean_sq = (window_sum(r2, *win) - window_sum(r2, 1, win[1])) / m
+
+    def loo_mean(v: torch.Tensor) -> torch.Tensor:
+        return (window_sum(v, *win)[keep] - window_sum(v[keep], 1, win[1])) / m
+
+    r_loo, mean_var = loo_mean(resid), loo_mean(var)
+    mean_sq = loo_mean(resid * resid)
     spread = torch.clamp(mean_sq - r_loo * r_loo - mean_var, min=0.0)
     shrink = rho / (1 + rho)
-    new_loc = loc + p * shrink * r_loo
+    new_loc = loc[f0:f1] + p * shrink * r_loo
     extra = p * (mean_var / m + spread) + p * (1 - p) * (shrink * r_loo) ** 2
-    return GuardOutput(loc=new_loc, var=prior_var + extra, p_surprise=p)
+    return GuardOutput(loc=new_loc, var=prior_var[f0:f1] + extra, p_surprise=p)
 
 
 def gaussian_posterior(
