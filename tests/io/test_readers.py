@@ -363,3 +363,35 @@ def test_real_allen_hdf5(shared_data: Path) -> None:
         block = reader.read(90, 100)
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(block, f["data"][90:100])
+
+
+def _resident_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc (Linux)")
+@pytest.mark.parametrize("suffix", [".tif", ".npy"])
+def test_reading_a_mapped_movie_through_does_not_keep_it_resident(
+    tmp_path: Path, suffix: str
+) -> None:
+    # Memory-mapped files: the pages read must not pile up in resident memory, or a long
+    # recording read through once makes the run's peak memory the file's size.
+    movie = np.random.default_rng(0).integers(0, 1000, (200, 512, 512), dtype=np.uint16)
+    path = tmp_path / f"movie{suffix}"
+    if suffix == ".tif":
+        tifffile.imwrite(path, movie, bigtiff=True)
+    else:
+        np.save(path, movie)
+    del movie
+    with open_movie(path) as reader:
+        before = _resident_mb()
+        for start in range(0, 200, 20):
+            block = reader.read(start, start + 20)
+            assert block[0, 0, 0] >= 0  # really read
+            del block
+        grown = _resident_mb() - before
+    assert grown < 40, f"{grown:.0f} MB of the 100 MB file stayed resident"

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from calmdown.errors import InputError
-from calmdown.io.base import ArrayReader
+from calmdown.io.base import ArrayReader, release_mapped_pages
 
 logger = logging.getLogger(__name__)
 
@@ -184,6 +184,8 @@ class _NpyBackend:
     def write(self, start: int, block: np.ndarray) -> None:
         assert self._array is not None
         self._array[start : start + len(block)] = block
+        # Written pages stay in the page cache (and reach the file); not in resident memory.
+        release_mapped_pages(self._array[start : start + len(block)])
 
     def close(self) -> None:
         if self._array is not None:
