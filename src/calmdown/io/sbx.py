@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from calmdown.errors import InputError
-from calmdown.io.base import ReaderBase
+from calmdown.io.base import ReaderBase, release_mapped_pages
 
 logger = logging.getLogger(__name__)
 
@@ -337,6 +337,7 @@ class SbxReader(ReaderBase):
         try:
             block = self._map[start:stop, self._plane, :, :, self._channel]
             out = np.subtract(_INVERT, block, dtype=np.float32)
+            release_mapped_pages(block)
         except OSError as err:  # the file shrank or its medium went away under the map
             raise InputError(
                 f"cannot read frames {start}:{stop} ({err}); {_FIX}", path=self.path
