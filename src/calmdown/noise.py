@@ -15,6 +15,7 @@ between neighbours and fit the photon-transfer line to that sum: the photon gain
 
 from __future__ import annotations
 
+import itertools
 import logging
 import warnings
 from collections.abc import Callable
@@ -128,6 +129,23 @@ def _frame_blocks(n_frames: int, max_frames: int, block: int = 64) -> list[tuple
     n_blocks = max(1, max_frames // block)
     starts = np.linspace(0, n_frames - block, n_blocks).astype(int)
     return [(int(s), int(s) + block) for s in starts]
+
+
+_PIECE = 64
+"""Frames read at once (a multiple of the accumulator's sub-blocks, which must not straddle
+two reads): memory then does not grow with the frames measured."""
+
+
+def _pieces(start: int, stop: int) -> list[tuple[int, int]]:
+    """Cut frames ``start..stop`` at the multiples of :data:`_PIECE`.
+
+    Examples
+    --------
+    >>> _pieces(60, 200)
+    [(60, 64), (64, 128), (128, 192), (192, 200)]
+    """
+    cuts = [start, *range((start // _PIECE + 1) * _PIECE, stop, _PIECE), stop]
+    return list(itertools.pairwise(cuts))
 
 
 @dataclass
@@ -298,17 +316,19 @@ def estimate_noise(
     acc: _Accumulator | None = None
     dim_samples: list[np.ndarray] = []
     for start, stop in blocks:
-        frames = np.asarray(read_frames(start, stop), dtype=np.float32)
-        if not np.all(np.isfinite(frames)):
-            raise InputError(
-                "the movie contains NaN or infinite values; replace them (e.g. with the "
-                "neighbouring frames' values) before denoising",
-                path=name,
-            )
-        if acc is None:
-            acc = _Accumulator(frames.shape[1:])
-        acc.add(frames, start)
-        dim_samples.append(frames[:: max(1, frames.shape[0] // 8)].reshape(-1))
+        stride = max(1, (stop - start) // 8)  # eight frames of each block sample the dim values
+        for a, b in _pieces(start, stop):
+            frames = np.asarray(read_frames(a, b), dtype=np.float32)
+            if not np.all(np.isfinite(frames)):
+                raise InputError(
+                    "the movie contains NaN or infinite values; replace them (e.g. with the "
+                    "neighbouring frames' values) before denoising",
+                    path=name,
+                )
+            if acc is None:
+                acc = _Accumulator(frames.shape[1:])
+            acc.add(frames, a)
+            dim_samples.append(frames[(np.arange(a, b) - start) % stride == 0].reshape(-1))
     assert acc is not None
     n_all = max(int(acc.n.sum()), 1)
     mean = acc.sum_x.sum(axis=0) / n_all

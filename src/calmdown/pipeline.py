@@ -274,8 +274,13 @@ def _prepare(reader: MovieReader, config: Config, noise: NoiseModel | None, owns
         )
     if noise is None:
         noise = _estimate_noise(reader, config)
+    h, w = reader.shape[1:]
     mean_image = compute_mean_image(
-        reader.read, n_frames, window=config.model.mean_window, to_photons=noise.to_photons
+        reader.read,
+        n_frames,
+        window=config.model.mean_window,
+        to_photons=noise.to_photons,
+        chunk=max(8, min(256, CHUNK_PIXELS // (h * w))),
     )
     return Prepared(reader=reader, noise=noise, mean_image=mean_image, owns_reader=owns)
 
@@ -288,18 +293,26 @@ def _data_hash(prep: Prepared) -> str:
     return h.hexdigest()[:16]
 
 
+_TRAIN_BYTES = 400_000_000
+"""Most bytes of frames (float32 photons) held for training and calibration: 381 frames of
+512 x 512, every frame of a 128 x 128 movie of up to 6100. With 1 GB (953 frames) the
+training and calibration of a 512 x 512 x 1000 movie peaked at 3.5 GB."""
+
+
 def _training_segments(prep: Prepared, config: Config) -> list[Segment]:
     reader, noise, planes = prep.reader, prep.noise, prep.planes
     n_frames, h, w = reader.shape
     layers = 1 + (planes.channels if planes is not None else 0)
     budget = min(
-        config.train.max_train_frames, max(int(1.0e9 / (4 * h * w * layers)), 64), n_frames
+        config.train.max_train_frames,
+        max(_TRAIN_BYTES // (4 * h * w * layers), 64),
+        n_frames,
     )
     need = max(min_frames(config.model.context_frames), 64)
     if budget >= n_frames:
         starts, length = np.array([0]), n_frames
-    else:
-        n_seg = max(1, budget // 256)
+    else:  # segments spread over the movie, of at least 256 frames, at least two
+        n_seg = max(2, budget // 256) if budget >= 2 * need else 1
         length = max(budget // n_seg, need)
         starts = np.linspace(0, n_frames - length, n_seg).round().astype(int)
     return [
@@ -501,9 +514,7 @@ def _predict_prior(
     if stride:
         out.probes = probes
         if average:
-            out.propagated = _average_probes(
-                probes, probes.start, len(targets), (h, w), device=device
-            )
+            out.propagated = _average_probes(probes, probes.start, len(targets), (h, w), device)
     return out
 
 
@@ -512,10 +523,12 @@ def _average_probes(
     start: int,
     n_frames: int,
     shape: tuple[int, int],
-    *,
     device: torch.device,
+    rows: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """Propagated variance of frames ``start..start + n_frames`` (absolute), from ``probes``.
+
+    ``rows=(a, b)``: only rows ``a..b`` of the frames (``shape`` is the whole frame's).
 
     Each frame gets the mean of the probes over a :data:`WINDOW` around it, among the
     ``probes`` of the run (which must cover those frames and no others). Each frame's sum over
@@ -527,16 +540,17 @@ def _average_probes(
     half = WINDOW[0] // 2
     positions = np.asarray(probes.frames, dtype=np.int64)
     h, w = shape
-    pixels = window_count((1, h, w), 1, WINDOW[1], device)[0]  # in-bounds pixels per window
-    out = torch.empty((n_frames, h, w), device=device)
+    a, b = rows if rows is not None else (0, h)
+    pixels = window_count((1, h, w), 1, WINDOW[1], device)[0, a:b]  # in-bounds pixels per window
+    out = torch.empty((n_frames, b - a, w), device=device)
     fallback = sum(probes.totals) / max(len(positions) * h * w, 1)
     for i in range(n_frames):
         t = start + i
         lo, hi = np.searchsorted(positions, [t - half, t + half + 1])
         if hi > lo:
-            total = probes.sums[lo].clone()
+            total = probes.sums[lo][a:b].clone()
             for j in range(lo + 1, hi):
-                total += probes.sums[j]
+                total += probes.sums[j][a:b]
             torch.div(total, pixels * float(hi - lo), out=out[i])
             continue
         out[i] = fallback
@@ -1253,7 +1267,6 @@ def _denoise_chunks(
         if new.probes is not None:
             old = carried.probes if carried is not None else None
             pred.probes = old.then(new.probes) if old is not None else new.probes
-            pred.propagated = _average_probes(pred.probes, g0, g1 - g0, (h, w), device=device)
         del new
         release_freed_memory()  # the network's temporaries, before the guard's
         last = i_chunk + 1 == len(chunks)
@@ -1282,8 +1295,8 @@ def _denoise_chunks(
         for y0, y1, a0, a1 in _row_bands(x.shape[1], rows, s_halo):
             band = (slice(None), slice(a0, a1))
             pvar = model.calibration.apply(pred.var[band])
-            if pred.propagated is not None:
-                pvar += pred.propagated[band]
+            if pred.probes is not None:  # averaged band by band: no array of the whole chunk
+                pvar += _average_probes(pred.probes, g0, g1 - g0, (h, w), device, rows=(a0, a1))
             loc_g, var_g, p_surprise = _guard_and_correct(
                 x[band],
                 loc[band],
@@ -1321,11 +1334,12 @@ def _denoise_chunks(
         release_freed_memory()
 
 
-CHUNK_PIXELS = 1 << 23
-"""Most pixels (frames x pixels per frame) of the output frames of one chunk: 32 frames of
-512 x 512. A chunk's arrays and temporaries then take about 1.3 GB at 512 x 512 (1.7 GB with
-64 frames); smaller chunks cost little time, because the frames two chunks share are
-predicted once (0.93-0.96 of the speed of 64-frame chunks)."""
+CHUNK_PIXELS = 1 << 22
+"""Most pixels (frames x pixels per frame) of the output frames of one chunk: 16 frames of
+512 x 512. Smaller chunks cost little time, because the frames two chunks share are
+predicted once: at 512 x 512 on 2 threads, 16-frame chunks ran at the speed of 32-frame
+ones (2.69 and 2.67 frames/s) and peaked 0.08 GB lower; 64-frame chunks peaked 0.5 GB higher
+for 4-7 % more speed."""
 
 _BAND_PIXELS = 1 << 21
 """Frames x pixels of one row band (its halo included) of a chunk that the guard, the
