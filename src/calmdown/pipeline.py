@@ -586,14 +586,14 @@ def _guard_and_correct(
     """
     n = x.shape[0]
     f0, f1, _ = (frames or slice(None)).indices(n)
-    use_correction = correction is not None and gcfg.correction
-    reach = correction.halo if use_correction and correction is not None else 0
+    correction = correction if gcfg.correction else None
+    reach = correction.halo if correction is not None else 0
     g0, g1 = max(0, f0 - reach), min(n, f1 + reach)
     guarded = surprise_guard(
         x, loc, pvar, _noise_var(noise, loc), gcfg, null_scale=null_scale, frames=slice(g0, g1)
     )
     loc_g, var_g, p_surprise = guarded.loc, guarded.var, guarded.p_surprise
-    if use_correction and correction is not None:
+    if correction is not None:
         loc_g, var_g, _ = correction.apply(x[g0:g1], loc_g, var_g, _noise_var(noise, loc_g))
     inner = slice(f0 - g0, f1 - g0)
     loc_g, var_g, p_surprise = loc_g[inner], var_g[inner], p_surprise[inner]
