@@ -395,3 +395,13 @@ def test_reading_a_mapped_movie_through_does_not_keep_it_resident(
             del block
         grown = _resident_mb() - before
     assert grown < 40, f"{grown:.0f} MB of the 100 MB file stayed resident"
+
+
+def test_reading_a_copy_on_write_map_keeps_its_changes(tmp_path: Path) -> None:
+    # A copy-on-write map holds changes in memory only; releasing its pages would lose them.
+    path = tmp_path / "movie.npy"
+    np.save(path, np.zeros((20, 64, 64), dtype=np.uint16))
+    movie = np.load(path, mmap_mode="c")
+    movie[:] = 7
+    block = ArrayReader(movie).read(0, 20)
+    assert np.all(block == 7) and np.all(movie == 7)

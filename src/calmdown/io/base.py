@@ -380,19 +380,25 @@ def release_mapped_pages(block: np.ndarray) -> None:
 
     Pages of a file mapping that were read stay counted in the process's resident memory
     until the mapping is closed: reading a 5 GB TIFF through once would make the run's
-    peak memory 5 GB. They stay in the system's page cache, so reading them again costs no
-    disk access. Does nothing where ``block`` is not a view of a read-only ``mmap`` (or the
-    system has no ``MADV_DONTNEED``).
+    peak memory 5 GB. Pages of a shared mapping stay in the system's page cache (written
+    ones reach the file), so reading them again costs no disk access. Does nothing where
+    ``block`` is not a view of an ``np.memmap`` opened shared (mode ``"r"``, ``"r+"`` or
+    ``"w+"``): the pages of a copy-on-write map (mode ``"c"``) hold changes made in memory
+    only, which dropping them would lose.
     """
     advice = getattr(mmap, "MADV_DONTNEED", None)
+    mode = None
     base: Any = block
     while isinstance(base, np.ndarray):
+        if mode is None and isinstance(base, np.memmap):
+            mode = base.mode
         base = base.base
-    if advice is None or not isinstance(base, mmap.mmap) or block.size == 0:
+    shared = mode in ("r", "r+", "w+")  # np.memmap keeps the short names
+    if advice is None or not shared or not isinstance(base, mmap.mmap) or block.size == 0:
         return
     try:
         start = np.frombuffer(base, dtype=np.uint8).ctypes.data  # where the mapping begins
-    except (TypeError, ValueError):  # a closed or writable mapping: leave it
+    except (TypeError, ValueError):  # a closed mapping: leave it
         return
     low, high = _byte_bounds(block)
     first = (low - start) // mmap.PAGESIZE * mmap.PAGESIZE
