@@ -29,39 +29,53 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=200)
     parser.add_argument("--train-steps", type=int, default=100)
     parser.add_argument(
+        "--runtimes",
+        nargs="+",
+        default=["onnxruntime", "torch"],
+        choices=["onnxruntime", "torch"],
+        help="what runs the network at inference (timed one after the other on one model)",
+    )
+    parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "speed.json"
     )
     args = parser.parse_args()
     rows = []
-    for size in (128, 512):
+    for size in args.sizes:
         sim = simulate("dense", photons=1.0, shape=(args.frames, size, size), seed=0)
         model = calmdown.train(sim.raw, max_steps=args.train_steps, time_budget_s=None, seed=0)
         prep = calmdown.prepare(sim.raw, model.config)
-        t0 = time.perf_counter()
-        n = sum(c.stop - c.start for c in calmdown.iter_apply(model, sim.raw, prepared=prep))
-        infer_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        uniform_filter1d(sim.raw, 5, axis=0, mode="nearest")
-        ma_s = time.perf_counter() - t0
-        rows.append(
-            {
-                "size": size,
-                "frames": n,
-                "threads": torch.get_num_threads(),
-                "train_s_per_step": model.training["loop_seconds"] / model.training["steps"],
-                "train_total_s": model.training["seconds"],
-                "infer_fps": n / infer_s,
-                "moving_average_fps": n / ma_s,
-            }
-        )
-        r = rows[-1]
-        print(
-            f"{size:>4} x {size:<4} {n} frames: inference {r['infer_fps']:7.1f} frames/s "
-            f"(moving average {r['moving_average_fps']:9.0f} frames/s), training "
-            f"{r['train_s_per_step']:.3f} s/step (batch 16 x 64 x 64; {r['train_total_s']:.0f} s "
-            f"with noise model, mean image and calibration)",
-            flush=True,
-        )
+        for runtime in args.runtimes:
+            t0 = time.perf_counter()
+            n = sum(
+                c.stop - c.start
+                for c in calmdown.iter_apply(model, sim.raw, prepared=prep, runtime=runtime)
+            )
+            infer_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            uniform_filter1d(sim.raw, 5, axis=0, mode="nearest")
+            ma_s = time.perf_counter() - t0
+            rows.append(
+                {
+                    "size": size,
+                    "frames": n,
+                    "runtime": runtime,
+                    "threads": torch.get_num_threads(),
+                    "train_s_per_step": model.training["loop_seconds"] / model.training["steps"],
+                    "train_total_s": model.training["seconds"],
+                    "infer_fps": n / infer_s,
+                    "moving_average_fps": n / ma_s,
+                }
+            )
+            r = rows[-1]
+            print(
+                f"{size:>4} x {size:<4} {n} frames, {runtime:>11}: inference "
+                f"{r['infer_fps']:7.1f} frames/s "
+                f"(moving average {r['moving_average_fps']:9.0f} frames/s), training "
+                f"{r['train_s_per_step']:.3f} s/step (batch 16 x 64 x 64; "
+                f"{r['train_total_s']:.0f} s with noise model, mean image and calibration)",
+                flush=True,
+            )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows}, indent=2))
     print(f"wrote {args.out}")

@@ -3,6 +3,7 @@ import pytest
 
 import calmdown
 from calmdown.errors import InputError
+from calmdown.runtime import onnxruntime_available
 from calmdown.simulate import simulate
 
 from .conftest import psnr
@@ -46,13 +47,21 @@ def test_posterior_at_least_as_good_as_prior(small_sim, outputs):
     assert psnr(post, small_sim.clean) >= psnr(prior, small_sim.clean) - 0.05
 
 
-def test_result_does_not_depend_on_chunking(small_sim, small_model):
+@pytest.mark.parametrize("runtime", ["onnxruntime", "torch"])
+def test_result_does_not_depend_on_chunking(small_sim, small_model, runtime):
     # Frames that two chunks share are predicted once and carried over, every window sum is
     # the same to the bit wherever its chunk starts, and the network always sees full
     # batches: chunks of 9 frames give the one-chunk result exactly (a last-bit difference
     # could move a pixel into another calibration bin, a visibly different interval).
+    if runtime == "onnxruntime" and not onnxruntime_available():
+        pytest.skip("ONNX Runtime is not installed (pip install 'calmdown[onnx]')")
+
     def run(**options):
-        chunks = list(calmdown.iter_apply(small_model, small_sim.raw[:80], interval=0.9, **options))
+        chunks = list(
+            calmdown.iter_apply(
+                small_model, small_sim.raw[:80], interval=0.9, runtime=runtime, **options
+            )
+        )
         return {
             name: np.concatenate([getattr(c, name) for c in chunks])
             for name in ("denoised", "lower", "upper", "p_surprise")

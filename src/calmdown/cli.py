@@ -100,6 +100,14 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or 
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks of errors.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
 Threads = Annotated[int | None, typer.Option("--threads", help="CPU threads for PyTorch.")]
+RuntimeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--runtime",
+        help="What runs the network on a CPU: auto (ONNX Runtime when installed), "
+        "onnxruntime (pip install 'calmdown[onnx]') or torch.",
+    ),
+]
 Seed = Annotated[
     int,
     typer.Option(
@@ -528,7 +536,8 @@ def _summary(
             else ""
         )
         + ".",
-        f"Training: {t['steps']} steps in {t['seconds']:.1f} s on {t['device']} "
+        f"Training: {t['steps']} steps in {t['seconds']:.1f} s on {t['device']}"
+        f"{' (inference: ' + t['runtime'] + ')' if 'runtime' in t else ''} "
         f"(stopped: {t['stopped_because'].replace('_', ' ')}), held-out loss "
         f"{t['best_val_loss']:.4f}.",
         f"Calibration on held-out frames: {100 * h['coverage']:.1f} % of raw values inside their "
@@ -620,6 +629,7 @@ def denoise(
     dask_scheduler: DaskScheduler = None,
     device: Device = "auto",
     threads: Threads = None,
+    runtime: RuntimeOption = None,
     seed: Seed = 0,
     resume: Resume = False,
     checkpoint_every: CheckpointEvery = 30.0,
@@ -656,6 +666,7 @@ def denoise(
             chunk_frames=chunk_frames,
             device=device,
             threads=threads,
+            runtime=runtime,
             seed=seed,
         )
         _check_output(out, raw)
@@ -938,6 +949,7 @@ def apply_cmd(
     dask_scheduler: DaskScheduler = None,
     device: Device = "auto",
     threads: Threads = None,
+    runtime: RuntimeOption = None,
     verbose: Verbose = 0,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -955,6 +967,7 @@ def apply_cmd(
             chunk_frames=chunk_frames,
             device=device,
             threads=threads,
+            runtime=runtime,
         )
         _check_output(out, raw)
         _check_samples(samples, cfg)

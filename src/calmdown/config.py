@@ -216,6 +216,11 @@ class InferenceConfig(_Strict):
     noise, to measure how much input noise reaches the prior (part of its uncertainty that
     is known without ground truth); 0 turns it off. Costs ``1 / probe_stride`` of a pass."""
 
+    runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
+    """What executes the network on a CPU: ``onnxruntime`` (about twice as fast; ``pip install
+    calmdown[onnx]``), ``torch``, or ``auto`` (ONNX Runtime when installed). A GPU always runs
+    PyTorch. See :mod:`calmdown.runtime`."""
+
     guard: GuardConfig = Field(default_factory=GuardConfig)
     """The surprise guard."""
 

@@ -331,7 +331,7 @@ def _commit(paths: dict[str, Path], overwrite: bool) -> None:
 
 def _light(model: TrainedModel) -> TrainedModel:
     """Return the model without its cached network (workers rebuild it from the weights)."""
-    return dataclasses.replace(model, _net=None)
+    return dataclasses.replace(model, _net=None, _runtime=None)
 
 
 # -- what runs on a worker -------------------------------------------------------------------

@@ -57,6 +57,7 @@ from calmdown.propagation import (
     probe_frames,
     probe_halo,
 )
+from calmdown.runtime import InferenceNetwork, Runtime, inference_network
 from calmdown.samples import ErrorCorrelation, SampleStream, estimate_error_correlation
 from calmdown.tiling import predict_tiled, time_chunks
 from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask, make_network
@@ -148,6 +149,7 @@ class TrainedModel:
     final_calibration: CalibrationStages = field(default_factory=CalibrationStages.identity)
     version: str = __version__
     _net: ContextNet | None = field(default=None, repr=False)
+    _runtime: tuple[Any, InferenceNetwork] | None = field(default=None, repr=False)
 
     def network(self, device: torch.device) -> ContextNet:
         """Return the network on ``device``, in evaluation mode."""
@@ -156,6 +158,13 @@ class TrainedModel:
             net.load_state_dict(self.state_dict)
             self._net = net.to(device).eval()
         return self._net
+
+    def inference_network(self, device: torch.device, runtime: Runtime) -> InferenceNetwork:
+        """Return the network as inference runs it (see :mod:`calmdown.runtime`), kept."""
+        key = (device, runtime)
+        if self._runtime is None or self._runtime[0] != key:
+            self._runtime = (key, inference_network(self.network(device), device, runtime))
+        return self._runtime[1]
 
 
 @dataclass
@@ -403,7 +412,7 @@ faster on a CPU."""
 
 @torch.no_grad()
 def _predict_prior(
-    net: ContextNet,
+    net: InferenceNetwork,
     photons: np.ndarray,
     offset: int,
     n_frames: int,
@@ -747,7 +756,7 @@ class _Calibration:
 
 
 def _calibrate(
-    net: ContextNet,
+    net: InferenceNetwork,
     segments: list[Segment],
     mean_image: MeanImage,
     noise: NoiseModel,
@@ -1079,9 +1088,11 @@ def _train(
     result = run_training(
         trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
     )
+    # Calibrated as inference will run the network (ONNX Runtime or PyTorch, see runtime.py).
+    runner = inference_network(trainer.net.eval(), device, cfg.inference.runtime)
     with large_arrays():
         fitted = _calibrate(
-            trainer.net, segments, prep.mean_image, prep.noise, scale0, cfg, device, prep.planes
+            runner, segments, prep.mean_image, prep.noise, scale0, cfg, device, prep.planes
         )
     logger.info(
         "trained %d steps in %.1f s (%s); held-out 90%% raw-interval coverage %.3f",
@@ -1106,10 +1117,12 @@ def _train(
             "best_val_loss": result.best_val_loss,
             "stopped_because": result.stopped_because,
             "device": str(device),
+            "runtime": getattr(runner, "name", "torch"),
         },
         heldout=fitted.heldout,
         data_hash=_data_hash(prep),
         error_correlation=fitted.error_correlation,
+        _runtime=((device, cfg.inference.runtime), runner),
     )
 
 
@@ -1208,7 +1221,7 @@ def _denoise_chunks(
     samples: int,
 ) -> Iterator[DenoisedChunk]:
     _check_plane_context(model.config, prep)
-    net = model.network(device)
+    net = model.inference_network(device, cfg.inference.runtime)
     noise = prep.noise
     n_frames = prep.reader.shape[0]
     k = cfg.model.context_frames

@@ -1,0 +1,145 @@
+"""When does training reach its plateau? Default training against a long run, same movie.
+
+Trains the default model on a simulated 128 x 128 x 3000 movie (dense, 1 photon per pixel per
+frame) twice with the same seed, so both see the same held-out frames: once with the default
+time budget, once with a long budget and no early stopping. The held-out loss is a negative
+log-likelihood (it can be negative), so "within 1 % of the best" is measured on the
+improvement: the gap to the long run's best held-out loss as a fraction of the improvement from
+the untrained network (which predicts the mean image) to that best. Reported for each run: the
+first time its held-out loss came within 1 % (and within 5 %) of that improvement, and the
+prior's PSNR against the ground truth on the first 300 frames, so the plateau is also seen in
+quality. Prints a table and writes JSON.
+
+Usage::
+
+    python benchmarks/training_plateau.py                 # 180 s default and a 600 s run
+    python benchmarks/training_plateau.py --long 900
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import calmdown
+from calmdown.pipeline import Prepared, prepare
+from calmdown.simulate import simulate
+from calmdown.train import TrainProgress
+
+
+def _psnr(estimate: np.ndarray, clean: np.ndarray) -> float:
+    peak = float(clean.max() - clean.min())
+    return float(10 * np.log10(peak**2 / np.mean((estimate - clean) ** 2)))
+
+
+def _first_within(history: list[dict], best: float, initial: float, fraction: float) -> float:
+    """Seconds of training at the first evaluation within ``fraction`` of the improvement."""
+    bound = best + fraction * (initial - best)
+    for h in history:
+        if h["val_loss"] <= bound:
+            return float(h["seconds"])
+    return float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=3000)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--photons", type=float, default=1.0)
+    parser.add_argument("--default-budget", type=float, default=180.0)
+    parser.add_argument("--long", type=float, default=600.0, help="budget of the long run (s)")
+    parser.add_argument("--eval-frames", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "results" / "training_plateau.json",
+    )
+    args = parser.parse_args()
+    sim = simulate(
+        "dense", photons=args.photons, shape=(args.frames, args.size, args.size), seed=args.seed
+    )
+    runs = {
+        "default": {"time_budget_s": args.default_budget},
+        "long": {"time_budget_s": args.long, "max_steps": 1_000_000, "patience": 10_000},
+    }
+    results = {}
+    config = calmdown.make_config(seed=args.seed)
+    t0 = time.perf_counter()
+    prep = prepare(sim.raw, config)
+    prepare_s = time.perf_counter() - t0
+    initial = _untrained_loss(prep, config)
+    for name, options in runs.items():
+        history: list[dict] = []
+
+        def keep(info: TrainProgress, history: list[dict] = history) -> None:
+            history.append({"step": info.step, "seconds": info.seconds, "val_loss": info.val_loss})
+
+        t0 = time.perf_counter()
+        model = calmdown.train(sim.raw, config=config, prepared=prep, progress=keep, **options)
+        wall = time.perf_counter() - t0
+        prior = calmdown.apply(model, sim.raw[: args.eval_frames], output="prior")
+        results[name] = {
+            "options": options,
+            "steps": model.training["steps"],
+            "loop_seconds": model.training["loop_seconds"],
+            "total_seconds": wall + prepare_s,
+            "stopped_because": model.training["stopped_because"],
+            "best_val_loss": model.training["best_val_loss"],
+            "prior_psnr": _psnr(prior, sim.clean[: args.eval_frames]),
+            "history": history,
+        }
+    prep.close()
+    best = min(r["best_val_loss"] for r in results.values())
+    print(
+        f"# {args.size} x {args.size} x {args.frames}, dense, {args.photons:g} photons, "
+        f"{torch.get_num_threads()} threads; untrained held-out loss {initial:.5f}, "
+        f"best {best:.5f}"
+    )
+    print(f"# first pass (noise model, mean image) {prepare_s:.0f} s, counted in 'total s'")
+    print(
+        f"{'run':>8} {'steps':>6} {'train s':>8} {'total s':>8} {'best loss':>10} "
+        f"{'gap %':>6} {'1 % at s':>9} {'5 % at s':>9} {'prior PSNR':>11}"
+    )
+    for name, r in results.items():
+        r["gap_fraction"] = (r["best_val_loss"] - best) / (initial - best)
+        r["within_1pct_s"] = _first_within(r["history"], best, initial, 0.01)
+        r["within_5pct_s"] = _first_within(r["history"], best, initial, 0.05)
+        print(
+            f"{name:>8} {r['steps']:>6} {r['loop_seconds']:>8.0f} {r['total_seconds']:>8.0f} "
+            f"{r['best_val_loss']:>10.5f} {100 * r['gap_fraction']:>6.2f} "
+            f"{r['within_1pct_s']:>9.0f} {r['within_5pct_s']:>9.0f} {r['prior_psnr']:>11.2f}"
+        )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(
+        json.dumps({"initial_val_loss": initial, "best_val_loss": best, "runs": results}, indent=2)
+    )
+    print(f"wrote {args.out}")
+
+
+def _untrained_loss(prep: Prepared, config: calmdown.Config) -> float:
+    """Held-out loss of the untrained network (it predicts the mean image)."""
+    from calmdown.pipeline import _training_segments
+    from calmdown.train import Trainer
+
+    segments = _training_segments(prep, config)
+    scale0 = float(max(np.mean(prep.mean_image.global_mean), 0.05))
+    trainer = Trainer(
+        segments,
+        prep.mean_image,
+        prep.noise,
+        scale0,
+        model_config=config.model,
+        train_config=config.train,
+        device=torch.device("cpu"),
+    )
+    return float(trainer.validate())
+
+
+if __name__ == "__main__":
+    main()
