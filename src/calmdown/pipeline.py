@@ -59,7 +59,7 @@ from calmdown.propagation import (
 )
 from calmdown.runtime import InferenceNetwork, Runtime, inference_network
 from calmdown.samples import ErrorCorrelation, SampleStream, estimate_error_correlation
-from calmdown.tiling import predict_tiled, time_chunks
+from calmdown.tiling import TimeChunk, predict_tiled, time_chunks
 from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask, make_network
 
 __all__ = [
@@ -1249,8 +1249,7 @@ def _denoise_chunks(
     h, w = prep.reader.shape[1:]
     carried: PriorPrediction | None = None  # the predicted frames this chunk shares with the last
     for i_chunk, chunk in enumerate(chunks):
-        g0 = max(0, chunk.out_start - g_halo)
-        g1 = min(n_frames, chunk.out_stop + g_halo)
+        g0, g1 = _predicted_span(chunk, g_halo, n_frames)
         photons = noise.to_photons(prep.reader.read(chunk.read_start, chunk.read_stop))
         plane_photons = (
             prep.planes.read(chunk.read_start, chunk.read_stop) if prep.planes is not None else None
@@ -1282,14 +1281,13 @@ def _denoise_chunks(
             pred.probes = old.then(new.probes) if old is not None else new.probes
         del new
         release_freed_memory()  # the network's temporaries, before the guard's
-        last = i_chunk + 1 == len(chunks)
-        next_g0 = g1 if last else max(0, chunks[i_chunk + 1].out_start - g_halo)
+        following = chunks[i_chunk + 1] if i_chunk + 1 < len(chunks) else None
         loc, level = pred.loc, pred.mean
         x = torch.from_numpy(photons[g0 - chunk.read_start : g1 - chunk.read_start]).to(device)
         keep = slice(chunk.out_start - g0, chunk.out_stop - g0)
         prior_adu = noise.to_adu(loc[keep].cpu().numpy())
         if not use_posterior:
-            carried = pred.tail(next_g0 - g0) if g0 <= next_g0 < g1 else None
+            carried = _carry(pred, (g0, g1), following, g_halo, n_frames)
             yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
             del pred, loc, level, x, photons, plane_photons, prior_adu  # as below
             continue
@@ -1340,11 +1338,31 @@ def _denoise_chunks(
                 assert out.samples is not None
                 draws = post_mean[None] + torch.sqrt(post_var)[None] * u[:, :, y0:y1]
                 out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
-        carried = pred.tail(next_g0 - g0) if g0 <= next_g0 < g1 else None
+        carried = _carry(pred, (g0, g1), following, g_halo, n_frames)
         yield out
         # Not held while the next chunk is computed (the caller holds ``out`` at most).
         del out, pred, loc, level, x, photons, plane_photons, prior_adu, u
         release_freed_memory()
+
+
+def _predicted_span(chunk: TimeChunk, g_halo: int, n_frames: int) -> tuple[int, int]:
+    """Frames whose prior a chunk predicts: its output frames and the guard's halo."""
+    return max(0, chunk.out_start - g_halo), min(n_frames, chunk.out_stop + g_halo)
+
+
+def _carry(
+    pred: PriorPrediction,
+    span: tuple[int, int],
+    following: TimeChunk | None,
+    g_halo: int,
+    n_frames: int,
+) -> PriorPrediction | None:
+    """Copy the predicted frames (of ``span``) the ``following`` chunk shares, if any."""
+    if following is None:
+        return None
+    g0, g1 = span
+    next_g0 = _predicted_span(following, g_halo, n_frames)[0]
+    return pred.tail(next_g0 - g0) if g0 <= next_g0 < g1 else None
 
 
 CHUNK_PIXELS = 1 << 22
