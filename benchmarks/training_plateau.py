@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 import calmdown
-from calmdown.pipeline import Prepared, prepare
+from calmdown.pipeline import Prepared, make_trainer, prepare
 from calmdown.simulate import simulate
 from calmdown.train import TrainProgress
 
@@ -150,21 +150,7 @@ def main() -> None:
 
 def _untrained_loss(prep: Prepared, config: calmdown.Config) -> float:
     """Held-out loss of the untrained network (it predicts the mean image)."""
-    from calmdown.pipeline import _training_segments
-    from calmdown.train import Trainer
-
-    segments = _training_segments(prep, config)
-    scale0 = float(max(np.mean(prep.mean_image.global_mean), 0.05))
-    trainer = Trainer(
-        segments,
-        prep.mean_image,
-        prep.noise,
-        scale0,
-        model_config=config.model,
-        train_config=config.train,
-        device=torch.device("cpu"),
-    )
-    return float(trainer.validate())
+    return float(make_trainer(prep, config, torch.device("cpu")).validate())
 
 
 if __name__ == "__main__":

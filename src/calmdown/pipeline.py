@@ -1063,6 +1063,20 @@ def _with_plane_context(
     return cfg
 
 
+def make_trainer(prep: Prepared, cfg: Config, device: torch.device) -> Trainer:
+    """Return a :class:`~calmdown.train.Trainer` on the training segments of a prepared movie."""
+    return Trainer(
+        _training_segments(prep, cfg),
+        prep.mean_image,
+        prep.noise,
+        float(max(np.mean(prep.mean_image.global_mean), 0.05)),
+        model_config=cfg.model,
+        train_config=cfg.train,
+        device=device,
+        planes=prep.planes,
+    )
+
+
 def _train(
     prep: Prepared,
     cfg: Config,
@@ -1073,18 +1087,8 @@ def _train(
 ) -> TrainedModel:
     t0 = time.perf_counter()
     _check_plane_context(cfg, prep)
-    segments = _training_segments(prep, cfg)
-    scale0 = float(max(np.mean(prep.mean_image.global_mean), 0.05))
-    trainer = Trainer(
-        segments,
-        prep.mean_image,
-        prep.noise,
-        scale0,
-        model_config=cfg.model,
-        train_config=cfg.train,
-        device=device,
-        planes=prep.planes,
-    )
+    trainer = make_trainer(prep, cfg, device)
+    segments, scale0 = trainer.segments, trainer.scale0
     result = run_training(
         trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
     )
