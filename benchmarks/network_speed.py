@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +38,7 @@ import numpy as np
 import torch
 
 from calmdown.network import ContextNet
+from calmdown.runtime import inference_network
 
 Forward = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
@@ -56,20 +56,13 @@ def _time(fn: Forward, mean: torch.Tensor, frames: torch.Tensor, repeats: int) -
     return best
 
 
-def _variants(net: ContextNet, mean: torch.Tensor, frames: torch.Tensor) -> dict[str, Forward]:
+def _variants(
+    net: ContextNet, mean: torch.Tensor, frames: torch.Tensor, only: list[str] | None
+) -> dict[str, Forward]:
     out: dict[str, Forward] = {"fp32": net}
 
-    net_cl = ContextNet(net.context_frames, net.width).eval()
-    net_cl.load_state_dict(net.state_dict())
-    net_cl = net_cl.to(memory_format=torch.channels_last)
-
-    def channels_last(m: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return net_cl(
-            m.contiguous(memory_format=torch.channels_last),
-            f.contiguous(memory_format=torch.channels_last),
-        )
-
-    out["channels_last"] = channels_last
+    # What calmdown runs (calmdown.runtime): PyTorch channels-last, and ONNX Runtime.
+    out["channels_last"] = inference_network(net, torch.device("cpu"), "torch")
 
     def jit_freeze() -> Forward:
         with torch.inference_mode():
@@ -90,21 +83,7 @@ def _variants(net: ContextNet, mean: torch.Tensor, frames: torch.Tensor) -> dict
         return quantize_dynamic(net, {torch.nn.Conv2d, torch.nn.Linear}, dtype=torch.qint8)
 
     def onnxruntime() -> Forward:
-        import onnxruntime as ort
-
-        path = Path(tempfile.mkdtemp()) / "net.onnx"
-        torch.onnx.export(
-            net, (mean, frames), str(path), input_names=["mean", "frames"], dynamo=False
-        )
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = torch.get_num_threads()
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-        def run(m: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            loc, scale = sess.run(None, {"mean": m.numpy(), "frames": f.numpy()})
-            return torch.from_numpy(loc), torch.from_numpy(scale)
-
-        return run
+        return inference_network(net, torch.device("cpu"), "onnxruntime")
 
     def narrower(width: int) -> Callable[[], Forward]:
         return lambda: ContextNet(net.context_frames, width).eval()
@@ -119,6 +98,8 @@ def _variants(net: ContextNet, mean: torch.Tensor, frames: torch.Tensor) -> dict
     }
     out["bf16"] = bf16
     for name, build in builders.items():
+        if only and name not in only:  # built only when timed (torch.compile takes minutes)
+            continue
         try:
             out[name] = build()
         except Exception as exc:  # noqa: BLE001  (a variant that cannot be built is reported)
@@ -158,7 +139,7 @@ def main() -> None:
         ref_loc = net(mean, frames)[0]
     rows = []
     base_s = None
-    for name, fn in _variants(net, mean, frames).items():
+    for name, fn in _variants(net, mean, frames, args.only).items():
         if args.only and name not in args.only and name != "fp32":
             continue
         if isinstance(fn, _failed):
