@@ -71,6 +71,10 @@ def strata(
     )
     act_den = _active(den, np.maximum(post_sd, 1e-6))
     act_true = _active(clean, noise_sd * 0.5)
+    # How the truth misses: above the interval, below it, and the spread of the standardised
+    # error (1 for a calibrated Gaussian); a miss on one side is a biased centre, misses on both
+    # sides an interval too narrow.
+    zerr = (clean - den) / np.maximum(post_sd, 1e-9)
     out = {
         "overall": inside.mean(),
         "dim": inside[~bright].mean(),
@@ -83,16 +87,43 @@ def strata(
         "active (truth)": inside[act_true].mean() if act_true.any() else float("nan"),
         "width / raw noise width": float(width.mean() / (2 * 1.6449 * noise_sd).mean()),
     }
+    for label, mask in (
+        ("overall", np.ones(clean.shape, bool)),
+        ("active (denoised)", act_den),
+        ("bright", bright),
+        ("narrow", width <= q1),
+    ):
+        out.update(_miss_shape(label, zerr[mask], (clean > upper)[mask], (clean < lower)[mask]))
     for label, lo, hi in (("events z<4", 0, 4), ("events z4-8", 4, 8), ("events z>=8", 8, 1e9)):
         hits = []
+        above, below, zs = [], [], []
         for ev in sim.events:
             if lo <= ev.z_oracle < hi:
                 # During the event's upper half, at the pixels where it is at least half its peak.
                 frames = ev.t_start + np.flatnonzero(ev.time_course >= 0.5 * ev.peak_photons)
                 px = ev.weights >= 0.5
-                hits.append(inside[frames[:, None], ev.ys[px][None], ev.xs[px][None]].ravel())
+                where = (frames[:, None], ev.ys[px][None], ev.xs[px][None])
+                hits.append(inside[where].ravel())
+                above.append((clean > upper)[where].ravel())
+                below.append((clean < lower)[where].ravel())
+                zs.append(zerr[where].ravel())
         out[label] = float(np.concatenate(hits).mean()) if hits else float("nan")
+        if label == "events z>=8" and hits:
+            out.update(_miss_shape(label, *(np.concatenate(v) for v in (zs, above, below))))
     return {k: float(v) for k, v in out.items()}
+
+
+def _miss_shape(
+    label: str, zerr: np.ndarray, above: np.ndarray, below: np.ndarray
+) -> dict[str, float]:
+    """Fractions of the truth above and below the interval, and the sd of the standardised error."""
+    if zerr.size == 0:
+        return {}
+    return {
+        f"{label}: above": float(above.mean()),
+        f"{label}: below": float(below.mean()),
+        f"{label}: sd z": float(np.std(zerr)),
+    }
 
 
 def roi_coverage(model: calmdown.TrainedModel, sim: SimulatedMovie) -> dict[str, float]:
@@ -180,6 +211,18 @@ def main() -> None:
             band = TARGETS.get(c)
             flag = "" if band is None or np.isnan(v) or band[0] <= v <= band[1] else " (!)"
             cells.append(f"{v:.3f}{flag}")
+        print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
+    shape_cols = [
+        f"{g}: {k}"
+        for g in ("overall", "active (denoised)", "bright", "narrow", "events z>=8")
+        for k in ("above", "below", "sd z")
+    ]
+    print("\nHow the truth misses (fraction above / below the 90 % interval, each 0.05 if")
+    print("calibrated; sd of (truth - denoised) / posterior sd, 1 if calibrated):")
+    print("| preset | photons | " + " | ".join(shape_cols) + " |")
+    print("|---|---|" + "---|" * len(shape_cols))
+    for r in rows:
+        cells = [f"{r.get(c, float('nan')):.3f}" for c in shape_cols]
         print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "calibration.json"
