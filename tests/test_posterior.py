@@ -231,3 +231,35 @@ def test_window_sums_do_not_depend_on_where_a_run_starts():
     assert torch.equal(part[15:48], whole[32:65])
     exact = window_sum(x.double(), 31, 3)
     torch.testing.assert_close(whole.double(), exact, rtol=1e-6, atol=1e-4)
+
+
+def test_factors_fitted_where_the_prior_is_in_charge_leave_the_guards_variance_alone():
+    # The correction's variance factors and the final stages are fitted on pixels where the
+    # guard does not act. Fitted on an over-wide prior, they shrink its variance tenfold;
+    # applied to the guard's variance too, they would narrow the interval of an event the
+    # guard handed to the data until it no longer holds it.
+    from calmdown.calibration import CalibrationStages, StratifiedCalibration
+    from calmdown.correction import ResidualCorrection
+    from calmdown.noise import NoiseModel
+    from calmdown.pipeline import _guard_and_correct
+
+    shrink = 0.1
+    correction = ResidualCorrection((3, 9), (1, 9), 1, [0.0] * 8, [shrink] * 8, [1.0] * 7)
+    final = CalibrationStages([StratifiedCalibration([], [], [[shrink]], feature="activity")])
+    noise = NoiseModel(gain=1.0, offset=0.0, read_noise=0.0)
+    hits, scaled = [], []
+    for seed in range(4):
+        x, loc, pv, _, clean = _blurred_process_event(seed, amplitude=3.0)
+        loc_g, var_g, p = _guard_and_correct(
+            x, loc, pv, noise, GuardConfig(), null_scale=1.0, correction=correction,
+            final=final, level=loc.mean(dim=0),
+        )  # fmt: skip
+        mean, var = gaussian_posterior(x, loc_g, var_g, torch.clamp(loc_g, min=0.05))
+        inside = (slice(30, 45), slice(8, 15), 12)
+        hits.append(((clean - mean).abs() <= 1.6449 * torch.sqrt(var))[inside].float().mean())
+        quiet = p < 1e-3
+        scaled.append(float((var_g[quiet] / pv[quiet]).median()))
+    assert np.mean(hits) >= 0.85
+    # Where the prior is in charge, the factors do apply (both of them): its variance is a
+    # hundredth of what it was, plus the little the guard adds where it is unsure.
+    assert max(scaled) < 3 * shrink * shrink

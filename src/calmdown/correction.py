@@ -97,11 +97,26 @@ class ResidualCorrection:
         noise_var: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Corrected prior location and variance, and the evidence z-score."""
+        shift, factor, added, z = self.terms(x, loc, prior_var, noise_var)
+        return loc + shift, factor * prior_var + added, z
+
+    def terms(
+        self,
+        x: torch.Tensor,
+        loc: torch.Tensor,
+        prior_var: torch.Tensor,
+        noise_var: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return :meth:`apply`'s terms: ``loc + shift`` and ``factor * prior_var + added``.
+
+        Also the evidence z-score. The factor is the bin's, the added variance the noise of
+        the residual added back.
+        """
         s, v_s, z = self.statistics(x - loc, prior_var + noise_var, noise_var)
         b = self.bins(z)
         g = torch.as_tensor(self.gains, dtype=x.dtype, device=x.device)[b]
         a = torch.as_tensor(self.var_factors, dtype=x.dtype, device=x.device)[b]
-        return loc + g * s, a * prior_var + g * g * v_s, z
+        return g * s, a, g * g * v_s, z
 
     def to_dict(self) -> dict[str, object]:
         """Plain types."""

@@ -601,16 +601,27 @@ def _guard_and_correct(
     guarded = surprise_guard(
         x, loc, pvar, _noise_var(noise, loc), gcfg, null_scale=null_scale, frames=slice(g0, g1)
     )
-    loc_g, var_g, p_surprise = guarded.loc, guarded.var, guarded.p_surprise
+    loc_g, p_surprise = guarded.loc, guarded.p_surprise
+    # The variance has two parts. The prior's (the network's, calibrated) is what the
+    # correction's factors and the final stages are fitted to, on pixels where the prior is in
+    # charge (p_surprise < _FIT_MAX_SURPRISE). The guard's (what the neighbouring frames leave
+    # uncertain where it acts) is measured from the data and is not theirs to scale: fitted
+    # where it is absent, a factor below 1 would narrow the interval of an event.
+    prior_var = pvar[g0:g1]
     if correction is not None:
-        loc_g, var_g, _ = correction.apply(x[g0:g1], loc_g, var_g, _noise_var(noise, loc_g))
+        shift, factor, added, _ = correction.terms(
+            x[g0:g1], loc_g, guarded.var, _noise_var(noise, loc_g)
+        )
+        loc_g = loc_g + shift
+        prior_var = factor * prior_var + added
+        del shift, factor, added
     inner = slice(f0 - g0, f1 - g0)
-    loc_g, var_g, p_surprise = loc_g[inner], var_g[inner], p_surprise[inner]
+    loc_g, prior_var, p_surprise = loc_g[inner], prior_var[inner], p_surprise[inner]
     if final is not None:
         assert level is not None
         change = temporal_change(x) if change is None else change
-        var_g = final.apply(var_g, loc_g, level[f0:f1], change[f0:f1])
-    return loc_g, var_g, p_surprise
+        prior_var = final.apply(prior_var, loc_g, level[f0:f1], change[f0:f1])
+    return loc_g, prior_var + guarded.guard_var[inner], p_surprise
 
 
 def _correction_windows(gcfg: GuardConfig, noise: NoiseModel) -> dict[str, Any]:

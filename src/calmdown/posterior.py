@@ -240,11 +240,15 @@ def evidence_zscores(
 
 @dataclass
 class GuardOutput:
-    """Guarded prior and the surprise probability (all (T, Y, X) tensors)."""
+    """Guarded prior and the surprise probability (all (T, Y, X) tensors).
+
+    ``var`` is the prior's variance plus ``guard_var``, what the guard adds where it acts.
+    """
 
     loc: torch.Tensor
     var: torch.Tensor
     p_surprise: torch.Tensor
+    guard_var: torch.Tensor
 
 
 def surprise_guard(
@@ -299,7 +303,8 @@ def surprise_guard(
     f0, f1, _ = (frames or slice(None)).indices(n)
     if not cfg.enabled:
         loc, prior_var = loc[f0:f1], prior_var[f0:f1]
-        return GuardOutput(loc=loc, var=prior_var, p_surprise=torch.zeros_like(loc))
+        zero = torch.zeros_like(loc)
+        return GuardOutput(loc=loc, var=prior_var, p_surprise=zero, guard_var=zero)
     windows = evidence_windows(cfg)
     scales = [null_scale] if isinstance(null_scale, int | float) else list(null_scale)
     if len(scales) == 1:
@@ -351,7 +356,7 @@ def surprise_guard(
     shrink = rho / (1 + rho)
     new_loc = loc[f0:f1] + p * shrink * r_loo
     extra = p * (mean_var / m + spread) + p * (1 - p) * (shrink * r_loo) ** 2
-    return GuardOutput(loc=new_loc, var=prior_var[f0:f1] + extra, p_surprise=p)
+    return GuardOutput(loc=new_loc, var=prior_var[f0:f1] + extra, p_surprise=p, guard_var=extra)
 
 
 def gaussian_posterior(
