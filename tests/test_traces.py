@@ -4,7 +4,7 @@ import pytest
 import calmdown
 from calmdown.io.rois import Rois
 from calmdown.samples import ErrorCorrelation, SampleStream
-from calmdown.traces import roi_traces, write_traces
+from calmdown.traces import roi_posterior, roi_traces, write_traces
 
 
 def _label_rois(labels: np.ndarray) -> Rois:
@@ -50,6 +50,60 @@ def test_roi_corridors_cover_the_clean_traces(small_sim, small_model, tmp_path):
             assert data[key].shape == (n, t)
         np.testing.assert_array_equal(data["roi_ids"], rois.ids)
     assert not list(tmp_path.glob("*.partial"))
+
+
+def _shrunk_roi_traces(seed: int, n_rois: int = 12, t: int = 2000):
+    """ROI traces whose prior shrinks transients toward baseline and errs slowly, plus raw."""
+    rng = np.random.default_rng(seed)
+    clean = np.full((n_rois, t), 10.0)
+    for i in range(n_rois):
+        for start in rng.choice(t - 40, size=15, replace=False):
+            clean[i, start : start + 40] += rng.uniform(2, 8) * np.exp(-np.arange(40) / 10.0)
+    slow = np.zeros((n_rois, t))
+    for k in range(1, t):  # an AR(1) error, correlated over ~20 frames
+        slow[:, k] = 0.95 * slow[:, k - 1] + 0.15 * rng.standard_normal(n_rois)
+    prior = 10.0 + 0.6 * (clean - 10.0) + slow + 0.5  # shrunk, offset, slowly wrong
+    noise_var = np.full((n_rois, t), 1.0)
+    raw = clean + rng.standard_normal((n_rois, t))
+    return clean, prior, raw, noise_var
+
+
+def test_roi_posterior_undoes_the_priors_shrinkage_and_is_calibrated():
+    clean, prior, raw, nv = _shrunk_roi_traces(0)
+    checked = np.ones(clean.shape[1], bool)
+    post = roi_posterior(prior, raw, nv, checked, np.ones_like(prior))
+    # The line of raw on prior is the line of clean on prior (E[clean | prior]), found
+    # without the clean traces; it undoes part of the shrinkage (a slope above 1).
+    oracle = np.polyfit(prior.ravel(), clean.ravel(), 1)[0]
+    assert np.all(np.abs(post.slope - oracle) < 0.05), (post.slope, oracle)
+    assert np.all(post.slope > 1.05)
+    rmse = {k: float(np.sqrt(np.mean((v - clean) ** 2))) for k, v in
+            (("post", post.mean), ("prior", prior), ("raw", raw))}  # fmt: skip
+    assert rmse["post"] < 0.8 * min(rmse["prior"], rmse["raw"]), rmse
+    inside = np.abs(clean - post.mean) <= 1.6449 * np.sqrt(post.var)
+    assert 0.86 <= inside.mean() <= 0.94, inside.mean()
+    # Taking the prior trace as it is, with its own spread, would not be.
+    naive = np.abs(clean - prior) <= 1.6449 * np.sqrt(np.mean((prior - clean) ** 2) / 4)
+    assert naive.mean() < 0.8
+
+
+def test_roi_posterior_with_few_frames_keeps_the_slope():
+    _, prior, raw, nv = _shrunk_roi_traces(1, t=200)
+    checked = np.zeros(200, bool)
+    checked[:20] = True
+    post = roi_posterior(prior, raw, nv, checked, np.ones_like(prior))
+    assert np.all(post.slope == 1.0)
+    assert np.all(np.isfinite(post.mean)) and np.all(post.var > 0)
+
+
+def test_calibrated_roi_traces_are_closer_to_the_truth(small_sim, small_model):
+    rois = _label_rois(small_sim.labels)
+    clean = small_sim.roi_traces[rois.ids - 1]
+    err = {}
+    for calibrate in (True, False):
+        tr = roi_traces(small_model, small_sim.raw, rois, samples=8, calibrate=calibrate)
+        err[calibrate] = float(np.sqrt(np.mean((tr.f_mean - clean) ** 2)))
+    assert err[True] < err[False], err
 
 
 def test_correlated_samples_give_wider_roi_corridors_than_independent_ones(small_sim, small_model):

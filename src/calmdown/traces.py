@@ -1,11 +1,13 @@
 """ROI fluorescence and dF/F traces with credible corridors from joint posterior samples.
 
 Each ROI's trace is the weighted mean of its pixels, offset removed (ADU above the zero-photon
-level). Its corridor comes from joint Monte-Carlo samples of the clean movie
-(:mod:`calmdown.samples`), whose errors are correlated across the ROI's pixels and over time as
-the model's are: averaging independent pixel errors would make the corridor far too narrow.
-dF/F is computed per sample, ``(F - F0) / F0`` with ``F0`` a percentile of that sample's own
-trace, so the corridor includes the uncertainty of the baseline.
+level). Its posterior is taken at the ROI level (:func:`roi_posterior`): the prior's ROI errors
+are correlated over the ROI's pixels and hardly average down, while the raw trace's noise does,
+so the raw ROI trace is worth far more than the pixel posteriors give it. The corridors' shape
+over time comes from joint Monte-Carlo samples of the clean movie (:mod:`calmdown.samples`),
+whose errors are correlated across pixels and frames as the model's are. dF/F is computed per
+sample, ``(F - F0) / F0`` with ``F0`` a percentile of that sample's own trace, so the corridor
+includes the uncertainty of the baseline.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import sparse
+from scipy import sparse, stats
 
 from calmdown.errors import InputError
 from calmdown.io import write_atomic
@@ -27,7 +29,7 @@ from calmdown.io.rois import Rois
 from calmdown.pipeline import Prepared, TrainedModel, _data_hash, iter_apply, prepare
 from calmdown.train import held_out_mask
 
-__all__ = ["RoiTraces", "roi_matrix", "roi_traces", "write_traces"]
+__all__ = ["RoiPosterior", "RoiTraces", "roi_matrix", "roi_posterior", "roi_traces", "write_traces"]
 
 
 @dataclass
@@ -64,7 +66,8 @@ class RoiTraces:
     n_samples: int
     baseline_percentile: float
     corridor_factor: float = 1.0
-    """Factor the held-out ROI residuals put on the joint samples' spread (1: none)."""
+    """Root mean ratio of the corridors' variance to the joint samples' spread (1: the pixel
+    model's corridors as they are, ``calibrate=False``)."""
 
 
 def roi_matrix(rois: Rois) -> sparse.csr_matrix:
@@ -100,6 +103,188 @@ def _neighbour_pairs(rois: Rois, correlation: tuple[float, float]) -> np.ndarray
         )
         out[i] = 1.0 + 2.0 * cross / max(total, 1e-12)
     return out[:, None]
+
+
+MIN_SLOPE_FRAMES = 30
+"""Held-out frames an ROI needs before its prior trace's slope is fitted (else 1)."""
+
+
+@dataclass
+class RoiPosterior:
+    """Per-frame posterior of each ROI's fluorescence (arrays of shape (n_rois, T), ADU).
+
+    Attributes
+    ----------
+    mean, var : ndarray
+        Posterior mean and variance.
+    offset, slope : ndarray
+        The affine calibration ``offset + slope * prior`` of each ROI's prior trace.
+    error_var : ndarray
+        Each ROI's mean error variance of the calibrated prior trace (held-out frames).
+    """
+
+    mean: np.ndarray
+    var: np.ndarray
+    offset: np.ndarray
+    slope: np.ndarray
+    error_var: np.ndarray
+
+
+def roi_posterior(
+    prior: np.ndarray,
+    raw: np.ndarray,
+    noise_var: np.ndarray,
+    checked: np.ndarray,
+    profile: np.ndarray,
+) -> RoiPosterior:
+    """Combine each ROI's prior trace with its raw trace, calibrated on held-out frames.
+
+    The pixel posterior weighs each pixel's own value against the prior as if the prior's
+    errors were independent between pixels. They are not: a context prior shrinks a whole
+    cell's transient toward the mean image at once (quiet frames come out too high, active
+    ones too low), so its ROI error hardly averages down, while the raw ROI trace's noise does,
+    by the ROI's pixel count. At the ROI level the raw trace is therefore worth far more than
+    the pixel weights give it. Per ROI:
+
+    1. **Calibrate the prior trace.** On held-out frames the prior never saw, the raw ROI value
+       is the clean one plus noise independent of the prior, so the least-squares line of raw
+       on prior estimates ``E[clean | prior]`` without ground truth: ``offset + slope *
+       prior`` undoes the shrinkage (a slope above 1) and any offset.
+    2. **Its error variance.** The mean squared residual of the raw trace about that line,
+       minus the raw trace's noise variance, on the same frames; over time it follows
+       ``profile`` (the joint samples' spread, wide where the guard hands pixels to the
+       data). Not less than its own standard error: a variance the data cannot tell from
+       zero is not taken as zero.
+    3. **Bayes, frame by frame.** Prior ``N(calibrated, error variance)`` times the raw
+       trace's likelihood ``N(raw, noise variance)``.
+
+    Parameters
+    ----------
+    prior, raw : ndarray
+        (n_rois, T) ROI traces of the network's prior and of the raw movie (ADU above offset).
+    noise_var : ndarray
+        (n_rois, T) noise variance of the raw ROI values.
+    checked : ndarray
+        (T,) bool, the frames the prior was not trained on.
+    profile : ndarray
+        (n_rois, T) relative error variance over time (positive).
+
+    Returns
+    -------
+    RoiPosterior
+    """
+    n, _ = prior.shape
+    sel = np.asarray(checked, bool)
+    k = int(sel.sum())
+    slopes = _pooled_slopes(prior[:, sel], raw[:, sel], noise_var[:, sel])
+    offsets, error_var = np.zeros(n), np.zeros(n)
+    cal = np.empty(prior.shape, np.float64)
+    prior_var = np.empty(prior.shape, np.float64)
+    for i in range(n):
+        p, r = prior[i].astype(np.float64), raw[i].astype(np.float64)
+        ps, rs, vs = p[sel], r[sel], noise_var[i, sel].astype(np.float64)
+        if k:
+            offsets[i] = float(np.mean(rs - slopes[i] * ps))
+        cal[i] = offsets[i] + slopes[i] * p
+        rel = profile[i].astype(np.float64)
+        rel = rel / max(float(np.mean(rel[sel])) if k else float(np.mean(rel)), 1e-30)
+        if k:
+            excess = (rs - cal[i, sel]) ** 2 - vs
+            # Each frame's excess has variance about 2 (noise var)^2, and the errors run over
+            # many frames: the standard error counts the frames as if 1 in 10 were free.
+            se = float(np.sqrt(2.0 * np.mean(vs**2) / max(k / 10.0, 1.0)))
+            error_var[i] = max(float(np.mean(excess)), se)
+        else:
+            error_var[i] = float(np.mean(profile[i]))
+        prior_var[i] = error_var[i] * rel
+    if k:
+        prior_var = _by_activity(prior_var, cal, raw, noise_var, sel, error_var)
+    nv = noise_var.astype(np.float64)
+    w = prior_var / (prior_var + nv)
+    return RoiPosterior(
+        mean=cal + w * (raw - cal),
+        var=w * nv,
+        offset=offsets,
+        slope=slopes,
+        error_var=error_var,
+    )
+
+
+ACTIVITY_EDGES = (-1.0, 1.0, 2.0, 4.0)
+"""Edges of the calibrated prior trace's departure from its median, in units of the ROI's
+error sd, that split frames into classes whose error variance is fitted apart."""
+
+MIN_CLASS_FRAMES = 50
+"""ROI-frames a class needs (over all ROIs) before its own factor is fitted."""
+
+
+def _by_activity(
+    prior_var: np.ndarray,
+    cal: np.ndarray,
+    raw: np.ndarray,
+    noise_var: np.ndarray,
+    sel: np.ndarray,
+    error_var: np.ndarray,
+) -> np.ndarray:
+    """Rescale the error variance per class of activity, pooled over ROIs, keeping each mean.
+
+    The prior errs more while a cell departs from its baseline (a transient's course) than at
+    rest, by more than the joint samples' spread says. Classes of the calibrated prior trace's
+    departure from its median (known without the frame's own value), pooled over the ROIs, get
+    the factor their held-out residuals show; then each ROI's variance is brought back to its
+    own mean. (A mean residual per class, pooled over ROIs, was tried as a location
+    correction too: it moved some ROIs' traces off and lowered their coverage.)
+    """
+    dev = (cal - np.median(cal, axis=1, keepdims=True)) / np.sqrt(np.maximum(error_var, 1e-30))[
+        :, None
+    ]
+    cls = np.digitize(dev, ACTIVITY_EDGES)
+    excess = (raw - cal) ** 2 - noise_var
+    out = prior_var.copy()
+    for c in range(len(ACTIVITY_EDGES) + 1):
+        m = (cls == c) & sel[None, :]
+        if m.sum() < MIN_CLASS_FRAMES:
+            continue
+        nv = noise_var[m].astype(np.float64)
+        se = float(np.sqrt(2.0 * np.mean(nv**2) / (m.sum() / 10.0)))
+        factor = max(float(excess[m].mean()), se) / max(float(prior_var[m].mean()), 1e-30)
+        out[cls == c] *= factor
+    mean_before = prior_var[:, sel].mean(axis=1, keepdims=True)
+    mean_after = np.maximum(out[:, sel].mean(axis=1, keepdims=True), 1e-30)
+    return out * (mean_before / mean_after)
+
+
+def _pooled_slopes(prior: np.ndarray, raw: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
+    """Each ROI's least-squares slope of raw on prior, shrunk toward the ROIs' common one.
+
+    A slope is poorly known where the prior trace hardly varies over the frames it is fitted
+    on (a quiet ROI); random effects (DerSimonian-Laird) pool it with the others by precision,
+    so that a well-measured ROI keeps its own slope and a quiet one takes the common slope.
+    Fewer than :data:`MIN_SLOPE_FRAMES` frames: slopes of 1.
+    """
+    n, k = prior.shape
+    if k < MIN_SLOPE_FRAMES:
+        return np.ones(n)
+    own, var = np.ones(n), np.full(n, np.inf)
+    for i in range(n):
+        p, r = prior[i].astype(np.float64), raw[i].astype(np.float64)
+        sxx = float(np.sum((p - p.mean()) ** 2))
+        if sxx <= 0:
+            continue
+        own[i] = float(np.sum((p - p.mean()) * (r - r.mean())) / sxx)
+        resid = r - r.mean() - own[i] * (p - p.mean())
+        # The residuals run over many frames (the prior's errors are slow): count 1 in 10.
+        var[i] = float(np.sum(resid**2)) / max(k / 10.0 - 2.0, 1.0) / sxx
+    ok = np.isfinite(var)
+    if not ok.any():
+        return np.ones(n)
+    w = 1.0 / var[ok]
+    pooled = float(np.sum(w * own[ok]) / np.sum(w))
+    q = float(np.sum(w * (own[ok] - pooled) ** 2))
+    tau2 = max(0.0, (q - (ok.sum() - 1)) / max(float(np.sum(w) - np.sum(w**2) / np.sum(w)), 1e-30))
+    out = np.full(n, pooled)
+    out[ok] = pooled + tau2 / (tau2 + var[ok]) * (own[ok] - pooled)
+    return out
 
 
 def _dff(f: np.ndarray, percentile: float) -> np.ndarray:
@@ -145,9 +330,11 @@ def roi_traces(
     progress : callable, optional
         Called with the number of frames done after each chunk.
     calibrate : bool
-        Scale the corridors so that the ROI error variance they imply matches the one seen
-        on held-out frames (the prior's ROI residual minus the ROI's noise variance). Off
-        shows what the pixel-level model alone gives.
+        Take each ROI's posterior at the ROI level (:func:`roi_posterior`: the prior trace
+        calibrated against the raw trace on frames the prior was not trained on, combined
+        with the raw trace frame by frame); the joint samples then give the corridors' shape
+        over time, for dF/F. Off shows what the pixel-level model alone gives: the mean of
+        the pixel posteriors and the samples' own spread.
     **options
         Flat config overrides for inference.
 
@@ -177,48 +364,56 @@ def roi_traces(
         f_mean = np.empty((n, t), np.float32)
         f_raw = np.empty((n, t), np.float32)
         f_samp = np.empty((samples, n, t), np.float32)
-        # Frames whose prior never saw their own value in training: all of them for a movie
-        # the model was not trained on, else the held-out runs.
+        # Frames on which the prior's ROI errors are measured: all of them for a movie the
+        # model was not trained on, or whose trained-on frames the memorisation check found
+        # fitted no better than held-out ones (as the pixel calibration does); else the
+        # held-out runs only.
+        memorised = bool(model.heldout.get("memorisation", {}).get("memorised", True))
         checked = (
             held_out_mask(np.arange(t), model.config.train.val_fraction, t)
-            if model.data_hash == _data_hash(prep)
+            if model.data_hash == _data_hash(prep) and memorised
             else np.ones(t, bool)
         )
         sq = mat.multiply(mat).tocsr()
         pair = _neighbour_pairs(rois, noise.neighbour_correlation)
-        excess, spread = 0.0, 0.0
+        f_prior = np.empty((n, t), np.float32)
+        nv_roi = np.empty((n, t), np.float32)
         for chunk in iter_apply(model, prep.reader, prepared=prep, samples=samples, **options):
             a, b = chunk.start, chunk.stop
             f_mean[:, a:b] = (mat @ chunk.denoised.reshape(b - a, -1).T) - offset
+            f_prior[:, a:b] = (mat @ chunk.prior.reshape(b - a, -1).T) - offset
             raw = prep.reader.read(a, b).astype(np.float32)
             f_raw[:, a:b] = (mat @ raw.reshape(b - a, -1).T) - offset
+            # The noise variance of each raw ROI value, at the denoised level (not the raw
+            # value's own: that would make the weight of a frame depend on its noise).
+            expected = noise.to_photons(chunk.denoised).reshape(b - a, -1)
+            nv = noise.pixel_variance_photons(np.clip(expected, 0.0, None))
+            nv_roi[:, a:b] = (sq @ nv.T) * pair * noise.gain**2
             assert chunk.samples is not None
             flat = chunk.samples.reshape(samples * (b - a), -1)
             f_samp[:, :, a:b] = (mat @ flat.T).reshape(n, samples, b - a).transpose(1, 0, 2)
             f_samp[:, :, a:b] -= offset
-            sel = np.flatnonzero(checked[a:b])
-            if sel.size:
-                # ROI residual of the prior against the raw data, minus the ROI's noise
-                # variance (from the raw values, so unbiased): the ROI error variance.
-                resid = (raw[sel] - chunk.prior[sel]).reshape(sel.size, -1)
-                r_roi = mat @ resid.T
-                photons = noise.to_photons(raw[sel]).reshape(sel.size, -1)
-                nv = noise.raw_variance_photons(photons)
-                nv_roi = (sq @ nv.T) * pair * noise.gain**2
-                excess += float((r_roi**2 - nv_roi).sum())
-                spread += float(f_samp[:, :, a + sel].var(axis=0).sum())
             if progress is not None:
                 progress(b - a)
     finally:
         if prepared is None:
             prep.close()
-    # Corridors widen (or narrow) by the ratio of the ROI error variance seen on held-out
-    # frames to the one the joint samples imply.
-    factor = float(np.sqrt(max(excess, 0.0) / spread)) if spread > 0 and calibrate else 1.0
-    factor = max(factor, 1.0 / 3.0)
-    f_samp = f_mean[None] + factor * (f_samp - f_samp.mean(axis=0, keepdims=True))
+    factor = 1.0
+    if calibrate:
+        spread = f_samp.var(axis=0)
+        post = roi_posterior(f_prior, f_raw, nv_roi, checked, spread)
+        factor = float(np.sqrt(post.var.mean() / max(float(spread.mean()), 1e-30)))
+        unit = (f_samp - f_samp.mean(axis=0, keepdims=True)) / np.sqrt(np.maximum(spread, 1e-30))
+        f_mean = post.mean.astype(np.float32)
+        f_samp = f_mean[None] + np.sqrt(post.var)[None] * unit
+        # F's posterior is Gaussian: its quantiles exactly, not from a few dozen samples.
+        half = float(stats.norm.ppf(0.5 + level / 2)) * np.sqrt(post.var)
+        f_lo, f_hi = f_mean - half, f_mean + half
+    else:
+        f_samp = f_mean[None] + (f_samp - f_samp.mean(axis=0, keepdims=True))
     q = [50 * (1 - level), 50 * (1 + level)]
-    f_lo, f_hi = np.percentile(f_samp, q, axis=0)
+    if not calibrate:
+        f_lo, f_hi = np.percentile(f_samp, q, axis=0)
     d_samp = _dff(f_samp, baseline_percentile)
     d_lo, d_hi = np.percentile(d_samp, q, axis=0)
     return RoiTraces(
