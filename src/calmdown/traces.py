@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import sparse, stats
 
+from calmdown.calibration import isotonic
 from calmdown.errors import InputError
 from calmdown.io import write_atomic
 from calmdown.io.rois import Rois
@@ -118,7 +119,8 @@ class RoiPosterior:
     mean, var : ndarray
         Posterior mean and variance.
     offset, slope : ndarray
-        The affine calibration ``offset + slope * prior`` of each ROI's prior trace.
+        The least-squares line ``offset + slope * prior`` of each ROI (the calibration curve
+        follows binned means where there are enough frames, and this slope beyond them).
     error_var : ndarray
         Each ROI's mean error variance of the calibrated prior trace (held-out frames).
     """
@@ -147,9 +149,10 @@ def roi_posterior(
     the pixel weights give it. Per ROI:
 
     1. **Calibrate the prior trace.** On held-out frames the prior never saw, the raw ROI value
-       is the clean one plus noise independent of the prior, so the least-squares line of raw
-       on prior estimates ``E[clean | prior]`` without ground truth: ``offset + slope *
-       prior`` undoes the shrinkage (a slope above 1) and any offset.
+       is the clean one plus noise independent of the prior, so the mean raw value at a given
+       prior value estimates ``E[clean | prior]`` without ground truth: a monotone curve
+       through binned means (:func:`_calibration_curve`), continued by the least-squares
+       slope (pooled over ROIs), undoes the shrinkage and any offset.
     2. **Its error variance.** The mean squared residual of the raw trace about that line,
        minus the raw trace's noise variance, on the same frames; over time it follows
        ``profile`` (the joint samples' spread, wide where the guard hands pixels to the
@@ -185,7 +188,7 @@ def roi_posterior(
         ps, rs, vs = p[sel], r[sel], noise_var[i, sel].astype(np.float64)
         if k:
             offsets[i] = float(np.mean(rs - slopes[i] * ps))
-        cal[i] = offsets[i] + slopes[i] * p
+        cal[i] = _calibration_curve(ps, rs, p, slopes[i], offsets[i])
         rel = profile[i].astype(np.float64)
         rel = rel / max(float(np.mean(rel[sel])) if k else float(np.mean(rel)), 1e-30)
         if k:
@@ -252,6 +255,46 @@ def _by_activity(
     mean_before = prior_var[:, sel].mean(axis=1, keepdims=True)
     mean_after = np.maximum(out[:, sel].mean(axis=1, keepdims=True), 1e-30)
     return out * (mean_before / mean_after)
+
+
+CURVE_FRAMES = 100
+"""Fitted frames per bin of the calibration curve (at most :data:`CURVE_BINS` bins)."""
+
+CURVE_BINS = 5
+"""Most bins of the prior trace's values over which its calibration curve is fitted."""
+
+
+def _calibration_curve(
+    fit_prior: np.ndarray,
+    fit_raw: np.ndarray,
+    prior: np.ndarray,
+    slope: float,
+    offset: float,
+) -> np.ndarray:
+    """``E[clean | prior]`` of one ROI: a monotone curve through binned means, else a line.
+
+    The prior's shrinkage is not a straight line: the frames at rest, the bulk of a trace,
+    sit off the line that the transients set, which shifts the baseline (F0) of dF/F. With
+    enough frames the fitted frames are cut into quantile bins of the prior; each bin's mean
+    raw value is ``E[clean | prior]`` there (the raw noise is independent of the prior), made
+    non-decreasing (pooled adjacent violators) and joined by straight segments; beyond the
+    outer bins' means the curve continues with ``slope``.
+    """
+    n_bins = min(CURVE_BINS, fit_prior.size // CURVE_FRAMES)
+    if n_bins < 2:
+        return offset + slope * prior.astype(np.float64)
+    edges = np.quantile(fit_prior, np.linspace(0.0, 1.0, n_bins + 1))
+    idx = np.clip(np.searchsorted(edges, fit_prior, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(idx, minlength=n_bins).astype(np.float64)
+    keep = count > 0
+    x = (np.bincount(idx, fit_prior, n_bins) / np.maximum(count, 1.0))[keep]
+    y = isotonic((np.bincount(idx, fit_raw, n_bins) / np.maximum(count, 1.0))[keep], count[keep])
+    p = prior.astype(np.float64)
+    out = np.interp(p, x, y)
+    below, above = p < x[0], p > x[-1]
+    out[below] = y[0] + slope * (p[below] - x[0])
+    out[above] = y[-1] + slope * (p[above] - x[-1])
+    return out
 
 
 def _pooled_slopes(prior: np.ndarray, raw: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
