@@ -24,7 +24,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import numpy as np
 import torch
 
 from calmdown.config import GuardConfig
@@ -359,23 +361,26 @@ def surprise_guard(
     return GuardOutput(loc=new_loc, var=prior_var[f0:f1] + extra, p_surprise=p, guard_var=extra)
 
 
+ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
+
+
 def gaussian_posterior(
-    x: torch.Tensor, loc: torch.Tensor, prior_var: torch.Tensor, noise_var: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    x: ArrayT, loc: ArrayT, prior_var: ArrayT, noise_var: ArrayT
+) -> tuple[ArrayT, ArrayT]:
     """Posterior mean and variance of a Gaussian prior times a Gaussian likelihood.
 
     Parameters
     ----------
-    x : Tensor
+    x : Tensor or ndarray
         Observed values.
-    loc, prior_var : Tensor
+    loc, prior_var : Tensor or ndarray
         Prior.
-    noise_var : Tensor
+    noise_var : Tensor or ndarray
         Likelihood variance (the noise variance at the prior location).
 
     Returns
     -------
-    mean, var : Tensor
+    mean, var : Tensor or ndarray
     """
     w = prior_var / (prior_var + noise_var)
     return loc + w * (x - loc), w * noise_var

@@ -28,6 +28,7 @@ from calmdown.errors import InputError
 from calmdown.io import write_atomic
 from calmdown.io.rois import Rois
 from calmdown.pipeline import Prepared, TrainedModel, _data_hash, iter_apply, prepare
+from calmdown.posterior import gaussian_posterior
 from calmdown.train import held_out_mask
 
 __all__ = ["RoiPosterior", "RoiTraces", "roi_matrix", "roi_posterior", "roi_traces", "write_traces"]
@@ -109,6 +110,20 @@ def _neighbour_pairs(rois: Rois, correlation: tuple[float, float]) -> np.ndarray
 MIN_SLOPE_FRAMES = 30
 """Held-out frames an ROI needs before its prior trace's slope is fitted (else 1)."""
 
+FREE_FRACTION = 0.1
+"""Fraction of an ROI's frames counted as independent in standard errors: the prior's errors
+run over many frames."""
+
+
+def _excess_se(noise_var: np.ndarray) -> float:
+    """Return the standard error of a mean excess ``resid**2 - noise var`` over these frames.
+
+    Each frame's excess has variance about ``2 noise_var**2``; the frames count as
+    :data:`FREE_FRACTION` of them (at least one).
+    """
+    nv = np.asarray(noise_var, np.float64)
+    return float(np.sqrt(2.0 * np.mean(nv**2) / max(nv.size * FREE_FRACTION, 1.0)))
+
 
 @dataclass
 class RoiPosterior:
@@ -168,7 +183,8 @@ def roi_posterior(
     noise_var : ndarray
         (n_rois, T) noise variance of the raw ROI values.
     checked : ndarray
-        (T,) bool, the frames the prior was not trained on.
+        (T,) bool, the frames the prior's errors are measured on: those it was not trained
+        on, or all of them where its training did not memorise their noise.
     profile : ndarray
         (n_rois, T) relative error variance over time (positive).
 
@@ -179,7 +195,7 @@ def roi_posterior(
     n, _ = prior.shape
     sel = np.asarray(checked, bool)
     k = int(sel.sum())
-    slopes = _pooled_slopes(prior[:, sel], raw[:, sel], noise_var[:, sel])
+    slopes = _pooled_slopes(prior[:, sel], raw[:, sel])
     offsets, error_var = np.zeros(n), np.zeros(n)
     cal = np.empty(prior.shape, np.float64)
     prior_var = np.empty(prior.shape, np.float64)
@@ -193,20 +209,17 @@ def roi_posterior(
         rel = rel / max(float(np.mean(rel[sel])) if k else float(np.mean(rel)), 1e-30)
         if k:
             excess = (rs - cal[i, sel]) ** 2 - vs
-            # Each frame's excess has variance about 2 (noise var)^2, and the errors run over
-            # many frames: the standard error counts the frames as if 1 in 10 were free.
-            se = float(np.sqrt(2.0 * np.mean(vs**2) / max(k / 10.0, 1.0)))
-            error_var[i] = max(float(np.mean(excess)), se)
+            error_var[i] = max(float(np.mean(excess)), _excess_se(vs))
         else:
             error_var[i] = float(np.mean(profile[i]))
         prior_var[i] = error_var[i] * rel
     if k:
         prior_var = _by_activity(prior_var, cal, raw, noise_var, sel, error_var)
     nv = noise_var.astype(np.float64)
-    w = prior_var / (prior_var + nv)
+    mean, var = gaussian_posterior(raw.astype(np.float64), cal, prior_var, nv)
     return RoiPosterior(
-        mean=cal + w * (raw - cal),
-        var=w * nv,
+        mean=mean,
+        var=var,
         offset=offsets,
         slope=slopes,
         error_var=error_var,
@@ -248,8 +261,7 @@ def _by_activity(
         m = (cls == c) & sel[None, :]
         if m.sum() < MIN_CLASS_FRAMES:
             continue
-        nv = noise_var[m].astype(np.float64)
-        se = float(np.sqrt(2.0 * np.mean(nv**2) / (m.sum() / 10.0)))
+        se = _excess_se(noise_var[m])
         factor = max(float(excess[m].mean()), se) / max(float(prior_var[m].mean()), 1e-30)
         out[cls == c] *= factor
     mean_before = prior_var[:, sel].mean(axis=1, keepdims=True)
@@ -297,7 +309,7 @@ def _calibration_curve(
     return out
 
 
-def _pooled_slopes(prior: np.ndarray, raw: np.ndarray, noise_var: np.ndarray) -> np.ndarray:
+def _pooled_slopes(prior: np.ndarray, raw: np.ndarray) -> np.ndarray:
     """Each ROI's least-squares slope of raw on prior, shrunk toward the ROIs' common one.
 
     A slope is poorly known where the prior trace hardly varies over the frames it is fitted
@@ -316,8 +328,8 @@ def _pooled_slopes(prior: np.ndarray, raw: np.ndarray, noise_var: np.ndarray) ->
             continue
         own[i] = float(np.sum((p - p.mean()) * (r - r.mean())) / sxx)
         resid = r - r.mean() - own[i] * (p - p.mean())
-        # The residuals run over many frames (the prior's errors are slow): count 1 in 10.
-        var[i] = float(np.sum(resid**2)) / max(k / 10.0 - 2.0, 1.0) / sxx
+        # The residuals run over many frames (the prior's errors are slow): count a fraction.
+        var[i] = float(np.sum(resid**2)) / max(k * FREE_FRACTION - 2.0, 1.0) / sxx
     ok = np.isfinite(var)
     if not ok.any():
         return np.ones(n)
@@ -442,6 +454,7 @@ def roi_traces(
         if prepared is None:
             prep.close()
     factor = 1.0
+    q = [50 * (1 - level), 50 * (1 + level)]
     if calibrate:
         spread = f_samp.var(axis=0)
         post = roi_posterior(f_prior, f_raw, nv_roi, checked, spread)
@@ -454,8 +467,6 @@ def roi_traces(
         f_lo, f_hi = f_mean - half, f_mean + half
     else:
         f_samp = f_mean[None] + (f_samp - f_samp.mean(axis=0, keepdims=True))
-    q = [50 * (1 - level), 50 * (1 + level)]
-    if not calibrate:
         f_lo, f_hi = np.percentile(f_samp, q, axis=0)
     d_samp = _dff(f_samp, baseline_percentile)
     d_lo, d_hi = np.percentile(d_samp, q, axis=0)
