@@ -4,7 +4,7 @@ import pytest
 import calmdown
 from calmdown.io.rois import Rois
 from calmdown.samples import ErrorCorrelation, SampleStream
-from calmdown.traces import roi_posterior, roi_traces, write_traces
+from calmdown.traces import _dff_moments, roi_posterior, roi_traces, write_traces
 
 
 def _label_rois(labels: np.ndarray) -> Rois:
@@ -94,6 +94,46 @@ def test_roi_posterior_with_few_frames_keeps_the_slope():
     post = roi_posterior(prior, raw, nv, checked, np.ones_like(prior))
     assert np.all(post.slope == 1.0)
     assert np.all(np.isfinite(post.mean)) and np.all(post.var > 0)
+
+
+def test_dff_corridors_from_few_samples_cover_and_count_the_baseline():
+    """A truth drawn like the samples lies in the dF/F corridor 90 % of the time, with 16 samples.
+
+    Percentiles of 16 draws would cover a new draw about 79 % of the time; a corridor that
+    left out the baseline's uncertainty would miss more where the trace is far above it.
+    """
+    rng = np.random.default_rng(0)
+    n, t, s = 40, 400, 16
+    mean = np.full((n, t), 20.0)
+    mean[:, 100:130] += np.linspace(40.0, 0.0, 30)  # a transient up to 3x the baseline
+    sd = 1.0
+
+    def draw(k: int) -> np.ndarray:  # errors: an AR(1) over frames plus a part shared by all
+        e = np.empty((k, n, t))
+        e[..., 0] = rng.standard_normal((k, n))
+        for j in range(1, t):
+            e[..., j] = 0.8 * e[..., j - 1] + 0.6 * rng.standard_normal((k, n))
+        shared = rng.standard_normal((k, n, 1))
+        return mean + sd * (np.sqrt(0.8) * e + np.sqrt(0.2) * shared)
+
+    truth = draw(1)[0]
+    samples = draw(s)
+    f_var = np.full((n, t), sd**2)  # F's posterior is known exactly; samples give F0's part
+    dff, var = _dff_moments(mean, f_var, samples, 50.0)
+    true_f0 = np.median(truth, axis=1, keepdims=True)
+    true_dff = (truth - true_f0) / true_f0
+    inside = np.abs(true_dff - dff) <= 1.6449 * np.sqrt(var)
+    assert 0.87 <= inside.mean() <= 0.93, inside.mean()
+    peak = slice(100, 110)
+    without_f0 = np.abs(true_dff - dff) <= 1.6449 * np.sqrt(f_var) / np.median(mean, axis=1)[0]
+    assert inside[:, peak].mean() >= 0.85, inside[:, peak].mean()
+    assert without_f0[:, peak].mean() < inside[:, peak].mean() - 0.04
+    # Percentiles of the samples' own dF/F: too narrow.
+    d_samp = (samples - np.median(samples, axis=2, keepdims=True)) / np.median(
+        samples, axis=2, keepdims=True
+    )
+    lo, hi = np.percentile(d_samp, [5, 95], axis=0)
+    assert ((true_dff >= lo) & (true_dff <= hi)).mean() < 0.84
 
 
 def test_calibrated_roi_traces_are_closer_to_the_truth(small_sim, small_model):
