@@ -369,9 +369,14 @@ def _dff_moments(
         (S, n_rois, T) joint samples of F with that mean and variance.
     percentile : float
         Percentile of each trace taken as F0.
+
+    Returns
+    -------
+    dff, var : ndarray
+        (n_rois, T) ``(F - F0) / |F0|`` of the mean traces, and its variance.
     """
     f0 = np.percentile(f_mean, percentile, axis=-1, keepdims=True).astype(np.float64)
-    f0 = np.where(np.abs(f0) < 1e-6, 1e-6, f0)
+    f0 = np.where(f0 < 0, -1.0, 1.0) * np.maximum(np.abs(f0), 1e-6)
     f0_samp = np.percentile(f_samp, percentile, axis=-1, keepdims=True).astype(np.float64)
     dev0 = f0_samp - f0_samp.mean(axis=0)
     ddof = max(f_samp.shape[0] - 1, 1)
@@ -379,7 +384,7 @@ def _dff_moments(
     cov = np.sum((f_samp - f_samp.mean(axis=0)) * dev0, axis=0) / ddof
     r = f_mean / f0
     var = (f_var - 2 * r * cov + r**2 * var0) / f0**2
-    return r - 1.0, np.maximum(var, 0.0)
+    return (f_mean - f0) / np.abs(f0), np.maximum(var, 0.0)
 
 
 def roi_traces(
@@ -493,7 +498,8 @@ def roi_traces(
     if calibrate:
         post = roi_posterior(f_prior, f_raw, nv_roi, checked, spread)
         factor = float(np.sqrt(post.var.mean() / max(float(spread.mean()), 1e-30)))
-        unit = (f_samp - f_samp.mean(axis=0, keepdims=True)) / np.sqrt(np.maximum(spread, 1e-30))
+        dev = f_samp - f_samp.mean(axis=0, keepdims=True)
+        unit = dev / np.sqrt(np.maximum(np.mean(dev**2, axis=0), 1e-30))  # spread exactly 1
         f_mean = post.mean.astype(np.float32)
         f_var = post.var
         f_samp = f_mean[None] + np.sqrt(f_var)[None] * unit
