@@ -70,6 +70,13 @@ def main() -> None:
         help="JSON of an earlier run on the same movie: take the long run's best loss from it "
         "and skip the long run",
     )
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="step cap of the default and budget runs (default: the config's); the long run "
+        "has none",
+    )
     parser.add_argument("--eval-frames", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -81,9 +88,10 @@ def main() -> None:
     sim = simulate(
         "dense", photons=args.photons, shape=(args.frames, args.size, args.size), seed=args.seed
     )
-    runs: dict[str, dict] = {"default": {"time_budget_s": args.default_budget}}
+    cap = {} if args.max_steps is None else {"max_steps": args.max_steps}
+    runs: dict[str, dict] = {"default": {"time_budget_s": args.default_budget, **cap}}
     for budget in args.budgets:
-        runs[f"{budget:g} s"] = {"time_budget_s": budget}
+        runs[f"{budget:g} s"] = {"time_budget_s": budget, **cap}
     if args.reference is None:
         runs["long"] = {
             "time_budget_s": args.long,

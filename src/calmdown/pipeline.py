@@ -1131,6 +1131,7 @@ def _train(
             "loop_seconds": result.seconds,
             "best_val_loss": result.best_val_loss,
             "stopped_because": result.stopped_because,
+            "recoveries": result.recoveries,
             "device": str(device),
             "runtime": getattr(runner, "name", "torch"),
         },

@@ -1,0 +1,90 @@
+"""Training's guards against one bad step: divergence recovery and skipped non-finite steps."""
+
+import math
+
+import torch
+
+import calmdown
+from calmdown.pipeline import make_trainer, prepare
+from calmdown.train import CLIP_WINDOW, Trainer
+
+
+def _trainer(small_sim, **options) -> Trainer:
+    cfg = calmdown.make_config(seed=0, time_budget_s=None, val_every=25, patience=100, **options)
+    return make_trainer(prepare(small_sim.raw, cfg), cfg, torch.device("cpu"))
+
+
+def test_a_diverged_run_goes_back_to_its_best_weights_and_carries_on(small_sim):
+    trainer = _trainer(small_sim, max_steps=150)
+    before = None
+    for info in trainer.steps():
+        if info.step == 50:
+            before = info.best_val_loss
+            with torch.no_grad():  # a step gone badly wrong: the weights blown up
+                for p in trainer.net.parameters():
+                    p.mul_(30.0)
+    vals = [h.val_loss for h in trainer.history]
+    assert before is not None and trainer.initial_val_loss is not None
+    # The next evaluation sees it (worse than the untrained network) ...
+    assert vals[2] > trainer.initial_val_loss
+    assert trainer.recoveries == 1
+    # ... and training continues from the best weights instead of from the wreck.
+    assert all(v < trainer.initial_val_loss for v in vals[3:]), vals
+    assert trainer.result.best_val_loss <= before
+    assert trainer.result.recoveries == 1
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped(small_sim, monkeypatch):
+    trainer = _trainer(small_sim, max_steps=60)
+    loss = Trainer._loss
+    calls = {"n": 0}
+
+    def sometimes_nan(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
+        out = loss(self, *batch)
+        if not torch.is_grad_enabled():  # a held-out evaluation
+            return out
+        calls["n"] += 1
+        return out * math.nan if calls["n"] == 30 else out
+
+    monkeypatch.setattr(Trainer, "_loss", sometimes_nan)
+    result = trainer.run()
+    assert all(torch.isfinite(v).all() for v in result.state_dict.values())
+    assert all(math.isfinite(h.val_loss) for h in trainer.history)
+    assert result.best_val_loss < trainer.initial_val_loss
+    assert trainer.recoveries == 0
+
+
+def test_gradients_are_clipped_to_a_multiple_of_recent_norms(small_sim, monkeypatch):
+    # A loss 1000x too large at one step. Adam alone bounds that step, but its momentum
+    # carries the spike's direction on for ten steps or so; cut to CLIP_FACTOR x the recent
+    # median norm, the spike moves the weights hardly more than an ordinary step would.
+    loss = Trainer._loss
+
+    def run(spike: float) -> tuple[float, float]:
+        trainer = _trainer(small_sim, max_steps=100)
+        calls = {"n": 0}
+
+        def spiky(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
+            out = loss(self, *batch)
+            if not torch.is_grad_enabled():  # a held-out evaluation
+                return out
+            calls["n"] += 1
+            return out * spike if calls["n"] == 35 else out
+
+        monkeypatch.setattr(Trainer, "_loss", spiky)
+        trainer.best_val_loss = trainer.initial_val_loss = trainer.validate()
+        trainer._best_state = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+        weights = []
+        for _ in range(60):
+            weights.append([p.detach().clone() for p in trainer.net.parameters()])
+            trainer._step(0.0)
+        assert len(trainer._grad_norms) >= CLIP_WINDOW // 5
+        move = sum(
+            float(((a - b) ** 2).sum()) for a, b in zip(weights[44], weights[34], strict=True)
+        )
+        return move**0.5, trainer.validate()
+
+    calm_move, calm_val = run(1.0)
+    spike_move, spike_val = run(1000.0)
+    assert spike_move < 1.5 * calm_move, (spike_move, calm_move)
+    assert abs(spike_val - calm_val) < 1e-3, (spike_val, calm_val)
