@@ -14,6 +14,21 @@ def _trainer(small_sim, **options) -> Trainer:
     return make_trainer(prepare(small_sim.raw, cfg), cfg, torch.device("cpu"))
 
 
+def _bad_step(monkeypatch, step: int, factor: float) -> None:
+    """Multiply the training loss of one step (not held-out evaluations) by ``factor``."""
+    loss = Trainer._loss
+    calls = {"n": 0}
+
+    def patched(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
+        out = loss(self, *batch)
+        if not torch.is_grad_enabled():  # a held-out evaluation
+            return out
+        calls["n"] += 1
+        return out * factor if calls["n"] == step else out
+
+    monkeypatch.setattr(Trainer, "_loss", patched)
+
+
 def test_a_diverged_run_goes_back_to_its_best_weights_and_carries_on(small_sim):
     trainer = _trainer(small_sim, max_steps=150)
     before = None
@@ -36,17 +51,7 @@ def test_a_diverged_run_goes_back_to_its_best_weights_and_carries_on(small_sim):
 
 def test_a_step_with_a_non_finite_loss_is_skipped(small_sim, monkeypatch):
     trainer = _trainer(small_sim, max_steps=60)
-    loss = Trainer._loss
-    calls = {"n": 0}
-
-    def sometimes_nan(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
-        out = loss(self, *batch)
-        if not torch.is_grad_enabled():  # a held-out evaluation
-            return out
-        calls["n"] += 1
-        return out * math.nan if calls["n"] == 30 else out
-
-    monkeypatch.setattr(Trainer, "_loss", sometimes_nan)
+    _bad_step(monkeypatch, 30, math.nan)
     result = trainer.run()
     assert all(torch.isfinite(v).all() for v in result.state_dict.values())
     assert all(math.isfinite(h.val_loss) for h in trainer.history)
@@ -58,20 +63,10 @@ def test_gradients_are_clipped_to_a_multiple_of_recent_norms(small_sim, monkeypa
     # A loss 1000x too large at one step. Adam alone bounds that step, but its momentum
     # carries the spike's direction on for ten steps or so; cut to CLIP_FACTOR x the recent
     # median norm, the spike moves the weights hardly more than an ordinary step would.
-    loss = Trainer._loss
-
     def run(spike: float) -> tuple[float, float]:
         trainer = _trainer(small_sim, max_steps=100)
-        calls = {"n": 0}
-
-        def spiky(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
-            out = loss(self, *batch)
-            if not torch.is_grad_enabled():  # a held-out evaluation
-                return out
-            calls["n"] += 1
-            return out * spike if calls["n"] == 35 else out
-
-        monkeypatch.setattr(Trainer, "_loss", spiky)
+        monkeypatch.undo()
+        _bad_step(monkeypatch, 35, spike)
         trainer.best_val_loss = trainer.initial_val_loss = trainer.validate()
         trainer._best_state = {k: v.clone() for k, v in trainer.net.state_dict().items()}
         weights = []
