@@ -68,6 +68,17 @@ def test_summary_paragraph(tmp_path, raw_tif):
         assert word in res.output
 
 
+def test_summary_says_when_training_diverged(small_model):
+    import dataclasses
+
+    from calmdown.cli import _summary
+
+    kw = {"out": None, "model_path": None, "infer_seconds": None, "n_frames": None, "shape": None}
+    assert "diverged" not in _summary(small_model, **kw)
+    diverged = dataclasses.replace(small_model, training={**small_model.training, "recoveries": 2})
+    assert "diverged 2 time(s)" in _summary(diverged, **kw)
+
+
 def test_train_then_apply(tmp_path, raw_tif):
     model = tmp_path / "m.pt"
     res = runner.invoke(app, ["train", str(raw_tif), "-o", str(model), *FAST])

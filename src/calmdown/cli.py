@@ -539,7 +539,14 @@ def _summary(
         f"Training: {t['steps']} steps in {t['seconds']:.1f} s on {t['device']}"
         f"{' (inference: ' + t['runtime'] + ')' if 'runtime' in t else ''} "
         f"(stopped: {t['stopped_because'].replace('_', ' ')}), held-out loss "
-        f"{t['best_val_loss']:.4f}.",
+        f"{t['best_val_loss']:.4f}"
+        + (
+            f"; it diverged {t['recoveries']} time(s) and went back to its best weights at "
+            "half the learning rate"
+            if t.get("recoveries")
+            else ""
+        )
+        + ".",
         f"Calibration on held-out frames: {100 * h['coverage']:.1f} % of raw values inside their "
         f"predicted {100 * h['level']:.0f} % intervals, PIT KS distance {h['pit_ks']:.3f}.",
     ]

@@ -535,7 +535,8 @@ class Trainer:
         self._running = [float(x) for x in state["running"]]
         self.history = [TrainProgress(**h) for h in state["history"]]
         self.stopped_because = state["stopped_because"]
-        # Checkpoints written before the divergence guards lack these: as at a fresh start.
+        # Checkpoints written before the divergence guards lack these (such a resumed run
+        # has no baseline to call a held-out loss diverged against).
         initial = state.get("initial_val_loss")
         self.initial_val_loss = None if initial is None else float(initial)
         self.recoveries = int(state.get("recoveries", 0))
