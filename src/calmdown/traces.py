@@ -346,9 +346,15 @@ def _pooled_slopes(prior: np.ndarray, raw: np.ndarray) -> np.ndarray:
     return out
 
 
-def _dff(f: np.ndarray, percentile: float) -> np.ndarray:
+def _baseline(f: np.ndarray, percentile: float) -> tuple[np.ndarray, np.ndarray]:
+    """``F0``, a percentile of each trace, and ``|F0|`` kept off zero (the dF/F divisor)."""
     f0 = np.percentile(f, percentile, axis=-1, keepdims=True)
-    return (f - f0) / np.maximum(np.abs(f0), 1e-6)
+    return f0, np.maximum(np.abs(f0), 1e-6)
+
+
+def _dff(f: np.ndarray, percentile: float) -> np.ndarray:
+    f0, scale = _baseline(f, percentile)
+    return (f - f0) / scale
 
 
 def _dff_moments(
@@ -375,16 +381,15 @@ def _dff_moments(
     dff, var : ndarray
         (n_rois, T) ``(F - F0) / |F0|`` of the mean traces, and its variance.
     """
-    f0 = np.percentile(f_mean, percentile, axis=-1, keepdims=True).astype(np.float64)
-    f0 = np.where(f0 < 0, -1.0, 1.0) * np.maximum(np.abs(f0), 1e-6)
-    f0_samp = np.percentile(f_samp, percentile, axis=-1, keepdims=True).astype(np.float64)
+    f0, scale = _baseline(f_mean.astype(np.float64), percentile)
+    f0_samp, _ = _baseline(f_samp.astype(np.float64), percentile)
     dev0 = f0_samp - f0_samp.mean(axis=0)
     ddof = max(f_samp.shape[0] - 1, 1)
     var0 = np.sum(dev0**2, axis=0) / ddof
     cov = np.sum((f_samp - f_samp.mean(axis=0)) * dev0, axis=0) / ddof
-    r = f_mean / f0
-    var = (f_var - 2 * r * cov + r**2 * var0) / f0**2
-    return (f_mean - f0) / np.abs(f0), np.maximum(var, 0.0)
+    r = f_mean * np.where(f0 < 0, -1.0, 1.0) / scale  # F / F0, with F0 kept off zero
+    var = (f_var - 2 * r * cov + r**2 * var0) / scale**2
+    return (f_mean - f0) / scale, np.maximum(var, 0.0)
 
 
 def roi_traces(
@@ -494,17 +499,18 @@ def roi_traces(
         if prepared is None:
             prep.close()
     factor = 1.0
-    spread = f_samp.var(axis=0, ddof=1)
+    dev = f_samp - f_samp.mean(axis=0, keepdims=True)
+    own_var = np.mean(dev**2, axis=0)
+    spread = own_var * (samples / (samples - 1))  # unbiased
     if calibrate:
         post = roi_posterior(f_prior, f_raw, nv_roi, checked, spread)
         factor = float(np.sqrt(post.var.mean() / max(float(spread.mean()), 1e-30)))
-        dev = f_samp - f_samp.mean(axis=0, keepdims=True)
-        unit = dev / np.sqrt(np.maximum(np.mean(dev**2, axis=0), 1e-30))  # spread exactly 1
+        unit = dev / np.sqrt(np.maximum(own_var, 1e-30))  # their own spread exactly 1
         f_mean = post.mean.astype(np.float32)
         f_var = post.var
         f_samp = f_mean[None] + np.sqrt(f_var)[None] * unit
     else:
-        f_samp = f_mean[None] + (f_samp - f_samp.mean(axis=0, keepdims=True))
+        f_samp = f_mean[None] + dev
         f_var = spread
     dff_mean, dff_var = _dff_moments(f_mean, f_var, f_samp, baseline_percentile)
     z = float(stats.norm.ppf(0.5 + level / 2))
