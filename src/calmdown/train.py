@@ -30,6 +30,7 @@ import copy
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -212,7 +213,7 @@ class Trainer:
         self.initial_val_loss: float | None = None
         self.recoveries = 0
         self._lr_scale = 1.0
-        self._grad_norms: list[float] = []
+        self._grad_norms: deque[float] = deque(maxlen=CLIP_WINDOW)
         self._dirty = False
 
     # -- batches ---------------------------------------------------------------------------
@@ -346,10 +347,11 @@ class Trainer:
         if len(self._grad_norms) >= CLIP_WINDOW // 5:
             limit = CLIP_FACTOR * float(np.median(self._grad_norms))
         norm = float(torch.nn.utils.clip_grad_norm_(self.net.parameters(), limit))
-        if math.isfinite(norm) and math.isfinite(loss.item()):
+        value = loss.item()
+        if math.isfinite(norm) and math.isfinite(value):
             self.opt.step()
-            self._running.append(loss.item())
-            self._grad_norms = [*self._grad_norms[-(CLIP_WINDOW - 1) :], norm]
+            self._running.append(value)
+            self._grad_norms.append(norm)
         else:
             logger.warning("step %d: loss or gradient not finite, step skipped", step)
         self.step = step
@@ -401,7 +403,7 @@ class Trainer:
         )
         self.net.load_state_dict(self._best_state)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.learning_rate)
-        self._grad_norms = []
+        self._grad_norms.clear()
 
     def steps(
         self,
@@ -541,7 +543,9 @@ class Trainer:
         self.initial_val_loss = None if initial is None else float(initial)
         self.recoveries = int(state.get("recoveries", 0))
         self._lr_scale = float(state.get("lr_scale", 1.0))
-        self._grad_norms = [float(x) for x in state.get("grad_norms", [])]
+        self._grad_norms = deque(
+            (float(x) for x in state.get("grad_norms", [])), maxlen=CLIP_WINDOW
+        )
         rng_state = dict(state["numpy_rng"])
         if rng_state.get("bit_generator") != type(self.rng.bit_generator).__name__:
             raise ValueError(f"random generator {rng_state.get('bit_generator')} is not ours")
