@@ -8,14 +8,18 @@ prediction of frame ``t`` never contains the noise of frame ``t``.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from calmdown.errors import InputError
 
-__all__ = ["MeanImage", "compute_mean_image", "context_indices", "min_frames"]
+__all__ = ["BlockFile", "MeanImage", "compute_mean_image", "context_indices", "min_frames"]
 
 
 def min_frames(context_frames: int) -> int:
@@ -60,6 +64,84 @@ def context_indices(t: np.ndarray | int, context_frames: int, n_frames: int) -> 
     return np.where(outside, t - k, j)
 
 
+IN_FILE_BYTES = 16 << 20
+"""Block means larger than this (512 x 512 frames: from 16 blocks, 8000 frames at the default
+window) are kept in a temporary file, so that memory stays flat in the movie's length."""
+
+
+class BlockFile:
+    """A float32 ``(n_blocks, Y, X)`` array kept in an unlinked temporary file.
+
+    Blocks are written and read with plain file I/O (no memory map, whose touched pages would
+    count as resident), so holding the block means of a movie of any length costs no memory;
+    each read costs the blocks it asks for. Indexing reads the range of blocks the first index
+    spans, then applies the rest of the index. It pickles as the plain array it holds (a Dask
+    worker elsewhere cannot read this machine's file).
+    """
+
+    def __init__(self, n_blocks: int, frame_shape: tuple[int, ...]) -> None:
+        self.shape = (n_blocks, *frame_shape)
+        self.dtype = np.dtype(np.float32)
+        self._block_bytes = int(np.prod(frame_shape)) * self.dtype.itemsize
+        # Held open for the object's life (closed with it); the system removes the file then.
+        self._file = tempfile.TemporaryFile(prefix="calmdown-mean-")  # noqa: SIM115
+        self._close = weakref.finalize(self, self._file.close)
+        self._file.truncate(n_blocks * self._block_bytes)
+
+    def close(self) -> None:
+        """Remove the file now (also done when the object is garbage-collected)."""
+        self._close()
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __setitem__(self, block: int, image: np.ndarray) -> None:
+        data = np.ascontiguousarray(image, dtype=self.dtype)
+        if data.shape != self.shape[1:]:
+            raise ValueError(f"a block is {self.shape[1:]}, got {data.shape}")
+        os.pwrite(self._file.fileno(), data.tobytes(), block * self._block_bytes)
+
+    def read(self, start: int, stop: int, rows: tuple[int, int] | None = None) -> np.ndarray:
+        """Blocks ``start..stop`` as an array; only rows ``rows[0]..rows[1]`` if given."""
+        count = max(0, stop - start)
+        if rows is None:
+            raw = os.pread(
+                self._file.fileno(), count * self._block_bytes, start * self._block_bytes
+            )
+            return np.frombuffer(raw, dtype=self.dtype).reshape(count, *self.shape[1:]).copy()
+        row_bytes = self._block_bytes // self.shape[1]
+        n_rows = max(0, rows[1] - rows[0])
+        out = np.empty((count, n_rows, *self.shape[2:]), self.dtype)
+        for i in range(count):  # one read per block: a crop costs its rows, not whole frames
+            raw = os.pread(
+                self._file.fileno(),
+                n_rows * row_bytes,
+                (start + i) * self._block_bytes + rows[0] * row_bytes,
+            )
+            out[i] = np.frombuffer(raw, dtype=self.dtype).reshape(out.shape[1:])
+        return out
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = key[0], key[1:]
+        index = np.arange(self.shape[0])[first]
+        if index.size == 0:
+            return np.empty((0, *self.shape[1:]), self.dtype)[(slice(None), *rest)]
+        lo, hi = int(index.min()), int(index.max()) + 1
+        rows = None
+        if rest and isinstance(rest[0], slice) and rest[0].step in (None, 1):
+            r0, r1, _ = rest[0].indices(self.shape[1])
+            rows, rest = (r0, max(r0, r1)), (slice(None), *rest[1:])
+        return self.read(lo, hi, rows)[(index - lo, *rest)]
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        out = self.read(0, self.shape[0])
+        return out if dtype is None else out.astype(dtype)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (np.asarray, (self.read(0, self.shape[0]),))
+
+
 @dataclass
 class MeanImage:
     """Running mean image of a movie, in photon units.
@@ -70,15 +152,15 @@ class MeanImage:
         First frame of each block.
     counts : ndarray of int
         Frames in each block.
-    means : ndarray, shape (n_blocks, Y, X)
-        Block means (float32).
+    means : ndarray or BlockFile, shape (n_blocks, Y, X)
+        Block means (float32); a :class:`BlockFile` beyond :data:`IN_FILE_BYTES`.
     n_frames : int
         Frames in the movie.
     """
 
     starts: np.ndarray
     counts: np.ndarray
-    means: np.ndarray
+    means: np.ndarray | BlockFile
     n_frames: int
 
     @property
@@ -90,7 +172,10 @@ class MeanImage:
     def global_mean(self) -> np.ndarray:
         """Mean over all frames (Y, X)."""
         w = self.counts / self.counts.sum()
-        return np.tensordot(w, self.means, axes=1).astype(np.float32)
+        out = np.zeros(self.means.shape[1:], np.float64)
+        for b in range(len(w)):  # block by block: the means may lie in a file
+            out += w[b] * self.means[b]
+        return out.astype(np.float32)
 
     def weights(self, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Interpolation weights of each block for frames ``t``, and the weight of frame ``t``.
@@ -137,7 +222,11 @@ class MeanImage:
         """
         t = np.atleast_1d(np.asarray(t))
         lam, own = self.weights(t)
-        out = np.tensordot(lam, self.means[:, region[0], region[1]], axes=1).astype(np.float32)
+        # Only the blocks the frames interpolate between are read.
+        used = np.flatnonzero(lam.any(axis=0))
+        lo, hi = int(used.min()), int(used.max()) + 1
+        blocks = self.means[lo:hi, region[0], region[1]]
+        out = np.tensordot(lam[:, lo:hi], blocks, axes=1).astype(np.float32)
         if own_frames is not None:
             own = own.astype(np.float32)[:, None, None]
             out = (out - own * own_frames) / (1.0 - own)
@@ -153,7 +242,7 @@ class MeanImage:
         return {
             "starts": self.starts,
             "counts": self.counts,
-            "means": self.means,
+            "means": np.asarray(self.means),
             "n_frames": self.n_frames,
         }
 
@@ -188,17 +277,20 @@ def compute_mean_image(
     n_blocks = max(1, round(n_frames / window))
     edges = np.linspace(0, n_frames, n_blocks + 1).round().astype(int)
     starts, counts = edges[:-1], np.diff(edges)
-    means: np.ndarray | None = None
+    means: np.ndarray | BlockFile | None = None
+    sums: dict[int, np.ndarray] = {}  # blocks being summed (frames arrive in order)
     for start in range(0, n_frames, chunk):
         stop = min(start + chunk, n_frames)
         frames = to_photons(read_frames(start, stop)).astype(np.float64)
         if means is None:
-            means = np.zeros((n_blocks, *frames.shape[1:]), np.float64)
+            shape = frames.shape[1:]
+            big = n_blocks * int(np.prod(shape)) * 4 > IN_FILE_BYTES
+            means = BlockFile(n_blocks, shape) if big else np.empty((n_blocks, *shape), np.float32)
         block = np.searchsorted(edges, np.arange(start, stop), side="right") - 1
         for b in np.unique(block):
-            means[b] += frames[block == b].sum(axis=0)
-    assert means is not None
-    means /= counts[:, None, None]
-    return MeanImage(
-        starts=starts, counts=counts, means=means.astype(np.float32), n_frames=n_frames
-    )
+            part = frames[block == b].sum(axis=0)
+            sums[b] = sums[b] + part if b in sums else part
+        for b in [b for b in sums if edges[b + 1] <= stop]:  # complete: stored
+            means[b] = (sums.pop(b) / counts[b]).astype(np.float32)
+    assert means is not None and not sums
+    return MeanImage(starts=starts, counts=counts, means=means, n_frames=n_frames)

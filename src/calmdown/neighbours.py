@@ -169,11 +169,7 @@ class NeighbourPlanes:
 
     def crop_means(self, t: int, ys: slice, xs: slice) -> np.ndarray:
         """Each neighbour's mean image at absolute frame ``t``, cropped: ``(N, y, x)``."""
-        out = []
-        for m in self.mean_images:
-            lam, _ = m.weights(np.array([t]))
-            out.append(np.tensordot(lam[0], m.means[:, ys, xs], axes=1))
-        return np.stack(out).astype(np.float32)
+        return np.stack([m.images(np.array([t]), region=(ys, xs))[0] for m in self.mean_images])
 
     def noise_sd(self, level: torch.Tensor) -> torch.Tensor:
         """Noise sd of each neighbour's frame at its mean-image ``level`` ``(B, N, Y, X)``."""

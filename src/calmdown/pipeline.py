@@ -32,7 +32,13 @@ from calmdown.calibration import (
 )
 from calmdown.checkpoint import Checkpoint, run_training
 from calmdown.config import Config, GuardConfig, make_config
-from calmdown.context import MeanImage, compute_mean_image, context_indices, min_frames
+from calmdown.context import (
+    BlockFile,
+    MeanImage,
+    compute_mean_image,
+    context_indices,
+    min_frames,
+)
 from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device
 from calmdown.errors import InputError
@@ -92,9 +98,11 @@ class Prepared:
     planes: NeighbourPlanes | None = None
 
     def close(self) -> None:
-        """Close the reader if this pass opened it, and the neighbouring planes it opened."""
+        """Close what this pass opened: the reader, the neighbouring planes, the block means."""
         if self.owns_reader:
             self.reader.close()
+        if isinstance(self.mean_image.means, BlockFile):
+            self.mean_image.means.close()
         if self.planes is not None:
             self.planes.close()
 

@@ -232,11 +232,11 @@ class Trainer:
             assert seg.planes is not None
             deviation = seg.planes[t, :, ys, xs] - self.planes.crop_means(seg.start + t, ys, xs)
             frames = np.concatenate([frames, deviation])
-        lam, own = self.mean_image.weights(np.array([seg.start + t]))
-        mean = np.tensordot(lam[0], self.mean_image.means[:, ys, xs], axes=1)
-        mean = (mean - own[0] * target) / (1.0 - own[0])
+        mean = self.mean_image.images(
+            np.array([seg.start + t]), own_frames=target[None], region=(ys, xs)
+        )[0]
         s = 1.0 / self.scale0
-        return target * s, frames * s, mean.astype(np.float32) * s
+        return target * s, frames * s, mean * s
 
     def _batch(self, picks: list[tuple[int, int, int, int]]) -> tuple[torch.Tensor, ...]:
         parts = [self._crop(*p) for p in picks]
