@@ -1,11 +1,13 @@
 """The final, stratified variance calibration and the memorisation check."""
 
 import numpy as np
+import pytest
 import torch
 
 from calmdown.calibration import (
     CalibrationStages,
     StratifiedCalibration,
+    bin_index,
     fit_stratified_calibration,
     temporal_change,
 )
@@ -210,3 +212,11 @@ def test_deviation_stage_follows_an_error_that_falls_with_the_deviation():
     assert worst < 0.85
     again = StratifiedCalibration(**stage.to_dict())
     assert torch.equal(again.apply(claimed2, loc2, level2), fitted)
+
+
+@pytest.mark.parametrize("edges", [[], [0.5], [0.25, 0.5, 1.0, 1.5, 2.0, 3.0], [1.0, 1.0, 2.0]])
+def test_bin_index_matches_bucketize_edges_included(edges):
+    x = torch.linspace(-1, 6, 2001)
+    x = torch.cat([x, torch.tensor(edges, dtype=x.dtype)])  # values on an edge go to the lower bin
+    expected = torch.bucketize(x, torch.tensor(edges, dtype=x.dtype))
+    assert torch.equal(bin_index(x, edges), expected)

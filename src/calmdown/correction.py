@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from calmdown.calibration import isotonic
+from calmdown.calibration import bin_index, isotonic
 from calmdown.posterior import window_count, window_sum
 
 __all__ = ["ResidualCorrection", "fit_correction"]
@@ -86,8 +86,7 @@ class ResidualCorrection:
 
     def bins(self, z: torch.Tensor) -> torch.Tensor:
         """Bin index of each |z|."""
-        edges = torch.as_tensor(self.z_edges, dtype=z.dtype, device=z.device)
-        return torch.bucketize(z.abs().contiguous(), edges)
+        return bin_index(z.abs(), self.z_edges)
 
     def apply(
         self,
