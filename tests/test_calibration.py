@@ -12,7 +12,7 @@ from calmdown.calibration import (
     temporal_change,
 )
 from calmdown.noise import NoiseModel
-from calmdown.pipeline import _memorisation_check
+from calmdown.pipeline import _fitted_pixels, _memorisation_check
 
 
 def _movie(seed: int, shape=(400, 48, 48), noise_var: float = 1.0):
@@ -220,3 +220,20 @@ def test_bin_index_matches_bucketize_edges_included(edges):
     x = torch.cat([x, torch.tensor(edges, dtype=x.dtype)])  # values on an edge go to the lower bin
     expected = torch.bucketize(x, torch.tensor(edges, dtype=x.dtype))
     assert torch.equal(bin_index(x, edges), expected)
+
+
+@pytest.mark.parametrize("feature", ["change", "activity", "deviation"])
+def test_stages_fitted_on_the_kept_pixels_alone_are_the_same(feature):
+    # The calibration keeps each run's stage inputs at its fitted pixels only (memory); the
+    # fit must not change.
+    x, loc, claimed, raw_nv, level, _, active = _movie(3, shape=(60, 32, 32))
+    change = temporal_change(x)
+    fit = torch.ones(x.shape[0], dtype=torch.bool)[:, None, None] & ~(active & (x > loc + 2))
+    fit[:5] = False  # frames that only serve as neighbours
+    whole = fit_stratified_calibration(
+        [(x, loc, claimed, raw_nv, level, fit, change)], feature=feature
+    )
+    kept = fit_stratified_calibration(
+        [_fitted_pixels(x, loc, claimed, raw_nv, level, fit, change)], feature=feature
+    )
+    assert kept.to_dict() == whole.to_dict()

@@ -774,6 +774,26 @@ class _Calibration:
     heldout: dict[str, Any]
 
 
+def _fitted_pixels(
+    x: torch.Tensor,
+    loc: torch.Tensor,
+    var: torch.Tensor,
+    raw_nv: torch.Tensor,
+    level: torch.Tensor,
+    fit: torch.Tensor,
+    change: torch.Tensor,
+) -> tuple[torch.Tensor, ...]:
+    """Keep a run's part of the final stages' fit at the pixels fitted on (1-D tensors).
+
+    The stages' features and sums are elementwise, so the fit is the same as on the whole
+    run; the frames that only serve as neighbours and the pixels the guard took are dropped.
+    """
+    level = torch.broadcast_to(level, x.shape)
+    kept = tuple(a[fit] for a in (x, loc, var, raw_nv, level, change))
+    x, loc, var, raw_nv, level, change = kept
+    return (x, loc, var, raw_nv, level, torch.ones_like(x, dtype=torch.bool), change)
+
+
 def _calibrate(
     net: InferenceNetwork,
     segments: list[Segment],
@@ -896,6 +916,10 @@ def _calibrate(
         known_var=prop_f,
         n_bins=5,
     )
+    # Each fit below leaves its temporaries in the heap (large_arrays); handed back between
+    # fits, they do not stack up on the held-out runs.
+    del x_f, loc_f, pvar_f, prop_f
+    release_freed_memory()
     # Null scale of each of the guard's window statistics, after calibration (robust: the
     # few windows that hold an event must not set it).
     zs: list[list[np.ndarray]] = []
@@ -911,8 +935,9 @@ def _calibrate(
         parts: list[tuple[torch.Tensor, ...]],
         corr: ResidualCorrection | None,
         final: CalibrationStages | None = None,
-    ) -> list:
-        out = []
+    ) -> Iterator[tuple[torch.Tensor, ...]]:
+        # One run at a time: each consumer keeps only what it fits on, so the guard's
+        # outputs for all runs are never held at once (the calibration's peak memory).
         for x, loc, pvar, target, prop, mean in parts:
             change = temporal_change(x)
             loc_g, var_g, p_surprise = _guard_and_correct(
@@ -933,8 +958,8 @@ def _calibrate(
             # drag down the factors of every other pixel in the same group.
             fit = target[:, None, None] & (p_surprise < _FIT_MAX_SURPRISE)
             nv = _noise_var(noise, loc_g)
-            out.append((x, loc_g, var_g, nv, fit, raw_nv, mean, change, target))
-        return out
+            release_freed_memory()  # the guard's temporaries, before the consumer's
+            yield (x, loc_g, var_g, nv, fit, raw_nv, mean, change, target)
 
     error_correlation = estimate_error_correlation(
         [  # built here, so that it is freed as soon as the fit is done
@@ -944,13 +969,15 @@ def _calibrate(
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
     )
+    release_freed_memory()
     correction = None
     if gcfg.correction:
         correction = fit_correction(guarded(fit_parts, None), **windows)
+        release_freed_memory()
     # Two stages, each by brightness x one feature: how fast the data change, then how far the
     # prior departs from the mean image (each alone leaves the other's groups off by 10-20 %).
     stage_parts = [
-        (x, loc, var, raw_nv, mean, fit, change)
+        _fitted_pixels(x, loc, var, raw_nv, mean, fit, change)
         for x, loc, var, _, fit, raw_nv, mean, change, _ in guarded(fit_parts, correction)
     ]
     stages = []
@@ -962,10 +989,13 @@ def _calibrate(
             for x, loc, var, raw_nv, level, target, change in stage_parts
         ]
     stratified = CalibrationStages(stages)
-    final = guarded(check_parts, correction, stratified)
-    x_c = torch.cat([p[0][p[8]].flatten() for p in final]).cpu().numpy()
-    loc_c = torch.cat([p[1][p[8]].flatten() for p in final]).cpu().numpy()
-    var_c = torch.cat([(p[2] + p[3])[p[8]].flatten() for p in final]).cpu().numpy()
+    del stage_parts
+    release_freed_memory()
+    checked = [
+        (x[target], loc[target], (var + nv)[target])
+        for x, loc, var, nv, _, _, _, _, target in guarded(check_parts, correction, stratified)
+    ]
+    x_c, loc_c, var_c = (torch.cat([c[k] for c in checked]).cpu().numpy() for k in range(3))
     check = predictive_check(x_c, loc_c, var_c)
     check["memorisation"] = memorised
     return _Calibration(calib, tuple(null_scale), correction, stratified, error_correlation, check)
