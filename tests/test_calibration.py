@@ -237,3 +237,20 @@ def test_stages_fitted_on_the_kept_pixels_alone_are_the_same(feature):
         [_fitted_pixels(x, loc, claimed, raw_nv, level, fit, change)], feature=feature
     )
     assert kept.to_dict() == whole.to_dict()
+
+
+def test_scale_calibration_summed_in_blocks_is_the_one_summed_at_once(monkeypatch):
+    import calmdown.calibration as cal
+
+    rng = np.random.default_rng(4)
+    n = 2_500_000  # three blocks
+    claimed = rng.gamma(2.0, 0.01, n).astype(np.float32)
+    x = (rng.standard_normal(n) * np.sqrt(claimed * 3 + 1.0)).astype(np.float32)
+    args = (claimed, x**2, np.ones(n, np.float32))
+    known = np.full(n, 0.001, np.float32)
+    blocks = cal.fit_scale_calibration(*args, known_var=known, n_bins=5)
+    monkeypatch.setattr(cal, "_SUM_BLOCK", 10 * n)
+    whole = cal.fit_scale_calibration(*args, known_var=known, n_bins=5)
+    assert blocks.edges == whole.edges
+    np.testing.assert_allclose(blocks.factors, whole.factors, rtol=1e-9)
+    assert 2.0 < np.mean(blocks.factors) < 4.0  # the claimed variance is a third of the error's

@@ -75,6 +75,10 @@ class ScaleCalibration:
         return cls(edges=[], factors=[1.0])
 
 
+_SUM_BLOCK = 1 << 20
+"""Values summed at a time by :func:`fit_scale_calibration`."""
+
+
 def fit_scale_calibration(
     prior_var: np.ndarray,
     resid2: np.ndarray,
@@ -106,18 +110,24 @@ def fit_scale_calibration(
     -------
     ScaleCalibration
     """
-    pv = np.asarray(prior_var, np.float64).ravel()
-    r2 = np.asarray(resid2, np.float64).ravel()
-    nv = np.asarray(noise_var, np.float64).ravel()
-    if known_var is not None:
-        nv = nv + np.asarray(known_var, np.float64).ravel()
+    pv, r2, nv = (np.asarray(a).ravel() for a in (prior_var, resid2, noise_var))
+    kv = None if known_var is None else np.asarray(known_var).ravel()
     qs = np.quantile(pv, np.linspace(0, 1, n_bins + 1)[1:-1])
     edges = np.unique(qs)
-    idx = np.searchsorted(edges, pv, side="left")
-    n_b = np.bincount(idx, minlength=len(edges) + 1).astype(float)
+    # Per-bin sums a million values at a time, in float64: no float64 copy of every input.
+    sums = np.zeros((3, len(edges) + 1))  # count, excess over noise, prior variance
+    for a in range(0, pv.size, _SUM_BLOCK):
+        part = slice(a, a + _SUM_BLOCK)
+        p = pv[part].astype(np.float64)
+        w = r2[part].astype(np.float64) - nv[part]
+        if kv is not None:
+            w -= kv[part]
+        idx = np.searchsorted(edges, p, side="left")
+        for k, weights in enumerate((None, w, p)):
+            sums[k] += np.bincount(idx, weights=weights, minlength=len(edges) + 1)
+    n_b = sums[0]
     safe = np.maximum(n_b, 1.0)
-    excess = np.bincount(idx, weights=r2 - nv, minlength=len(edges) + 1) / safe
-    mean_pv = np.bincount(idx, weights=pv, minlength=len(edges) + 1) / safe
+    excess, mean_pv = sums[1] / safe, sums[2] / safe
     # Each bin's excess is a small difference of large numbers at low light: pool adjacent
     # bins so that the calibrated variance never decreases as the predicted one grows.
     smooth = isotonic(excess, n_b)

@@ -157,35 +157,25 @@ def fit_correction(
     ResidualCorrection
     """
     n_bins = len(_Z_EDGES) + 1
-    sums = np.zeros((n_bins, 6))  # n, r*s, s*s, r*r, noise var, prior var
+    # One pass, per bin, of every sum both fits need: the variance's residual (r - g s)^2
+    # expands into r*r, r*s and s*s once the gains g are known, so no run is kept.
+    sums = np.zeros((n_bins, 7))  # n, r*s, s*s, r*r, noise var, prior var, v_s
     stage = ResidualCorrection(
         evidence, local, core, [0.0] * n_bins, [1.0] * n_bins, list(_Z_EDGES)
     )
-    cached = []
     for x, loc, pv, nv, target, *rest in parts:
         s, v_s, z = stage.statistics(x - loc, pv + nv, nv)
-        sel = target
-        r, s_t, b = (x - loc)[sel], s[sel], stage.bins(z)[sel]
-        nv_fit = rest[0] if rest else nv
-        cached.append((r, s_t, v_s[sel], nv_fit[sel], pv[sel], b))
-    for r, s_t, _v, nv, pv, b in cached:
-        for k in range(n_bins):
-            m = b == k
-            if not torch.any(m):
-                continue
-            rk, sk = r[m].double(), s_t[m].double()
-            sums[k] += [
-                float(m.sum()),
-                float((rk * sk).sum()),
-                float((sk * sk).sum()),
-                float((rk * rk).sum()),
-                float(nv[m].double().sum()),
-                float(pv[m].double().sum()),
-            ]
+        r, s_t, nv_fit, pv_t, v_t = (
+            a[target].flatten().double() for a in (x - loc, s, rest[0] if rest else nv, pv, v_s)
+        )
+        b = stage.bins(z)[target].flatten()
+        columns = (torch.ones_like(r), r * s_t, s_t * s_t, r * r, nv_fit, pv_t, v_t)
+        for j, w in enumerate(columns):
+            sums[:, j] += torch.bincount(b, weights=w, minlength=n_bins).cpu().numpy()
     centres = [0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 8.0]
     gains, factors = [], []
     for k in range(n_bins):
-        n, rs, ss, _rr, _nvs, _pvs = sums[k]
+        n, rs, ss = sums[k, :3]
         if n >= _MIN_PIXELS and ss > 0:
             g = float(np.clip(rs / ss, 0.0, 1.0))
         else:
@@ -195,26 +185,15 @@ def fit_correction(
     stage.gains = gains
     # Variance: what the corrected prior still misses, beyond detector noise and the
     # correction's own noise, per bin.
-    vsum = np.zeros((n_bins, 4))  # n, (r - g s)^2, noise var + g^2 v_s, prior var
-    for r, s_t, v_s, nv, pv, b in cached:
-        g = torch.as_tensor(gains, dtype=r.dtype, device=r.device)[b]
-        res2 = (r - g * s_t) ** 2
-        for k in range(n_bins):
-            m = b == k
-            if torch.any(m):
-                vsum[k] += [
-                    float(m.sum()),
-                    float(res2[m].double().sum()),
-                    float((nv[m] + g[m] ** 2 * v_s[m]).double().sum()),
-                    float(pv[m].double().sum()),
-                ]
+    g = np.asarray(gains)
+    n, rs, ss, rr, nvs, pvs, vss = sums.T
+    res2 = rr - 2 * g * rs + g * g * ss
+    noise = nvs + g * g * vss
     # Each bin's excess over noise is a small difference of large numbers at low light: pool
     # adjacent bins so that the missing variance never decreases as the evidence grows.
-    n_k = np.maximum(vsum[:, 0], 1.0)
-    excess = isotonic((vsum[:, 1] - vsum[:, 2]) / n_k, vsum[:, 0])
+    excess = isotonic((res2 - noise) / np.maximum(n, 1.0), n)
     for k in range(n_bins):
-        n, _res2, _noise, pvs = vsum[k]
-        if n >= _MIN_PIXELS and pvs > 0:
-            factors[k] = float(max(excess[k] / (pvs / n), 0.02))
+        if n[k] >= _MIN_PIXELS and pvs[k] > 0:
+            factors[k] = float(max(excess[k] / (pvs[k] / n[k]), 0.02))
     stage.var_factors = factors
     return stage

@@ -900,8 +900,10 @@ def _calibrate(
             fit_pixels += int(target.sum()) * window_pixels
     heldout_parts = fit_parts + ([] if check_parts is fit_parts else check_parts)
     memorised = _memorisation_check(heldout_parts, trained_parts, noise)
+    del heldout_parts  # (and trained_parts below): each run is then held by the lists it is in
     if not memorised["memorised"]:
         fit_parts = fit_parts + trained_parts
+    del trained_parts
 
     def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
         return torch.cat([p[k][p[3]].flatten() for p in parts]).cpu().numpy()
@@ -919,12 +921,21 @@ def _calibrate(
     # Each fit below leaves its temporaries in the heap (large_arrays); handed back between
     # fits, they do not stack up on the held-out runs.
     del x_f, loc_f, pvar_f, prop_f
+    # From here on, each run's prior variance is one tensor: the calibrated network's plus the
+    # propagated noise's (runs the fit and the check share stay shared).
+    folded: dict[int, tuple[torch.Tensor, ...]] = {}
+    for x, loc, pvar, target, prop, mean in (*fit_parts, *check_parts):
+        if id(pvar) not in folded:
+            folded[id(pvar)] = (x, loc, calib.apply(pvar).add_(prop), target, mean)
+    fit_parts = [folded[id(p[2])] for p in fit_parts]
+    check_parts = [folded[id(p[2])] for p in check_parts]
+    del folded, x, loc, pvar, target, prop, mean
     release_freed_memory()
     # Null scale of each of the guard's window statistics, after calibration (robust: the
     # few windows that hold an event must not set it).
     zs: list[list[np.ndarray]] = []
-    for x, loc, pvar, target, prop, _ in fit_parts:
-        var = calib.apply(pvar) + prop + _noise_var(noise, loc)
+    for x, loc, pvar, target, _ in fit_parts:
+        var = pvar + _noise_var(noise, loc)
         zs.append([z[target].flatten().cpu().numpy() for z in evidence_zscores(x - loc, var, gcfg)])
     null_scale = []
     for per_window in zip(*zs, strict=True):
@@ -938,12 +949,12 @@ def _calibrate(
     ) -> Iterator[tuple[torch.Tensor, ...]]:
         # One run at a time: each consumer keeps only what it fits on, so the guard's
         # outputs for all runs are never held at once (the calibration's peak memory).
-        for x, loc, pvar, target, prop, mean in parts:
+        for x, loc, pvar, target, mean in parts:
             change = temporal_change(x)
             loc_g, var_g, p_surprise = _guard_and_correct(
                 x,
                 loc,
-                calib.apply(pvar) + prop,
+                pvar,
                 noise,
                 gcfg,
                 null_scale=null_scale,
@@ -963,8 +974,7 @@ def _calibrate(
 
     error_correlation = estimate_error_correlation(
         [  # built here, so that it is freed as soon as the fit is done
-            (x - loc, calib.apply(pvar) + prop, _noise_var(noise, loc), target)
-            for x, loc, pvar, target, prop, _ in fit_parts
+            (x - loc, pvar, _noise_var(noise, loc), target) for x, loc, pvar, target, _ in fit_parts
         ],
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
