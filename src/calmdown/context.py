@@ -224,7 +224,7 @@ class MeanImage:
         lam, own = self.weights(t)
         # Only the blocks the frames interpolate between are read.
         used = np.flatnonzero(lam.any(axis=0))
-        lo, hi = int(used.min()), int(used.max()) + 1
+        lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
         blocks = self.means[lo:hi, region[0], region[1]]
         out = np.tensordot(lam[:, lo:hi], blocks, axes=1).astype(np.float32)
         if own_frames is not None:
