@@ -97,3 +97,18 @@ def test_memory_of_the_mean_image_does_not_grow_with_the_movie(monkeypatch):
         tracemalloc.stop()
     assert isinstance(mean.means, context.BlockFile)
     assert peak < 1.5 * 2**20, f"peak {peak / 2**20:.2f} MB"
+
+
+def test_block_means_stay_in_memory_where_no_temporary_file_can_be_made(monkeypatch, caplog):
+    movie = _long_movie(n_frames=400)
+    monkeypatch.setattr(context, "IN_FILE_BYTES", 1 << 10)
+
+    def no_file(*args, **kwargs):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(context.tempfile, "TemporaryFile", no_file)
+    with caplog.at_level("WARNING", logger="calmdown.context"):
+        mean = compute_mean_image(lambda a, b: movie[a:b], 400, window=20, to_photons=lambda x: x)
+    assert isinstance(mean.means, np.ndarray)
+    assert "no space left" in caplog.text
+    np.testing.assert_allclose(mean.means[3], movie[60:80].mean(axis=0), rtol=1e-5)

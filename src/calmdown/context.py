@@ -8,6 +8,7 @@ prediction of frame ``t`` never contains the noise of frame ``t``.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import weakref
@@ -18,6 +19,8 @@ from typing import Any
 import numpy as np
 
 from calmdown.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["BlockFile", "MeanImage", "compute_mean_image", "context_indices", "min_frames"]
 
@@ -247,6 +250,19 @@ class MeanImage:
         }
 
 
+def _block_store(n_blocks: int, shape: tuple[int, ...]) -> np.ndarray | BlockFile:
+    """Make room for the block means: a file beyond :data:`IN_FILE_BYTES`, else memory.
+
+    Memory too where no temporary file can be made (a warning says so).
+    """
+    if n_blocks * int(np.prod(shape)) * 4 > IN_FILE_BYTES:
+        try:
+            return BlockFile(n_blocks, shape)
+        except OSError as err:  # no writable temporary folder: memory grows with length
+            logger.warning("block means kept in memory (no temporary file: %s)", err)
+    return np.empty((n_blocks, *shape), np.float32)
+
+
 def compute_mean_image(
     read_frames: Callable[[int, int], np.ndarray],
     n_frames: int,
@@ -283,9 +299,7 @@ def compute_mean_image(
         stop = min(start + chunk, n_frames)
         frames = to_photons(read_frames(start, stop)).astype(np.float64)
         if means is None:
-            shape = frames.shape[1:]
-            big = n_blocks * int(np.prod(shape)) * 4 > IN_FILE_BYTES
-            means = BlockFile(n_blocks, shape) if big else np.empty((n_blocks, *shape), np.float32)
+            means = _block_store(n_blocks, frames.shape[1:])
         block = np.searchsorted(edges, np.arange(start, stop), side="right") - 1
         for b in np.unique(block):
             part = frames[block == b].sum(axis=0)
