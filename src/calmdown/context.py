@@ -223,17 +223,26 @@ class MeanImage:
         region : (slice, slice)
             The rows and columns wanted (default: the whole frame).
         """
-        t = np.atleast_1d(np.asarray(t))
-        lam, own = self.weights(t)
-        # Only the blocks the frames interpolate between are read.
-        used = np.flatnonzero(lam.any(axis=0))
-        lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
-        blocks = self.means[lo:hi, region[0], region[1]]
-        out = np.tensordot(lam[:, lo:hi], blocks, axes=1).astype(np.float32)
+        out64, own = self.blend(t, region)
+        out = out64.astype(np.float32)
         if own_frames is not None:
             own = own.astype(np.float32)[:, None, None]
             out = (out - own * own_frames) / (1.0 - own)
         return out.astype(np.float32, copy=False)
+
+    def blend(
+        self, t: np.ndarray, region: tuple[slice, slice] = (slice(None), slice(None))
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mean image at frames ``t`` in float64, with each frame's own weight (:meth:`weights`).
+
+        Only the blocks the frames interpolate between are read.
+        """
+        t = np.atleast_1d(np.asarray(t))
+        lam, own = self.weights(t)
+        used = np.flatnonzero(lam.any(axis=0))
+        lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
+        blocks = self.means[lo:hi, region[0], region[1]]
+        return np.tensordot(lam[:, lo:hi], blocks, axes=1), own
 
     def noise_factor(self, t: np.ndarray) -> np.ndarray:
         """Variance of the mean image's noise at frames ``t``, as a fraction of one frame's."""

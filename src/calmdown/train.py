@@ -232,11 +232,11 @@ class Trainer:
             assert seg.planes is not None
             deviation = seg.planes[t, :, ys, xs] - self.planes.crop_means(seg.start + t, ys, xs)
             frames = np.concatenate([frames, deviation])
-        mean = self.mean_image.images(
-            np.array([seg.start + t]), own_frames=target[None], region=(ys, xs)
-        )[0]
+        # Leave-one-out in float64 (training's inputs as they have always been computed).
+        blended, own = self.mean_image.blend(np.array([seg.start + t]), region=(ys, xs))
+        mean = (blended[0] - own[0] * target) / (1.0 - own[0])
         s = 1.0 / self.scale0
-        return target * s, frames * s, mean * s
+        return target * s, frames * s, mean.astype(np.float32) * s
 
     def _batch(self, picks: list[tuple[int, int, int, int]]) -> tuple[torch.Tensor, ...]:
         parts = [self._crop(*p) for p in picks]
