@@ -263,3 +263,17 @@ def test_factors_fitted_where_the_prior_is_in_charge_leave_the_guards_variance_a
     # Where the prior is in charge, the factors do apply (both of them): its variance is a
     # hundredth of what it was, plus the little the guard adds where it is unsure.
     assert max(scaled) < 3 * shrink * shrink
+
+
+def test_wide_spatial_window_sums_do_not_depend_on_where_the_band_starts():
+    # The guard, correction and posterior run over row bands; a pixel's window sum must be the
+    # same to the bit whichever row its band starts at (a last-bit difference near a bin edge
+    # of the calibration became a different interval).
+    from calmdown.posterior import window_sum
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand((4, 64, 48), generator=g) * 30 + 0.1
+    whole = window_sum(x, 1, 9)
+    for start in (3, 17, 40):
+        band = window_sum(x[:, start:], 1, 9)
+        assert torch.equal(band[:, 4:], whole[:, start + 4 :])

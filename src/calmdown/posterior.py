@@ -57,7 +57,8 @@ def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     calibration's bins would amplify a last-bit difference into a different interval).
     Along time (``dim`` 0) a running sum in float64, exact for float32 values whose
     exponents span less than 29 bits; a few pixels (``half`` <= 2) as shifted sums added
-    in a fixed order; wider spatial windows by one cumulative sum.
+    in a fixed order; wider spatial windows by one cumulative sum, in float64 for float32
+    values (exact likewise: in float32 its rounding depended on the band's first row).
     """
     if half == 0:
         return x
@@ -70,12 +71,15 @@ def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
             out.narrow(dim, k, n - k).add_(x.narrow(dim, 0, n - k))
             out.narrow(dim, 0, n - k).add_(x.narrow(dim, k, n - k))
         return out
-    pad_shape = list(x.shape)
+    # A cumulative sum depends on where the run starts (a band of rows, a chunk) unless it is
+    # exact: in float64, as along time, for float32 values.
+    y = x.double() if x.dtype == torch.float32 else x
+    pad_shape = list(y.shape)
     pad_shape[dim] = half + 1
-    lead = x.new_zeros(pad_shape)
+    lead = y.new_zeros(pad_shape)
     pad_shape[dim] = half
-    c = torch.cumsum(torch.cat([lead, x, x.new_zeros(pad_shape)], dim=dim), dim=dim)
-    return c.narrow(dim, 2 * half + 1, n) - c.narrow(dim, 0, n)
+    c = torch.cumsum(torch.cat([lead, y, y.new_zeros(pad_shape)], dim=dim), dim=dim)
+    return (c.narrow(dim, 2 * half + 1, n) - c.narrow(dim, 0, n)).to(x.dtype)
 
 
 def _running_sum(x: torch.Tensor, half: int) -> torch.Tensor:
