@@ -29,6 +29,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
+from calmdown import fused
 from calmdown.config import GuardConfig
 
 __all__ = [
@@ -71,6 +72,8 @@ def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
             out.narrow(dim, k, n - k).add_(x.narrow(dim, 0, n - k))
             out.narrow(dim, 0, n - k).add_(x.narrow(dim, k, n - k))
         return out
+    if fused.enabled(x):  # the same exact sums as compiled running sums
+        return fused.running_sum(x, half, dim)
     # A cumulative sum depends on where the run starts (a band of rows, a chunk) unless it is
     # exact: in float64, as along time, for float32 values.
     y = x.double() if x.dtype == torch.float32 else x
@@ -84,6 +87,8 @@ def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
 
 def _running_sum(x: torch.Tensor, half: int) -> torch.Tensor:
     """Window sums along the first axis, frame by frame, accumulated in float64."""
+    if fused.enabled(x):
+        return fused.running_sum(x, half)
     n = x.shape[0]
     out = torch.empty_like(x)
     acc = x[: min(half, n)].sum(dim=0, dtype=torch.float64)
@@ -150,6 +155,8 @@ class EvidenceWindow:
         if self.square:
             half = self.square // 2
             return _window_sum_1d(_window_sum_1d(x, 1, half), 2, half)
+        if fused.enabled(x):
+            return fused.line_sum(x, self.offsets)
         out = torch.zeros_like(x)
         for dy, dx in self.offsets:
             dst, src = _offset_slices(x.shape, dy, dx)
@@ -329,8 +336,20 @@ def surprise_guard(
     log_odds = resid.new_full(out_shape, -math.inf)
     ht, hp = cfg.local_frames // 2, cfg.local_pixels // 2
     gain = 0.5 * rho / (1 + rho)
+    compiled = fused.enabled(resid)
     for window, scale in zip(windows, scales, strict=True):
         sums = _window_sums(resid, var, window)
+        if compiled:
+            fused.max_z2_log_odds(
+                sums,
+                window.frames,
+                (cfg.local_frames, cfg.local_pixels),
+                (f0, f1),
+                base,
+                gain / scale**2,
+                log_odds,
+            )
+            continue
         z2 = resid.new_zeros(out_shape)
         for dy in range(-hp, hp + 1):
             for dx in range(-hp, hp + 1):

@@ -1,0 +1,361 @@
+"""The surprise guard's window sums and z-scores as compiled loops on a CPU (Numba).
+
+In PyTorch the guard is ~100 elementwise passes over each band of a chunk: for each of its six
+evidence windows a running sum along time, frame by frame from Python, shifted sums in space,
+and for each of the eleven frame offsets of the local window a subtraction, a square, a
+division and a maximum. On a CPU these passes are bound by memory traffic and Python overhead,
+not arithmetic: at 512 x 512 they took a third of the inference time. Here each is one
+compiled loop that keeps a frame's values in cache.
+
+Every function returns what the PyTorch code in :mod:`calmdown.posterior` returns, to the bit:
+the same float32 operations in the same order (float64 where that code accumulates in float64),
+so a movie denoised with and without Numba, or in chunks and bands, gives the same values.
+Numba comes with ``pip install calmdown[fast]``; without it (or on a GPU) the PyTorch code runs.
+Kernels are compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` to move the cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["bin_index", "enabled", "line_sum", "max_z2_log_odds", "running_sum", "temporal_change"]
+
+logger = logging.getLogger(__name__)
+
+_DISABLE_ENV = "CALMDOWN_NO_NUMBA"
+"""Environment variable that, set to 1, keeps the PyTorch code on a CPU too."""
+
+_kernels: dict[str, Any] | None = None
+_failed = False
+
+
+def _compile() -> dict[str, Any] | None:
+    """Define the kernels (compiled lazily by Numba on first call); None without Numba."""
+    global _kernels, _failed
+    if _kernels is not None or _failed:
+        return _kernels
+    if importlib.util.find_spec("numba") is None:
+        _failed = True
+        return None
+    try:
+        import numba
+    except Exception as err:  # noqa: BLE001 - a broken Numba install must not stop denoising
+        logger.warning("Numba could not be imported (%s); the guard runs in PyTorch", err)
+        _failed = True
+        return None
+    # error_model="numpy": a float division by zero gives inf, not an exception; without it
+    # the check in every division stops the loops from being vectorised (3.3x slower).
+    jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+    @jit
+    def running_sum(x: np.ndarray, half: int, out: np.ndarray) -> None:  # pragma: no cover
+        # (A, N, B) float32; window sums along N accumulated in float64, as
+        # posterior._running_sum (exact for float32 values, so equal to its cumulative sums).
+        m, n, p = x.shape
+        acc = np.zeros(p, np.float64)
+        for c in range(m):
+            xc, oc = x[c], out[c]
+            acc[:] = 0.0
+            for t in range(min(half, n)):
+                for i in range(p):
+                    acc[i] += xc[t, i]
+            for t in range(n):
+                add, sub = t + half < n, t - half - 1 >= 0
+                if add and sub:  # one pass: (acc + new) - old, the order of the PyTorch loop
+                    new, old, o = xc[t + half], xc[t - half - 1], oc[t]
+                    for i in range(p):
+                        a = acc[i] + new[i]
+                        a -= old[i]
+                        acc[i] = a
+                        o[i] = np.float32(a)
+                    continue
+                if add:
+                    new = xc[t + half]
+                    for i in range(p):
+                        acc[i] += new[i]
+                if sub:
+                    old = xc[t - half - 1]
+                    for i in range(p):
+                        acc[i] -= old[i]
+                o = oc[t]
+                for i in range(p):
+                    o[i] = np.float32(acc[i])
+
+    @jit
+    def running_sum_rows(x: np.ndarray, half: int, out: np.ndarray) -> None:  # pragma: no cover
+        # (A, N) float32: the same along the last, contiguous axis, one scalar sum per row.
+        m, n = x.shape
+        for c in range(m):
+            xc, oc = x[c], out[c]
+            acc = 0.0
+            for t in range(min(half, n)):
+                acc += xc[t]
+            for t in range(n):
+                if t + half < n:
+                    acc += xc[t + half]
+                if t - half - 1 >= 0:
+                    acc -= xc[t - half - 1]
+                oc[t] = np.float32(acc)
+
+    @jit
+    def offsets_sum(
+        x: np.ndarray, dys: np.ndarray, dxs: np.ndarray, out: np.ndarray
+    ) -> None:  # pragma: no cover
+        # (T, Y, X): zero plus x at each offset inside the frame, in the offsets' order. Each
+        # output row is summed in a buffer that stays in cache, then written once.
+        t_n, h, w = x.shape
+        buf = np.zeros(w, np.float32)
+        for t in range(t_n):
+            for i in range(h):
+                buf[:] = 0.0
+                for k in range(dys.shape[0]):
+                    dy, dx = dys[k], dxs[k]
+                    if i + dy < 0 or i + dy >= h:
+                        continue
+                    j0, j1 = max(0, -dx), min(w, w - dx)
+                    dst, src = buf[j0:j1], x[t, i + dy, j0 + dx : j1 + dx]
+                    for j in range(j1 - j0):
+                        dst[j] += src[j]
+                out[t, i] = buf
+
+    @jit
+    def max_z2(
+        r_win: np.ndarray,
+        v_win: np.ndarray,
+        r_own: np.ndarray,
+        v_own: np.ndarray,
+        frames: int,
+        ht: int,
+        hp: int,
+        f0: int,
+        f1: int,
+        base: np.float32,
+        coef: np.float32,
+        log_odds: np.ndarray,
+    ) -> None:  # pragma: no cover
+        # As posterior.surprise_guard's loop over the local window's offsets for one window.
+        n, h, w = r_win.shape
+        tiny = np.float32(1e-12)
+        zero_own = n < 2 or frames < 3
+        z2 = np.zeros((h, w), np.float32)
+        for t in range(f0, f1):
+            z2[:, :] = 0.0
+            for dy in range(-hp, hp + 1):
+                for dx in range(-hp, hp + 1):
+                    j0, j1 = max(0, -dx), min(w, w - dx)
+                    for dt in range(-ht, ht + 1):
+                        s = t + dt
+                        if s < 0 or s >= n:
+                            continue
+                        holds_t = abs(dt) <= frames // 2
+                        if holds_t and zero_own:
+                            continue  # only frame t was in the window: z2 = 0
+                        a, b = j0 + dx, j1 + dx
+                        for i in range(max(0, -dy), min(h, h - dy)):
+                            rw, vw = r_win[s, i + dy, a:b], v_win[s, i + dy, a:b]
+                            ro, vo = r_own[t, i + dy, a:b], v_own[t, i + dy, a:b]
+                            zr = z2[i, j0:j1]
+                            if holds_t:
+                                for j in range(j1 - j0):
+                                    r = rw[j] - ro[j]
+                                    v = vw[j] - vo[j]
+                                    v = v if v > tiny else tiny
+                                    z = r * r / v
+                                    zr[j] = z if z > zr[j] else zr[j]
+                            else:
+                                for j in range(j1 - j0):
+                                    r = rw[j]
+                                    v = vw[j]
+                                    v = v if v > tiny else tiny
+                                    z = r * r / v
+                                    zr[j] = z if z > zr[j] else zr[j]
+                    # Outside the frame the moved sums are zero: z2 = 0, the initial value.
+            for i in range(h):
+                lo = log_odds[t - f0, i]
+                zr = z2[i]
+                for j in range(w):
+                    val = base + coef * zr[j]
+                    lo[j] = val if val > lo[j] else lo[j]
+
+    @jit
+    def bins(x: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
+        # Count of edges below each value: calibration.bin_index (float32 comparisons).
+        n = x.shape[0]
+        for a in range(0, n, 2048):  # a block of the output stays in cache over the edges
+            b = min(n, a + 2048)
+            xs, o = x[a:b], out[a:b]
+            o[:] = 0
+            for k in range(edges.shape[0]):
+                e = edges[k]
+                for i in range(b - a):
+                    o[i] += xs[i] > e
+
+    @jit
+    def temporal_change(
+        x: np.ndarray, pixels: int, frames: int, box: np.ndarray, out: np.ndarray
+    ) -> None:  # pragma: no cover
+        # calibration.temporal_change: a pixels x pixels mean clipped at the frame's edges
+        # (torch's avg_pool2d without padding in the count: rows then columns in order,
+        # float32, divided by the count), then the means of up to `frames` frames before and
+        # after, each summed nearest first.
+        n, h, w = x.shape
+        r = pixels // 2
+        buf = np.zeros(w, np.float32)
+        for t in range(n):
+            for i in range(h):
+                i0, i1 = max(0, i - r), min(h, i + r + 1)
+                buf[:] = 0.0
+                for ii in range(i0, i1):
+                    row = x[t, ii]
+                    for d in range(-r, r + 1):
+                        j0, j1 = max(0, -d), min(w, w - d)
+                        dst, src = buf[j0:j1], row[j0 + d : j1 + d]
+                        for j in range(j1 - j0):
+                            dst[j] += src[j]
+                o = box[t, i]
+                for j in range(w):
+                    cols = min(w, j + r + 1) - max(0, j - r)
+                    o[j] = buf[j] / np.float32((i1 - i0) * cols)
+        before = np.zeros(w, np.float32)
+        after = np.zeros(w, np.float32)
+        for t in range(n):
+            nb, na = min(frames, t), min(frames, n - 1 - t)
+            for i in range(h):
+                o = out[t, i]
+                if nb == 0 or na == 0:
+                    o[:] = 0.0
+                    continue
+                before[:] = 0.0
+                after[:] = 0.0
+                for k in range(1, nb + 1):
+                    src = box[t - k, i]
+                    for j in range(w):
+                        before[j] += src[j]
+                for k in range(1, na + 1):
+                    src = box[t + k, i]
+                    for j in range(w):
+                        after[j] += src[j]
+                fb, fa = np.float32(nb), np.float32(na)
+                for j in range(w):
+                    o[j] = abs(after[j] / fa - before[j] / fb)
+
+    _kernels = {
+        "temporal_change": temporal_change,
+        "bins": bins,
+        "running_sum_rows": running_sum_rows,
+        "running_sum": running_sum,
+        "offsets_sum": offsets_sum,
+        "max_z2": max_z2,
+    }
+    return _kernels
+
+
+def enabled(x: torch.Tensor) -> bool:
+    """Whether the compiled loops serve ``x``: a float32 CPU tensor, with Numba importable."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or x.requires_grad:
+        return False
+    if os.environ.get(_DISABLE_ENV, "") == "1":
+        return False
+    return _compile() is not None
+
+
+def _array(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x.detach().numpy())
+
+
+def running_sum(x: torch.Tensor, half: int, dim: int = 0) -> torch.Tensor:
+    """Window sums ``[i - half, i + half]`` along ``dim``, clipped at the ends, in float64.
+
+    Equal to the PyTorch code's float64 running sum along time and cumulative sums in space:
+    both are exact for float32 values (see :func:`calmdown.posterior._window_sum_1d`).
+    """
+    kernels = _compile()
+    assert kernels is not None
+    a = _array(x)
+    out = np.empty_like(a)
+    if dim == a.ndim - 1:
+        n = a.shape[-1]
+        kernels["running_sum_rows"](a.reshape(-1, n), int(half), out.reshape(-1, n))
+    else:
+        shape = (int(np.prod(a.shape[:dim])), a.shape[dim], int(np.prod(a.shape[dim + 1 :])))
+        kernels["running_sum"](a.reshape(shape), int(half), out.reshape(shape))
+    return torch.from_numpy(out)
+
+
+def bin_index(x: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
+    """Index of the bin of each value between sorted interior ``edges`` (int64).
+
+    Compared in float32, as PyTorch compares a float32 tensor with a Python float.
+    """
+    kernels = _compile()
+    assert kernels is not None
+    a = _array(x)
+    out = np.empty(a.shape, np.int64)
+    kernels["bins"](a.reshape(-1), np.asarray(edges, np.float32), out.reshape(-1))
+    return torch.from_numpy(out)
+
+
+def temporal_change(x: torch.Tensor, pixels: int, frames: int) -> torch.Tensor:
+    """:func:`calmdown.calibration.temporal_change` of a (T, Y, X) float32 CPU tensor."""
+    kernels = _compile()
+    assert kernels is not None
+    a = _array(x)
+    box = np.empty_like(a)
+    out = np.empty_like(a)
+    kernels["temporal_change"](a, int(pixels), int(frames), box, out)
+    return torch.from_numpy(out)
+
+
+def line_sum(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tensor:
+    """Sum of (T, Y, X) ``x`` at ``(dy, dx)`` offsets of each pixel (zero outside the frame)."""
+    kernels = _compile()
+    assert kernels is not None
+    a = _array(x)
+    dys = np.array([o[0] for o in offsets], np.int64)
+    dxs = np.array([o[1] for o in offsets], np.int64)
+    out = np.empty_like(a)
+    kernels["offsets_sum"](a, dys, dxs, out)
+    return torch.from_numpy(out)
+
+
+def max_z2_log_odds(
+    sums: tuple[torch.Tensor, ...],
+    frames: int,
+    local: tuple[int, int],
+    out_frames: tuple[int, int],
+    base: float,
+    coef: float,
+    log_odds: torch.Tensor,
+) -> None:
+    """Raise ``log_odds`` to ``base + coef * z2`` of one window where that is larger, in place.
+
+    ``z2`` is the largest squared z-score of the window centred within ``local`` = (frames,
+    pixels) of each output pixel, its slice of the output frame left out
+    (:func:`calmdown.posterior._shifted_z2`). ``log_odds`` is a contiguous float32 CPU tensor
+    of the frames ``out_frames`` = (f0, f1).
+    """
+    kernels = _compile()
+    assert kernels is not None
+    arrays = [_array(s) for s in sums]
+    lo = log_odds.numpy()
+    if not lo.flags.c_contiguous:
+        raise ValueError("log_odds must be contiguous")
+    f0, f1 = out_frames
+    kernels["max_z2"](
+        *arrays,
+        int(frames),
+        int(local[0]) // 2,
+        int(local[1]) // 2,
+        int(f0),
+        int(f1),
+        np.float32(base),
+        np.float32(coef),
+        lo,
+    )

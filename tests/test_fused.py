@@ -1,0 +1,144 @@
+"""The compiled (Numba) loops give the PyTorch code's values to the bit, faster."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import calmdown
+from calmdown import fused
+from calmdown.calibration import CHANGE_FRAMES, CHANGE_PIXELS, bin_index, temporal_change
+from calmdown.config import GuardConfig
+from calmdown.posterior import (
+    _window_sum_1d,
+    evidence_windows,
+    evidence_zscores,
+    surprise_guard,
+)
+from calmdown.simulate import SimulatedMovie
+
+pytest.importorskip("numba")
+
+SHAPES = [(40, 23, 37), (5, 4, 6), (2, 3, 3), (1, 5, 4), (9, 1, 7)]
+
+
+def _counts(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    values = rng.poisson(1.3, shape) * 0.8 + rng.normal(0, 0.1, shape)
+    return torch.from_numpy(values.astype(np.float32))
+
+
+def _both(monkeypatch: pytest.MonkeyPatch, f: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``f`` with the PyTorch code, then with the compiled loops."""
+    monkeypatch.setenv("CALMDOWN_NO_NUMBA", "1")
+    slow = f(*args, **kwargs)
+    monkeypatch.setenv("CALMDOWN_NO_NUMBA", "0")
+    assert fused.enabled(args[0])
+    return slow, f(*args, **kwargs)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_window_sums_equal_the_pytorch_code(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int, int]
+) -> None:
+    x = _counts(shape) - 1.0
+    for dim in (0, 1, 2):
+        for half in (1, 3, 4, 15):
+            slow, fast = _both(monkeypatch, _window_sum_1d, x, dim, half)
+            assert torch.equal(slow, fast), (dim, half)
+    for window in evidence_windows(GuardConfig(line_pixels=5)):
+        slow, fast = _both(monkeypatch, window.spatial_sum, x)
+        assert torch.equal(slow, fast), window.name
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_temporal_change_and_bins_equal_the_pytorch_code(
+    monkeypatch: pytest.MonkeyPatch, shape: tuple[int, int, int]
+) -> None:
+    x = _counts(shape, seed=1)
+    slow, fast = _both(monkeypatch, temporal_change, x)
+    assert torch.equal(slow, fast)
+    assert (CHANGE_PIXELS, CHANGE_FRAMES) == (5, 3)
+    edges = [0.25, 0.5, 0.8, 1.0, 1.6, 3.0]
+    # Values on and next to the edges, where float32 and float64 comparisons differ.
+    x.view(-1)[:3] = torch.tensor([0.8, float(np.nextafter(np.float32(0.8), 1)), 1.6])
+    slow, fast = _both(monkeypatch, bin_index, x, edges)
+    assert torch.equal(slow, fast)
+    assert fast.dtype == torch.long
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        GuardConfig(),
+        GuardConfig(local_pixels=3, window_pixels=5, pixel_windows=(3, 31), line_frames=3),
+        GuardConfig(window_frames=1, local_frames=3),
+    ],
+)
+def test_surprise_guard_equals_the_pytorch_code(
+    monkeypatch: pytest.MonkeyPatch, cfg: GuardConfig
+) -> None:
+    x = _counts((60, 19, 26), seed=2)
+    loc = torch.full_like(x, 1.04) + 0.01 * torch.randn(x.shape, generator=torch.manual_seed(3))
+    x[25:32, 8:11, 10:14] += 6.0  # a surprise the guard must find
+    prior_var = torch.full_like(x, 0.004)
+    noise_var = 0.8 * loc + 0.03
+    slow, fast = _both(
+        monkeypatch, surprise_guard, x, loc, prior_var, noise_var, cfg, null_scale=1.3,
+        frames=slice(12, 50),
+    )  # fmt: skip
+    assert float(fast.p_surprise.max()) > 0.99
+    for name in ("loc", "var", "p_surprise", "guard_var"):
+        assert torch.equal(getattr(slow, name), getattr(fast, name)), name
+    slow_z, fast_z = _both(monkeypatch, evidence_zscores, x - loc, prior_var + noise_var, cfg)
+    assert all(torch.equal(a, b) for a, b in zip(slow_z, fast_z, strict=True))
+
+
+def test_denoised_movie_is_the_same_with_and_without_numba(
+    monkeypatch: pytest.MonkeyPatch,
+    small_sim: SimulatedMovie,
+    small_model: calmdown.TrainedModel,
+) -> None:
+    out = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CALMDOWN_NO_NUMBA", flag)
+        run = calmdown.iter_apply(
+            small_model, small_sim.raw, interval=0.9, samples=2, chunk_frames=64
+        )
+        chunks = list(run)
+        out[flag] = {
+            name: np.concatenate([getattr(c, name) for c in chunks], axis=int(name == "samples"))
+            for name in ("denoised", "lower", "upper", "p_surprise", "samples")
+        }
+    for name, value in out["1"].items():
+        np.testing.assert_array_equal(value, out["0"][name], err_msg=name)
+
+
+def test_compiled_guard_is_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = _counts((120, 24, 256), seed=4)
+    loc = torch.full_like(x, 1.04)
+    args = (x, loc, torch.full_like(x, 0.004), 0.8 * loc + 0.03, GuardConfig())
+    seconds = {}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CALMDOWN_NO_NUMBA", flag)
+        surprise_guard(*args, frames=slice(20, 100))  # compiled or loaded from the cache
+        start = time.perf_counter()
+        for _ in range(3):
+            surprise_guard(*args, frames=slice(20, 100))
+        seconds[flag] = time.perf_counter() - start
+    # 2.4x measured on one core (0.47 against 0.20 s per band of 150 x 27 x 512).
+    assert seconds["0"] < 0.8 * seconds["1"], seconds
+
+
+def test_enabled_only_for_float32_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALMDOWN_NO_NUMBA", raising=False)
+    assert fused.enabled(torch.zeros(3, dtype=torch.float32))
+    assert not fused.enabled(torch.zeros(3, dtype=torch.float64))
+    assert not fused.enabled(torch.zeros(3, requires_grad=True))
+    monkeypatch.setenv("CALMDOWN_NO_NUMBA", "1")
+    assert not fused.enabled(torch.zeros(3, dtype=torch.float32))
