@@ -142,3 +142,25 @@ def test_enabled_only_for_float32_cpu_tensors(monkeypatch: pytest.MonkeyPatch) -
     assert not fused.enabled(torch.zeros(3, requires_grad=True))
     monkeypatch.setenv("CALMDOWN_NO_NUMBA", "1")
     assert not fused.enabled(torch.zeros(3, dtype=torch.float32))
+
+
+def test_values_do_not_depend_on_the_number_of_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALMDOWN_NO_NUMBA", raising=False)
+    x = _counts((50, 48, 64), seed=5)  # 153600 values: split between up to 2 threads
+    loc = torch.full_like(x, 1.04)
+    x[20:26, 10:13, 30:33] += 6.0
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            guard = surprise_guard(
+                x, loc, torch.full_like(x, 0.004), 0.8 * loc + 0.03, GuardConfig()
+            )
+            change = temporal_change(x)
+            results.append((guard.p_surprise, guard.var, change, bin_index(change, [0.1, 0.3])))
+    finally:
+        torch.set_num_threads(threads)
+    assert float(results[0][0].max()) > 0.99
+    for other in results[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))

@@ -17,9 +17,12 @@ Kernels are compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` to mov
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import logging
 import os
+import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -55,13 +58,16 @@ def _compile() -> dict[str, Any] | None:
     jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
     @jit
-    def running_sum(x: np.ndarray, half: int, out: np.ndarray) -> None:  # pragma: no cover
-        # (A, N, B) float32; window sums along N accumulated in float64, as
-        # posterior._running_sum (exact for float32 values, so equal to its cumulative sums).
-        m, n, p = x.shape
+    def running_sum(
+        x: np.ndarray, half: int, out: np.ndarray, lo: int, hi: int
+    ) -> None:  # pragma: no cover
+        # (A, N, B) float32, columns lo..hi of B; window sums along N accumulated in float64,
+        # as posterior._running_sum (exact for float32 values: equal to its cumulative sums).
+        m, n, _ = x.shape
+        p = hi - lo
         acc = np.zeros(p, np.float64)
         for c in range(m):
-            xc, oc = x[c], out[c]
+            xc, oc = x[c, :, lo:hi], out[c, :, lo:hi]
             acc[:] = 0.0
             for t in range(min(half, n)):
                 for i in range(p):
@@ -89,10 +95,12 @@ def _compile() -> dict[str, Any] | None:
                     o[i] = np.float32(acc[i])
 
     @jit
-    def running_sum_rows(x: np.ndarray, half: int, out: np.ndarray) -> None:  # pragma: no cover
-        # (A, N) float32: the same along the last, contiguous axis, one scalar sum per row.
-        m, n = x.shape
-        for c in range(m):
+    def running_sum_rows(
+        x: np.ndarray, half: int, out: np.ndarray, lo: int, hi: int
+    ) -> None:  # pragma: no cover
+        # (A, N) float32, rows lo..hi: the same along the last, contiguous axis, a scalar sum.
+        n = x.shape[1]
+        for c in range(lo, hi):
             xc, oc = x[c], out[c]
             acc = 0.0
             for t in range(min(half, n)):
@@ -106,13 +114,13 @@ def _compile() -> dict[str, Any] | None:
 
     @jit
     def offsets_sum(
-        x: np.ndarray, dys: np.ndarray, dxs: np.ndarray, out: np.ndarray
+        x: np.ndarray, dys: np.ndarray, dxs: np.ndarray, out: np.ndarray, lo: int, hi: int
     ) -> None:  # pragma: no cover
-        # (T, Y, X): zero plus x at each offset inside the frame, in the offsets' order. Each
-        # output row is summed in a buffer that stays in cache, then written once.
-        t_n, h, w = x.shape
+        # (T, Y, X), frames lo..hi: zero plus x at each offset inside the frame, in the
+        # offsets' order. Each output row is summed in a buffer in cache, then written once.
+        _, h, w = x.shape
         buf = np.zeros(w, np.float32)
-        for t in range(t_n):
+        for t in range(lo, hi):
             for i in range(h):
                 buf[:] = 0.0
                 for k in range(dys.shape[0]):
@@ -139,13 +147,16 @@ def _compile() -> dict[str, Any] | None:
         base: np.float32,
         coef: np.float32,
         log_odds: np.ndarray,
+        lo: int,
+        hi: int,
     ) -> None:  # pragma: no cover
-        # As posterior.surprise_guard's loop over the local window's offsets for one window.
+        # As posterior.surprise_guard's loop over the local window's offsets for one window,
+        # output frames f0 + lo .. f0 + hi (log_odds holds frames f0..f1).
         n, h, w = r_win.shape
         tiny = np.float32(1e-12)
         zero_own = n < 2 or frames < 3
         z2 = np.zeros((h, w), np.float32)
-        for t in range(f0, f1):
+        for t in range(f0 + lo, f0 + hi):
             z2[:, :] = 0.0
             for dy in range(-hp, hp + 1):
                 for dx in range(-hp, hp + 1):
@@ -178,18 +189,19 @@ def _compile() -> dict[str, Any] | None:
                                     zr[j] = z if z > zr[j] else zr[j]
                     # Outside the frame the moved sums are zero: z2 = 0, the initial value.
             for i in range(h):
-                lo = log_odds[t - f0, i]
+                odds = log_odds[t - f0, i]
                 zr = z2[i]
                 for j in range(w):
                     val = base + coef * zr[j]
-                    lo[j] = val if val > lo[j] else lo[j]
+                    odds[j] = val if val > odds[j] else odds[j]
 
     @jit
-    def bins(x: np.ndarray, edges: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover
-        # Count of edges below each value: calibration.bin_index (float32 comparisons).
-        n = x.shape[0]
-        for a in range(0, n, 2048):  # a block of the output stays in cache over the edges
-            b = min(n, a + 2048)
+    def bins(
+        x: np.ndarray, edges: np.ndarray, out: np.ndarray, lo: int, hi: int
+    ) -> None:  # pragma: no cover
+        # Count of edges below each value lo..hi: calibration.bin_index (float32 comparisons).
+        for a in range(lo, hi, 2048):  # a block of the output stays in cache over the edges
+            b = min(hi, a + 2048)
             xs, o = x[a:b], out[a:b]
             o[:] = 0
             for k in range(edges.shape[0]):
@@ -198,17 +210,16 @@ def _compile() -> dict[str, Any] | None:
                     o[i] += xs[i] > e
 
     @jit
-    def temporal_change(
-        x: np.ndarray, pixels: int, frames: int, box: np.ndarray, out: np.ndarray
+    def box_mean(
+        x: np.ndarray, pixels: int, box: np.ndarray, lo: int, hi: int
     ) -> None:  # pragma: no cover
-        # calibration.temporal_change: a pixels x pixels mean clipped at the frame's edges
-        # (torch's avg_pool2d without padding in the count: rows then columns in order,
-        # float32, divided by the count), then the means of up to `frames` frames before and
-        # after, each summed nearest first.
-        n, h, w = x.shape
+        # calibration.temporal_change's first step, frames lo..hi: a pixels x pixels mean
+        # clipped at the frame's edges (torch's avg_pool2d without padding in the count: rows
+        # then columns in order, float32, divided by the count).
+        _, h, w = x.shape
         r = pixels // 2
         buf = np.zeros(w, np.float32)
-        for t in range(n):
+        for t in range(lo, hi):
             for i in range(h):
                 i0, i1 = max(0, i - r), min(h, i + r + 1)
                 buf[:] = 0.0
@@ -223,9 +234,17 @@ def _compile() -> dict[str, Any] | None:
                 for j in range(w):
                     cols = min(w, j + r + 1) - max(0, j - r)
                     o[j] = buf[j] / np.float32((i1 - i0) * cols)
+
+    @jit
+    def change(
+        box: np.ndarray, frames: int, out: np.ndarray, lo: int, hi: int
+    ) -> None:  # pragma: no cover
+        # Its second, frames lo..hi: the means of up to `frames` frames of the box means
+        # before and after, each summed nearest first, and their absolute difference.
+        n, h, w = box.shape
         before = np.zeros(w, np.float32)
         after = np.zeros(w, np.float32)
-        for t in range(n):
+        for t in range(lo, hi):
             nb, na = min(frames, t), min(frames, n - 1 - t)
             for i in range(h):
                 o = out[t, i]
@@ -247,7 +266,8 @@ def _compile() -> dict[str, Any] | None:
                     o[j] = abs(after[j] / fa - before[j] / fb)
 
     _kernels = {
-        "temporal_change": temporal_change,
+        "box_mean": box_mean,
+        "change": change,
         "bins": bins,
         "running_sum_rows": running_sum_rows,
         "running_sum": running_sum,
@@ -270,6 +290,36 @@ def _array(x: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(x.detach().numpy())
 
 
+_MIN_SPLIT = 1 << 16
+"""Fewest elements per thread worth a thread of its own."""
+
+_pool: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its number of threads
+_pool_lock = threading.Lock()
+
+
+def _split_run(kernel: Any, n: int, elements: int, *args: Any) -> None:
+    """Run ``kernel(*args, lo, hi)`` over ``0..n`` in parts on PyTorch's number of threads.
+
+    The kernels release the GIL and each part writes its own slice of the output, so the
+    parts run at once and the values do not depend on how the range is split.
+    """
+    global _pool
+    parts = max(1, min(torch.get_num_threads(), n, elements // _MIN_SPLIT))
+    if parts == 1:
+        kernel(*args, 0, n)
+        return
+    with _pool_lock:
+        if _pool is None or _pool[1] < parts:  # grown on demand
+            _pool = (ThreadPoolExecutor(parts, thread_name_prefix="calmdown-fused"), parts)
+        pool = _pool[0]
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    futures = [
+        pool.submit(kernel, *args, int(lo), int(hi)) for lo, hi in itertools.pairwise(bounds)
+    ]
+    for future in futures:
+        future.result()
+
+
 def running_sum(x: torch.Tensor, half: int, dim: int = 0) -> torch.Tensor:
     """Window sums ``[i - half, i + half]`` along ``dim``, clipped at the ends, in float64.
 
@@ -282,10 +332,17 @@ def running_sum(x: torch.Tensor, half: int, dim: int = 0) -> torch.Tensor:
     out = np.empty_like(a)
     if dim == a.ndim - 1:
         n = a.shape[-1]
-        kernels["running_sum_rows"](a.reshape(-1, n), int(half), out.reshape(-1, n))
+        rows = a.size // max(n, 1)
+        _split_run(
+            kernels["running_sum_rows"], rows, a.size, a.reshape(rows, n), int(half),
+            out.reshape(rows, n),
+        )  # fmt: skip
     else:
         shape = (int(np.prod(a.shape[:dim])), a.shape[dim], int(np.prod(a.shape[dim + 1 :])))
-        kernels["running_sum"](a.reshape(shape), int(half), out.reshape(shape))
+        _split_run(
+            kernels["running_sum"], shape[2], a.size, a.reshape(shape), int(half),
+            out.reshape(shape),
+        )  # fmt: skip
     return torch.from_numpy(out)
 
 
@@ -298,7 +355,10 @@ def bin_index(x: torch.Tensor, edges: Sequence[float]) -> torch.Tensor:
     assert kernels is not None
     a = _array(x)
     out = np.empty(a.shape, np.int64)
-    kernels["bins"](a.reshape(-1), np.asarray(edges, np.float32), out.reshape(-1))
+    _split_run(
+        kernels["bins"], a.size, a.size, a.reshape(-1), np.asarray(edges, np.float32),
+        out.reshape(-1),
+    )  # fmt: skip
     return torch.from_numpy(out)
 
 
@@ -309,7 +369,8 @@ def temporal_change(x: torch.Tensor, pixels: int, frames: int) -> torch.Tensor:
     a = _array(x)
     box = np.empty_like(a)
     out = np.empty_like(a)
-    kernels["temporal_change"](a, int(pixels), int(frames), box, out)
+    _split_run(kernels["box_mean"], a.shape[0], a.size, a, int(pixels), box)
+    _split_run(kernels["change"], a.shape[0], a.size, box, int(frames), out)
     return torch.from_numpy(out)
 
 
@@ -321,7 +382,7 @@ def line_sum(x: torch.Tensor, offsets: Sequence[tuple[int, int]]) -> torch.Tenso
     dys = np.array([o[0] for o in offsets], np.int64)
     dxs = np.array([o[1] for o in offsets], np.int64)
     out = np.empty_like(a)
-    kernels["offsets_sum"](a, dys, dxs, out)
+    _split_run(kernels["offsets_sum"], a.shape[0], a.size, a, dys, dxs, out)
     return torch.from_numpy(out)
 
 
@@ -348,7 +409,10 @@ def max_z2_log_odds(
     if not lo.flags.c_contiguous:
         raise ValueError("log_odds must be contiguous")
     f0, f1 = out_frames
-    kernels["max_z2"](
+    _split_run(
+        kernels["max_z2"],
+        f1 - f0,
+        lo.size * (2 * (local[0] // 2) + 1),
         *arrays,
         int(frames),
         int(local[0]) // 2,
