@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -35,6 +36,14 @@ def main() -> None:
         choices=["onnxruntime", "torch"],
         help="what runs the network at inference (timed one after the other on one model)",
     )
+    parser.add_argument(
+        "--guard",
+        nargs="+",
+        default=["compiled", "torch"],
+        choices=["compiled", "torch"],
+        help="what runs the guard and calibration: compiled loops (Numba, calmdown[fast]) or "
+        "PyTorch (CALMDOWN_NO_NUMBA=1); timed one after the other on one model",
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "speed.json"
@@ -45,7 +54,11 @@ def main() -> None:
         sim = simulate("dense", photons=1.0, shape=(args.frames, size, size), seed=0)
         model = calmdown.train(sim.raw, max_steps=args.train_steps, time_budget_s=None, seed=0)
         prep = calmdown.prepare(sim.raw, model.config)
-        for runtime in args.runtimes:
+        for runtime, guard in [(r, g) for r in args.runtimes for g in args.guard]:
+            os.environ["CALMDOWN_NO_NUMBA"] = "1" if guard == "torch" else "0"
+            # Warm-up: the compiled loops load from Numba's cache (or compile) on first use.
+            for _ in calmdown.iter_apply(model, sim.raw, prepared=prep, frames=(0, 8)):
+                pass
             t0 = time.perf_counter()
             n = sum(
                 c.stop - c.start
@@ -60,6 +73,7 @@ def main() -> None:
                     "size": size,
                     "frames": n,
                     "runtime": runtime,
+                    "guard": guard,
                     "threads": torch.get_num_threads(),
                     "train_s_per_step": model.training["loop_seconds"] / model.training["steps"],
                     "train_total_s": model.training["seconds"],
@@ -69,7 +83,7 @@ def main() -> None:
             )
             r = rows[-1]
             print(
-                f"{size:>4} x {size:<4} {n} frames, {runtime:>11}: inference "
+                f"{size:>4} x {size:<4} {n} frames, {runtime:>11}, guard {guard:>8}: inference "
                 f"{r['infer_fps']:7.1f} frames/s "
                 f"(moving average {r['moving_average_fps']:9.0f} frames/s), training "
                 f"{r['train_s_per_step']:.3f} s/step (batch 16 x 64 x 64; "

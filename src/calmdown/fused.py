@@ -45,6 +45,7 @@ def _compile() -> dict[str, Any] | None:
     if _kernels is not None or _failed:
         return _kernels
     if importlib.util.find_spec("numba") is None:
+        logger.info("Numba is not installed: the guard runs in PyTorch (calmdown[fast] has it)")
         _failed = True
         return None
     try:
