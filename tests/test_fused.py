@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -164,3 +166,30 @@ def test_values_do_not_depend_on_the_number_of_threads(monkeypatch: pytest.Monke
     assert float(results[0][0].max()) > 0.99
     for other in results[1:]:
         assert all(torch.equal(a, b) for a, b in zip(results[0], other, strict=True))
+
+
+def _sum_in_child(queue: Any) -> None:
+    x = _counts((30, 40, 128), seed=6)  # 153600 values: two threads
+    # Summed in NumPy: PyTorch's own OpenMP threads deadlock in a forked child.
+    queue.put(float(fused.running_sum(x, 3).numpy().astype(np.float64).sum()))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_process_gets_threads_of_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CALMDOWN_NO_NUMBA", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = _counts((30, 40, 128), seed=6)
+        expected = float(fused.running_sum(x, 3).numpy().astype(np.float64).sum())  # a pool now
+        ctx = multiprocessing.get_context("fork")
+        queue = ctx.Queue()
+        child = ctx.Process(target=_sum_in_child, args=(queue,))
+        child.start()
+        child.join(timeout=120)
+        if child.is_alive():  # the pool's threads are the parent's: the work never runs
+            child.kill()
+            pytest.fail("the forked process hung in the compiled loops' thread pool")
+        assert queue.get(timeout=5) == expected
+    finally:
+        torch.set_num_threads(threads)

@@ -7,9 +7,13 @@ division and a maximum. On a CPU these passes are bound by memory traffic and Py
 not arithmetic: at 512 x 512 they took a third of the inference time. Here each is one
 compiled loop that keeps a frame's values in cache.
 
-Every function returns what the PyTorch code in :mod:`calmdown.posterior` returns, to the bit:
-the same float32 operations in the same order (float64 where that code accumulates in float64),
-so a movie denoised with and without Numba, or in chunks and bands, gives the same values.
+The calibration's bins and its temporal-change feature are compiled the same way. Every
+function returns what the PyTorch code in :mod:`calmdown.posterior` and
+:mod:`calmdown.calibration` returns, to the bit: the same float32 operations in the same order
+(float64 where that code accumulates in float64), so a movie denoised with and without Numba,
+or in chunks and bands, gives the same values. Work is split between PyTorch's number of
+threads (``torch.get_num_threads()``); each thread writes its own part of the output, so the
+values do not depend on the number of threads either.
 Numba comes with ``pip install calmdown[fast]``; without it (or on a GPU) the PyTorch code runs.
 Kernels are compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` to move the cache).
 """
@@ -294,7 +298,7 @@ def _array(x: torch.Tensor) -> np.ndarray:
 _MIN_SPLIT = 1 << 16
 """Fewest elements per thread worth a thread of its own."""
 
-_pool: tuple[ThreadPoolExecutor, int] | None = None  # the pool and its number of threads
+_pool: tuple[ThreadPoolExecutor, int, int] | None = None  # pool, its threads, its process id
 _pool_lock = threading.Lock()
 
 
@@ -310,8 +314,10 @@ def _split_run(kernel: Any, n: int, elements: int, *args: Any) -> None:
         kernel(*args, 0, n)
         return
     with _pool_lock:
-        if _pool is None or _pool[1] < parts:  # grown on demand
-            _pool = (ThreadPoolExecutor(parts, thread_name_prefix="calmdown-fused"), parts)
+        # Grown on demand; a forked child process has none of its parent's threads.
+        if _pool is None or _pool[1] < parts or _pool[2] != os.getpid():
+            pool = ThreadPoolExecutor(parts, thread_name_prefix="calmdown-fused")
+            _pool = (pool, parts, os.getpid())
         pool = _pool[0]
     bounds = np.linspace(0, n, parts + 1).astype(np.int64)
     futures = [
