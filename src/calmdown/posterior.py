@@ -59,7 +59,9 @@ def _window_sum_1d(x: torch.Tensor, dim: int, half: int) -> torch.Tensor:
     Along time (``dim`` 0) a running sum in float64, exact for float32 values whose
     exponents span less than 29 bits; a few pixels (``half`` <= 2) as shifted sums added
     in a fixed order; wider spatial windows by one cumulative sum, in float64 for float32
-    values (exact likewise: in float32 its rounding depended on the band's first row).
+    values (exact likewise: in float32 its rounding depended on the band's first row). On a
+    CPU with Numba the running and cumulative sums run as compiled loops (:mod:`calmdown.fused`),
+    equal to the bit.
     """
     if half == 0:
         return x
