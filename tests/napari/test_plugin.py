@@ -239,3 +239,36 @@ def test_widget_cancel_adds_nothing(sim: SimulatedMovie, monkeypatch: pytest.Mon
     assert [layer.name for layer in viewer.layers] == ["raw"]
     assert widget.status.value.startswith("cancelled")
     assert infos == ["calmdown: cancelled"]
+
+
+@pytest.mark.parametrize(
+    "name", ["optinist-mouse2p-top-2000x64x128.tif", "allen-registered-100x100x100.h5"]
+)
+def test_real_recording_opens_and_denoises_in_the_viewer(shared_data: Path, name: str) -> None:
+    path = shared_data / name
+    viewer = ViewerModel()
+    layers = viewer.open(path, plugin="calmdown")
+    assert len(layers) == 1 and layers[0].data.ndim == 3
+    # The first 100 frames (the whole Allen movie), as a user would crop a long recording.
+    raw = np.asarray(layers[0].data[:100])
+    viewer.add_image(raw, name="first frames")
+    widget = CalmdownWidget(viewer)
+    widget.layer.value = viewer.layers["first frames"]
+    widget.time_budget.value = FAST.time_budget_s
+    widget.max_steps.value = FAST.max_steps
+    widget.interval.value = FAST.interval
+    assert widget.run() is not None
+    _wait(widget, timeout_s=300)
+    assert widget.status.value.startswith("done"), widget.status.value
+    added = [layer for layer in viewer.layers if layer.name.startswith("first frames ")]
+    assert [layer.name for layer in added] == [
+        "first frames denoised",
+        "first frames 80% interval width",
+        "first frames p_surprise",
+    ]
+    for layer in added:
+        assert layer.data.shape == raw.shape and np.isfinite(layer.data).all()
+    # Denoised values lie within the recording's range; intervals have a width.
+    den = viewer.layers["first frames denoised"].data
+    assert float(raw.min()) - 1 <= np.median(den) <= float(raw.max()) + 1
+    assert (viewer.layers["first frames 80% interval width"].data > 0).all()
