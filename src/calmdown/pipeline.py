@@ -794,6 +794,29 @@ def _fitted_pixels(
     return (x, loc, var, raw_nv, level, torch.ones_like(x, dtype=torch.bool), change)
 
 
+def _guard_null_scales(
+    parts: list[tuple[torch.Tensor, ...]], noise: NoiseModel, gcfg: GuardConfig
+) -> list[float]:
+    """Null scale of each of the guard's window statistics on the target frames of ``parts``.
+
+    Robust (a median absolute deviation): the few windows that hold an event must not set
+    it. ``parts`` hold ``(x, loc, prior variance, target, ...)`` per run, after calibration.
+    One window at a time, so that only its z-scores are held (all windows' were ~200 MB).
+    """
+    null_scale = []
+    for window in evidence_windows(gcfg):
+        zs = []
+        for x, loc, pvar, target, *_ in parts:
+            var = pvar + _noise_var(noise, loc)
+            (z,) = evidence_zscores(x - loc, var, gcfg, [window])
+            zs.append(z[target].flatten().cpu().numpy())
+            del z, var
+        zall = np.concatenate(zs)
+        del zs
+        null_scale.append(float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall))))))
+    return null_scale
+
+
 def _calibrate(
     net: InferenceNetwork,
     segments: list[Segment],
@@ -931,16 +954,8 @@ def _calibrate(
     check_parts = [folded[id(p[2])] for p in check_parts]
     del folded, x, loc, pvar, target, prop, mean
     release_freed_memory()
-    # Null scale of each of the guard's window statistics, after calibration (robust: the
-    # few windows that hold an event must not set it).
-    zs: list[list[np.ndarray]] = []
-    for x, loc, pvar, target, _ in fit_parts:
-        var = pvar + _noise_var(noise, loc)
-        zs.append([z[target].flatten().cpu().numpy() for z in evidence_zscores(x - loc, var, gcfg)])
-    null_scale = []
-    for per_window in zip(*zs, strict=True):
-        zall = np.concatenate(per_window)
-        null_scale.append(float(max(1.0, 1.4826 * np.median(np.abs(zall - np.median(zall))))))
+    null_scale = _guard_null_scales(fit_parts, noise, gcfg)
+    release_freed_memory()
 
     def guarded(
         parts: list[tuple[torch.Tensor, ...]],

@@ -238,15 +238,19 @@ def _window_sums(
 
 
 def evidence_zscores(
-    resid: torch.Tensor, var: torch.Tensor, cfg: GuardConfig
+    resid: torch.Tensor,
+    var: torch.Tensor,
+    cfg: GuardConfig,
+    windows: Sequence[EvidenceWindow] | None = None,
 ) -> list[torch.Tensor]:
     """z-score of each evidence window's mean residual under no surprise (null sd 1).
 
-    One (T, Y, X) tensor per window of :func:`evidence_windows`, centred on each pixel and
-    leaving out the pixel's own frame; their spread on held-out frames gives the null scales.
+    One (T, Y, X) tensor per window of :func:`evidence_windows` (or of ``windows``, some of
+    them), centred on each pixel and leaving out the pixel's own frame; their spread on
+    held-out frames gives the null scales.
     """
     out = []
-    for window in evidence_windows(cfg):
+    for window in evidence_windows(cfg) if windows is None else windows:
         r_win, v_win, r_own, v_own = _window_sums(resid, var, window)
         _, z2 = _shifted_z2((r_win, v_win, r_own, v_own), window.frames, 0)
         out.append(torch.sign(r_win - r_own) * torch.sqrt(z2))
