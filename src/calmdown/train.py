@@ -178,7 +178,10 @@ class Trainer:
         self.rng = np.random.default_rng(train_config.seed)
         torch.manual_seed(train_config.seed)
         self.planes = planes
-        self.net = make_network(model_config).to(device)
+        # Channels-last on a CPU: oneDNN's convolutions run ~15 % faster per step in that
+        # layout (weights and batches both; inputs alone gain little).
+        self._layout = torch.channels_last if device.type == "cpu" else torch.contiguous_format
+        self.net = make_network(model_config).to(device).to(memory_format=self._layout)
         h, w = segments[0].photons.shape[1:]
         self.patch = min(train_config.patch_size, h // 8 * 8, w // 8 * 8)
         if self.patch < 8:
@@ -291,7 +294,10 @@ class Trainer:
         return tuple(out)
 
     def _loss(self, target: torch.Tensor, frames: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        loc, scale = self.net(mean.to(self.device), frames.to(self.device))
+        loc, scale = self.net(
+            mean.to(self.device).contiguous(memory_format=self._layout),
+            frames.to(self.device).contiguous(memory_format=self._layout),
+        )
         return marginal_nll(
             target.to(self.device),
             loc,
@@ -449,7 +455,7 @@ class Trainer:
         self.net.load_state_dict(self._best_state)
         self.net.eval()
         self.result = TrainingResult(
-            state_dict={k: v.detach().cpu() for k, v in self._best_state.items()},
+            state_dict={k: v.detach().cpu().contiguous() for k, v in self._best_state.items()},
             steps=self.step,
             seconds=self.seconds,
             best_val_loss=self.best_val_loss,
