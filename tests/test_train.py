@@ -1,4 +1,4 @@
-"""Training's guards against one bad step: divergence recovery and skipped non-finite steps."""
+"""Training: its guards against one bad step, and the layout of what it saves."""
 
 import math
 
@@ -83,3 +83,24 @@ def test_gradients_are_clipped_to_a_multiple_of_recent_norms(small_sim, monkeypa
     spike_move, spike_val = run(1000.0)
     assert spike_move < 1.5 * calm_move, (spike_move, calm_move)
     assert abs(spike_val - calm_val) < 1e-3, (spike_val, calm_val)
+
+
+def test_a_model_trained_in_channels_last_keeps_plain_weights_and_predicts_the_same(small_model):
+    # Training runs channels-last on the CPU; the model file must not depend on it.
+    assert all(v.is_contiguous() for v in small_model.state_dict.values())
+    net = small_model.network(torch.device("cpu")).eval()
+    k = small_model.config.model.context_frames
+    gen = torch.Generator().manual_seed(0)
+    mean, frames = (
+        torch.rand(2, 1, 32, 32, generator=gen),
+        torch.rand(2, 2 * k, 32, 32, generator=gen),
+    )
+    with torch.no_grad():
+        plain = net(mean, frames)
+        net.to(memory_format=torch.channels_last)
+        last = net(
+            mean.contiguous(memory_format=torch.channels_last),
+            frames.contiguous(memory_format=torch.channels_last),
+        )
+    for a, b in zip(plain, last, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
