@@ -412,10 +412,12 @@ class Probes:
         )
 
 
-_BATCH_PIXELS = 1 << 20
-"""Most pixels (frames x pixels per frame) per network call: the network's activations then
-take about 150 MB (a 512 x 512 frame, 4 frames per call); 4 times as many took 600 MB, no
-faster on a CPU."""
+_BATCH_PIXELS = 1 << 19
+"""Most pixels (frames x pixels per frame) per network call: 2 frames of 512 x 512, 8 of
+256 x 256 or 128 x 128 (``batch_frames``). At 512 x 512 the activations take ~106 MB a call
+(212 MB for 4 frames), and inference ran faster end to end: 2.82 frames/s against 2.58 for 4
+and 2.33 for 1 (medians of 3 alternating runs, 2 threads, ``--interval 0.9``); 4 x 4 frames
+took 600 MB, no faster."""
 
 
 @torch.no_grad()
@@ -1335,10 +1337,14 @@ def _denoise_chunks(
         )
         pred = PriorPrediction(*(torch.empty((g1 - g0, h, w), device=device) for _ in range(3)))
         n_old = 0
+        old_probes = None
         if carried is not None:
             n_old = min(carried.loc.shape[0], g1 - g0)
             for name in ("loc", "var", "mean"):
                 getattr(pred, name)[:n_old] = getattr(carried, name)[:n_old]
+            old_probes = carried.probes
+        # Copied in: not held beside ``pred`` through the chunk (3 x 56 MB at 512 x 512).
+        carried = None
         new = _predict_prior(
             net,
             photons,
@@ -1356,8 +1362,7 @@ def _denoise_chunks(
             average=False,
         )
         if new.probes is not None:
-            old = carried.probes if carried is not None else None
-            pred.probes = old.then(new.probes) if old is not None else new.probes
+            pred.probes = old_probes.then(new.probes) if old_probes is not None else new.probes
         del new
         release_freed_memory()  # the network's temporaries, before the guard's
         following = chunks[i_chunk + 1] if i_chunk + 1 < len(chunks) else None
@@ -1367,8 +1372,10 @@ def _denoise_chunks(
         prior_adu = noise.to_adu(loc[keep].cpu().numpy())
         if not use_posterior:
             carried = _carry(pred, (g0, g1), following, g_halo, n_frames)
+            del pred, loc, level, x, photons, plane_photons  # as below
+            release_freed_memory()
             yield DenoisedChunk(chunk.out_start, chunk.out_stop, prior_adu, prior_adu)
-            del pred, loc, level, x, photons, plane_photons, prior_adu  # as below
+            del prior_adu
             continue
         out = DenoisedChunk(
             chunk.out_start, chunk.out_stop, np.empty_like(prior_adu), prior_adu,
@@ -1418,10 +1425,11 @@ def _denoise_chunks(
                 draws = post_mean[None] + torch.sqrt(post_var)[None] * u[:, :, y0:y1]
                 out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
         carried = _carry(pred, (g0, g1), following, g_halo, n_frames)
-        yield out
-        # Not held while the next chunk is computed (the caller holds ``out`` at most).
-        del out, pred, loc, level, x, photons, plane_photons, prior_adu, u
+        # Not held while the caller writes ``out``, nor while the next chunk is computed.
+        del pred, loc, level, x, photons, plane_photons, prior_adu, u
         release_freed_memory()
+        yield out
+        del out
 
 
 def _predicted_span(chunk: TimeChunk, g_halo: int, n_frames: int) -> tuple[int, int]:
