@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from calmdown.noise import NoiseModel
 
@@ -73,17 +72,22 @@ def frame_noise(
     """
     gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(frame)) % (2**63 - 1))
     z = torch.randn(shape, generator=gen)
-    cy, cx = (_filter_coefficient(r) for r in correlation)
-    if cy > 0 or cx > 0:
-        z = z[:, None]
-        if cy > 0:
-            ky = torch.tensor([cy, 1.0, cy]).view(1, 1, 3, 1) / math.sqrt(1 + 2 * cy * cy)
-            z = F.conv2d(F.pad(z, (0, 0, 1, 1), mode="replicate"), ky)
-        if cx > 0:
-            kx = torch.tensor([cx, 1.0, cx]).view(1, 1, 1, 3) / math.sqrt(1 + 2 * cx * cx)
-            z = F.conv2d(F.pad(z, (1, 1, 0, 0), mode="replicate"), kx)
-        z = z[:, 0]
+    for dim, r in ((1, correlation[0]), (2, correlation[1])):
+        c = _filter_coefficient(r)
+        if c > 0:
+            z = _three_tap(z, c, dim)
     return z
+
+
+def _three_tap(z: torch.Tensor, c: float, dim: int) -> torch.Tensor:
+    """Filter ``z`` along ``dim`` by ``[c, 1, c] / sqrt(1 + 2 c^2)``, edges replicated.
+
+    Shifted adds: a one-channel ``conv2d`` took ~25 ms a frame at 512 x 512 (4 % of inference).
+    """
+    n = z.shape[dim]
+    before = torch.cat([z.narrow(dim, 0, 1), z.narrow(dim, 0, n - 1)], dim=dim)
+    after = torch.cat([z.narrow(dim, 1, n - 1), z.narrow(dim, n - 1, 1)], dim=dim)
+    return (before.add_(after).mul_(c).add_(z)).div_(math.sqrt(1 + 2 * c * c))
 
 
 def probe_frames(frames: np.ndarray, stride: int, *, start: int = 0) -> np.ndarray:
