@@ -23,6 +23,15 @@ def test_frame_noise_is_reproducible_and_has_the_asked_correlation():
     assert abs(np.mean(z[:, 1:] * z[:, :-1]) / z.var()) < 0.03  # x stays white
 
 
+def test_frame_noise_correlates_along_x_and_both_axes_in_every_channel():
+    z = frame_noise((3, 256, 256), frame=2, seed=1, correlation=(0.2, 0.4)).numpy()
+    for ch in z:
+        assert abs(ch.var() - 1.0) < 0.05
+        assert abs(np.mean(ch[1:] * ch[:-1]) / ch.var() - 0.2) < 0.03
+        assert abs(np.mean(ch[:, 1:] * ch[:, :-1]) / ch.var() - 0.4) < 0.03
+    assert abs(np.mean(z[0] * z[1])) < 0.03  # channels are independent draws
+
+
 class _Averager(torch.nn.Module):
     """A 'network' whose prior is the mean of its 2K context frames."""
 
