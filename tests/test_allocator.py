@@ -1,3 +1,7 @@
+import subprocess
+import sys
+
+import pytest
 import torch
 
 from calmdown import allocator
@@ -24,3 +28,41 @@ def test_settings_come_back_when_a_run_fails():
     except RuntimeError:
         pass
     assert allocator._depth == 0
+
+
+_COUNT_ARENAS = """
+import ctypes, os, sys, tempfile, threading
+import numpy as np
+from calmdown import allocator
+if sys.argv[1] == "limit":
+    allocator.limit_arenas()
+barrier = threading.Barrier(8)
+held = []
+def work():
+    held.append(np.ones(1 << 18))  # each thread's first large block, held until all have one
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+libc = ctypes.CDLL("libc.so.6")
+libc.fopen.restype = ctypes.c_void_p
+path = os.path.join(tempfile.mkdtemp(), "info.xml")
+f = libc.fopen(path.encode(), b"w")
+libc.malloc_info(0, ctypes.c_void_p(f))
+libc.fclose(ctypes.c_void_p(f))
+print(open(path).read().count("<heap nr="))
+"""
+
+
+@pytest.mark.skipif(allocator._LIBC is None, reason="glibc only")
+def test_limit_arenas_keeps_reader_threads_from_making_heaps_of_their_own():
+    def arenas(mode: str) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", _COUNT_ARENAS, mode], capture_output=True, text=True, check=True
+        )
+        return int(run.stdout.strip())
+
+    assert arenas("limit") <= 2
+    assert arenas("default") > 2  # what the limit changes: a heap per thread

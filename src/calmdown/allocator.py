@@ -7,6 +7,8 @@ At 512 x 512 that was a quarter of the run's time (19.9 s of system time in 79 s
 core). :func:`large_arrays` serves them from the heap instead, which keeps freed blocks for
 the next temporary, and :func:`release_freed_memory` hands the free part of the heap back
 to the system between chunks, so that peak memory stays that of the live arrays.
+:func:`limit_arenas` keeps the threads that read and decompress a movie (Zarr's, tifffile's)
+from keeping heaps of their own.
 """
 
 from __future__ import annotations
@@ -17,10 +19,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["large_arrays", "release_freed_memory"]
+__all__ = ["large_arrays", "limit_arenas", "release_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_ARENAS = 2
+"""Most malloc arenas (glibc's default: 8 per core). Each thread that decompresses chunks of
+a Zarr movie otherwise gets an arena of its own, whose freed blocks stay resident: reading
+a 512 x 512 x 10000 Zarr movie through kept 150 MB more resident, preparing it 90 MB, and
+inference peaked 200 MB higher (1714 against 1509 MB, one thread)."""
 _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 _DEFAULT_MMAP_MAX = 65536
 _KEEP_FREE = 1 << 28
@@ -68,6 +76,16 @@ def large_arrays() -> Iterator[None]:
                 _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
                 _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
                 _LIBC.malloc_trim(0)
+
+
+def limit_arenas() -> None:
+    """Limit the process to :data:`_ARENAS` malloc arenas (from now on; not undone).
+
+    Only arenas made later are affected, so call it before threads start reading; the
+    command line does so first thing, and :func:`calmdown.prepare` on every run.
+    """
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_ARENA_MAX, _ARENAS)
 
 
 def release_freed_memory() -> None:

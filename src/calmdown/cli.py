@@ -22,6 +22,7 @@ import typer
 from tqdm.auto import tqdm
 
 from calmdown import __version__
+from calmdown.allocator import limit_arenas
 from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handle_signals
 from calmdown.config import Config, make_config
 from calmdown.errors import CalmdownError, InputError
@@ -1359,6 +1360,7 @@ def version() -> None:
 
 def main() -> None:
     """Entry point of the ``calmdown`` command."""
+    limit_arenas()  # before any thread reads a movie (see calmdown.allocator)
     app()
 
 

@@ -19,7 +19,7 @@ import torch
 from scipy import stats
 
 from calmdown import __version__
-from calmdown.allocator import large_arrays, release_freed_memory
+from calmdown.allocator import large_arrays, limit_arenas, release_freed_memory
 from calmdown.calibration import (
     CHANGE_FRAMES,
     CHANGE_PIXELS,
@@ -218,7 +218,12 @@ def prepare(
     ``neighbours``: the planes above and below of a volume recording (the one neighbour twice
     at the volume's edge), for a network with plane context; each gets its own noise model
     and mean image.
+
+    On glibc this limits the process to two malloc arenas (see
+    :func:`calmdown.allocator.limit_arenas`): the threads reading the movie then do not keep
+    heaps of their own.
     """
+    limit_arenas()
     owns = not isinstance(movie, MovieReader)
     reader = open_movie(movie, key=key)
     try:
