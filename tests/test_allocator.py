@@ -48,11 +48,12 @@ for t in threads:
     t.join()
 libc = ctypes.CDLL("libc.so.6")
 libc.fopen.restype = ctypes.c_void_p
-path = os.path.join(tempfile.mkdtemp(), "info.xml")
-f = libc.fopen(path.encode(), b"w")
-libc.malloc_info(0, ctypes.c_void_p(f))
-libc.fclose(ctypes.c_void_p(f))
-print(open(path).read().count("<heap nr="))
+with tempfile.TemporaryDirectory() as tmp:
+    path = os.path.join(tmp, "info.xml")
+    f = libc.fopen(path.encode(), b"w")
+    libc.malloc_info(0, ctypes.c_void_p(f))
+    libc.fclose(ctypes.c_void_p(f))
+    print(open(path).read().count("<heap nr="))
 """
 
 
