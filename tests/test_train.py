@@ -104,3 +104,20 @@ def test_a_model_trained_in_channels_last_keeps_plain_weights_and_predicts_the_s
         )
     for a, b in zip(plain, last, strict=True):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_fine_tuning_starts_from_the_given_network_and_gets_further(small_model):
+    # Another movie of the same kind of preparation (another seed): a second session.
+    other = calmdown.simulate("dense", photons=1.5, shape=(300, 64, 64), seed=11)
+    cfg = calmdown.make_config(seed=0, time_budget_s=None, max_steps=50, val_every=25)
+    prep = prepare(other.raw, cfg)
+    scratch = make_trainer(prep, cfg, torch.device("cpu"))
+    tuned = make_trainer(prep, cfg, torch.device("cpu"), init=small_model)
+    start_scratch, start_tuned = scratch.validate(), tuned.validate()
+    end_scratch, end_tuned = scratch.run().best_val_loss, tuned.run().best_val_loss
+    # The given network already predicts this movie better than random weights do after more
+    # than half of 50 steps (the loss is a likelihood dominated by the noise: read gains on
+    # what training from scratch gains) ...
+    assert start_tuned < start_scratch - 0.5 * (start_scratch - end_scratch)
+    # ... and 50 steps from it end below 50 steps from scratch.
+    assert end_tuned < end_scratch, (end_tuned, end_scratch)

@@ -37,7 +37,7 @@ from calmdown.io import (
 )
 from calmdown.neighbours import neighbour_numbers
 from calmdown.persist import load_model, save_model
-from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
+from calmdown.pipeline import Prepared, TrainedModel, adopt_network, iter_apply, prepare, train
 from calmdown.train import TrainProgress
 
 app = typer.Typer(
@@ -145,6 +145,16 @@ CheckpointEvery = Annotated[
     ),
 ]
 MaxSteps = Annotated[int | None, typer.Option("--max-steps", help="Most training steps.")]
+Init = Annotated[
+    Path | None,
+    typer.Option(
+        "--init",
+        help="Fine-tune: start from the network of this model file (from `calmdown train` or "
+        "--model-out, e.g. an earlier session of the same preparation) instead of random "
+        "weights. Its network settings are taken over; the noise model, mean image and "
+        "calibration are fitted on RAW afresh.",
+    ),
+]
 Context = Annotated[
     int | None, typer.Option("--context-frames", help="K: frames on each side as context.")
 ]
@@ -260,6 +270,24 @@ def _errors(debug: bool, checkpoint: Path | list[Path] | None = None) -> Iterato
 
 def _config(**flat: Any) -> Config:
     return make_config(Config(), **flat)
+
+
+def _adopt_init(
+    cfg: Config,
+    init: Path | None,
+    context_frames: int | None,
+    no_mean_image: bool,
+    plane_context: bool,
+) -> Config:
+    """Return the settings with the network of the --init model (before RAW is read)."""
+    if init is None:
+        return cfg
+    explicit = {
+        "context_frames": context_frames,
+        "use_mean_image": False if no_mean_image else None,
+        "plane_context": True if plane_context else None,
+    }
+    return adopt_network(cfg, load_model(init), explicit=explicit)
 
 
 def _train_progress(quiet: bool, cfg: Config) -> tuple[Callable[[TrainProgress], None], Any]:
@@ -542,6 +570,11 @@ def _summary(
         f"(stopped: {t['stopped_because'].replace('_', ' ')}), held-out loss "
         f"{t['best_val_loss']:.4f}"
         + (
+            f"; fine-tuned from {t['init']} (held-out loss {t['start_val_loss']:.4f} at the start)"
+            if t.get("init")
+            else ""
+        )
+        + (
             f"; it diverged {t['recoveries']} time(s) and went back to its best weights at "
             "half the learning rate"
             if t.get("recoveries")
@@ -625,6 +658,7 @@ def denoise(
     samples: Samples = 0,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
+    init: Init = None,
     context_frames: Context = None,
     no_mean_image: NoMean = False,
     plane_context: PlaneContext = False,
@@ -677,6 +711,7 @@ def denoise(
             runtime=runtime,
             seed=seed,
         )
+        cfg = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
         _check_output(out, raw)
         _check_samples(samples, cfg)  # before training, not after it
         if dask and plane_context:  # before training, not after it
@@ -703,6 +738,7 @@ def denoise(
             "interval": interval,
             "samples": samples,
             "quiet": quiet,
+            "init": init,
         }
         if plane == "all":
             _denoise_planes(
@@ -737,6 +773,7 @@ def _denoise_one(
     interval: float | None,
     samples: int,
     quiet: bool,
+    init: Path | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[str, TrainedModel]:
     """Denoise one movie (one plane of RAW): train, save the model, write OUT and the sidecar.
@@ -757,7 +794,9 @@ def _denoise_one(
                 )
         update, bar = _train_progress(quiet, cfg)
         with bar:
-            model = train(raw, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
+            model = train(
+                raw, config=cfg, prepared=prep, progress=update, checkpoint=ckpt, init=init
+            )
         with defer_interrupts():  # complete or absent, even on a signal
             model_path = save_model(model, model_out or _model_path(out))
         seconds, n_frames = write_movies(
@@ -882,6 +921,7 @@ def train_cmd(
     roi: Roi = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
+    init: Init = None,
     context_frames: Context = None,
     no_mean_image: NoMean = False,
     plane_context: PlaneContext = False,
@@ -920,11 +960,19 @@ def train_cmd(
             threads=threads,
             seed=seed,
         )
+        cfg = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
         _check_output(out, raw)
         prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=_plane_number(plane), roi=roi)
         update, bar = _train_progress(quiet, cfg)
         with closing(prep), bar:
-            model = train(prep.reader, config=cfg, prepared=prep, progress=update, checkpoint=ckpt)
+            model = train(
+                prep.reader,
+                config=cfg,
+                prepared=prep,
+                progress=update,
+                checkpoint=ckpt,
+                init=init,
+            )
         with defer_interrupts():  # complete or absent, even on a signal
             path = save_model(model, out)
         ckpt.remove()

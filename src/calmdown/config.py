@@ -86,6 +86,12 @@ class TrainConfig(_Strict):
     learning_rate: float = Field(default=2e-3, gt=0)
     """Adam learning rate (cosine-decayed over the planned steps)."""
 
+    fine_tune_learning_rate: float = Field(default=5e-4, gt=0)
+    """Learning rate instead of ``learning_rate`` when training starts from a given network
+    (``init``, fine-tuning). From a network trained on another movie of the same kind,
+    ``learning_rate`` made the held-out loss worse within 100 steps, twice in a row, until
+    the divergence guard had halved it to this."""
+
     val_fraction: float = Field(default=0.1, gt=0, lt=0.5)
     """Fraction of frames held out for early stopping and calibration."""
 

@@ -31,7 +31,7 @@ from calmdown.calibration import (
     temporal_change,
 )
 from calmdown.checkpoint import Checkpoint, run_training
-from calmdown.config import Config, GuardConfig, make_config
+from calmdown.config import Config, GuardConfig, ModelConfig, make_config
 from calmdown.context import (
     BlockFile,
     MeanImage,
@@ -71,6 +71,7 @@ from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask, make_
 __all__ = [
     "DenoisedChunk",
     "TrainedModel",
+    "adopt_network",
     "apply",
     "denoise",
     "iter_apply",
@@ -1088,6 +1089,7 @@ def train(
     prepared: Prepared | None = None,
     checkpoint: Checkpoint | str | os.PathLike[str] | None = None,
     neighbours: Sequence[MovieLike] | None = None,
+    init: TrainedModel | str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> TrainedModel:
     """Train the context network on a movie (self-supervised).
@@ -1112,26 +1114,116 @@ def train(
         The planes above and below of a volume recording (at its top or bottom, the one
         neighbour twice), same shape as ``movie``: the network then also sees them at frame
         t (plane context, see :mod:`calmdown.neighbours`), and applying it needs them too.
+    init : TrainedModel or path, optional
+        Fine-tune: start from this model's network (trained on another recording, e.g. an
+        earlier session of the same preparation) instead of random weights. Its network
+        settings (:data:`NETWORK_FIELDS`) are taken over; everything else (noise model, mean
+        image, calibration) is fitted on ``movie`` afresh. See :func:`adopt_network`.
     **options
         Flat overrides, e.g. ``time_budget_s=60``, ``gain=2.0``, ``seed=1``.
 
     Returns
     -------
     TrainedModel
+
+    Raises
+    ------
+    InputError
+        If ``init`` asks for another network than the options do.
+    ModelFileError
+        If ``init`` is a path that is not a readable model file.
     """
-    cfg = _with_plane_context(make_config(config, **options), neighbours, prepared)
+    start = _init_model(init)
+    cfg = make_config(config, **options)
+    if start is not None:
+        cfg = adopt_network(cfg, start, explicit=options)
+    cfg = _with_plane_context(cfg, neighbours, prepared)
+    if start is not None:
+        adopt_network(cfg, start, explicit=cfg.model.model_dump())  # plane context agrees
     _set_threads(cfg)
     device = resolve_device(cfg.device)
     ckpt = Checkpoint.coerce(checkpoint)
     prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
-        model = _train(prep, cfg, device, progress, checkpoint=ckpt)
+        model = _train(
+            prep,
+            cfg,
+            device,
+            progress,
+            checkpoint=ckpt,
+            init=start,
+            init_source=_init_source(init),
+        )
     finally:
         if prepared is None:
             prep.close()
     if ckpt is not None and ckpt.remove_when_done:
         ckpt.remove()
     return model
+
+
+NETWORK_FIELDS = ("context_frames", "use_mean_image", "plane_context", "width")
+"""Settings of :class:`~calmdown.config.ModelConfig` that shape the network's weights: a model
+to fine-tune from fixes them."""
+
+
+def _init_model(init: TrainedModel | str | os.PathLike[str] | None) -> TrainedModel | None:
+    """Return the model to start training from: as given, or read from its file."""
+    if init is None or isinstance(init, TrainedModel):
+        return init
+    from calmdown.persist import load_model  # persist imports this module
+
+    return load_model(init)
+
+
+def _init_source(init: TrainedModel | str | os.PathLike[str] | None) -> str | None:
+    """Return how the model file records where fine-tuning started."""
+    if init is None:
+        return None
+    if isinstance(init, TrainedModel):
+        return f"a model in memory (trained on data {init.data_hash})"
+    return str(init)
+
+
+def adopt_network(
+    cfg: Config, init: TrainedModel, *, explicit: dict[str, Any] | None = None
+) -> Config:
+    """Return ``cfg`` with the network settings of ``init``, the model to fine-tune from.
+
+    Parameters
+    ----------
+    cfg : Config
+        Settings of the run.
+    init : TrainedModel
+        The model whose network training starts from.
+    explicit : dict, optional
+        Options the user gave (flat names, ``None`` meaning not given). A network setting
+        given there, or set away from its default in ``cfg``, must agree with ``init``'s.
+
+    Returns
+    -------
+    Config
+        A copy of ``cfg`` with :data:`NETWORK_FIELDS` as in ``init``.
+
+    Raises
+    ------
+    InputError
+        If a network setting asked for differs from ``init``'s; the message names it.
+    """
+    explicit = explicit or {}
+    default = ModelConfig()
+    own = init.config.model
+    for name in NETWORK_FIELDS:
+        asked = explicit.get(name)
+        if asked is None and getattr(cfg.model, name) != getattr(default, name):
+            asked = getattr(cfg.model, name)
+        if asked is not None and asked != getattr(own, name):
+            raise InputError(
+                f"the model to start from was trained with {name}={getattr(own, name)}, and "
+                f"this run asks for {name}={asked}: leave that option out to take the model's "
+                "network, or train from scratch (without --init)"
+            )
+    return make_config(cfg, **{name: getattr(own, name) for name in NETWORK_FIELDS})
 
 
 def _with_plane_context(
@@ -1144,8 +1236,13 @@ def _with_plane_context(
     return cfg
 
 
-def make_trainer(prep: Prepared, cfg: Config, device: torch.device) -> Trainer:
-    """Return a :class:`~calmdown.train.Trainer` on the training segments of a prepared movie."""
+def make_trainer(
+    prep: Prepared, cfg: Config, device: torch.device, init: TrainedModel | None = None
+) -> Trainer:
+    """Return a :class:`~calmdown.train.Trainer` on the training segments of a prepared movie.
+
+    With ``init``, the network starts from that model's weights (see :func:`adopt_network`).
+    """
     return Trainer(
         _training_segments(prep, cfg),
         prep.mean_image,
@@ -1155,6 +1252,7 @@ def make_trainer(prep: Prepared, cfg: Config, device: torch.device) -> Trainer:
         train_config=cfg.train,
         device=device,
         planes=prep.planes,
+        init_state=None if init is None else init.state_dict,
     )
 
 
@@ -1165,10 +1263,12 @@ def _train(
     progress: Callable[[TrainProgress], None] | None,
     *,
     checkpoint: Checkpoint | None = None,
+    init: TrainedModel | None = None,
+    init_source: str | None = None,
 ) -> TrainedModel:
     t0 = time.perf_counter()
     _check_plane_context(cfg, prep)
-    trainer = make_trainer(prep, cfg, device)
+    trainer = make_trainer(prep, cfg, device, init)
     segments, scale0 = trainer.segments, trainer.scale0
     result = run_training(
         trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
@@ -1204,6 +1304,8 @@ def _train(
             "recoveries": result.recoveries,
             "device": str(device),
             "runtime": getattr(runner, "name", "torch"),
+            "init": init_source,
+            "start_val_loss": trainer.start_val_loss,
         },
         heldout=fitted.heldout,
         data_hash=_data_hash(prep),
@@ -1534,6 +1636,7 @@ def denoise(
     output: str | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
     neighbours: Sequence[MovieLike] | None = None,
+    init: TrainedModel | str | os.PathLike[str] | None = None,
     **options: Any,
 ) -> np.ndarray:
     """Train on a movie and denoise it; returns float32 (T, Y, X) in the movie's units.
@@ -1552,6 +1655,9 @@ def denoise(
         Training progress callback.
     neighbours : sequence of ndarray, path or MovieReader, optional
         The planes above and below of a volume recording, as context (see :func:`train`).
+    init : TrainedModel or path, optional
+        Fine-tune from this model's network instead of training from scratch (see
+        :func:`train`).
     **options
         Flat overrides, e.g. ``time_budget_s=60``, ``seed=1``, ``device="cpu"``.
 
@@ -1568,10 +1674,14 @@ def denoise(
     >>> out.shape == sim.raw.shape
     True
     """
-    cfg = _with_plane_context(make_config(config, **options), neighbours, None)
+    start = _init_model(init)
+    cfg = make_config(config, **options)
+    if start is not None:
+        cfg = adopt_network(cfg, start, explicit=options)
+    cfg = _with_plane_context(cfg, neighbours, None)
     prep = prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
-        model = train(movie, config=cfg, progress=progress, prepared=prep)
+        model = train(movie, config=cfg, progress=progress, prepared=prep, init=init)
         chunks = iter_apply(model, movie, prepared=prep, output=output)
         return np.concatenate([c.denoised for c in chunks]).astype(np.float32, copy=False)
     finally:

@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -147,6 +147,12 @@ class Trainer:
     planes : NeighbourPlanes, optional
         The neighbouring planes, for a network with plane context (one input channel each);
         each segment then holds their frames (``Segment.planes``).
+    init_state : dict of str to Tensor, optional
+        Weights to start from (fine-tuning a network trained on another movie) instead of a
+        random initialisation; they must fit ``model_config``'s network. Training then runs
+        at ``train_config.fine_tune_learning_rate``. The divergence guard still compares with
+        the untrained network, and the best weights (those given, if nothing beats them on
+        this movie's held-out frames) are kept.
 
     Notes
     -----
@@ -167,6 +173,7 @@ class Trainer:
         train_config: TrainConfig,
         device: torch.device,
         planes: NeighbourPlanes | None = None,
+        init_state: Mapping[str, torch.Tensor] | None = None,
     ) -> None:
         self.segments = segments
         self.mean_image = mean_image
@@ -207,7 +214,19 @@ class Trainer:
         self._seg_p = n_train / n_train.sum()
         self._val_batches = self._fixed_val_batches(n_patches=48)
         self.read_noise2 = noise.read_noise_photons**2
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=train_config.learning_rate)
+        # Divergence means worse than the untrained network, also when fine-tuning: a given
+        # network's own start is no baseline (near its optimum the held-out loss moves up and
+        # down by chance, and halving the rate on every such step would stall training).
+        self._untrained_val_loss: float | None = None
+        if init_state is not None:
+            self._untrained_val_loss = self.validate()
+            self.net.load_state_dict(init_state)  # copies into the tensors, keeping the layout
+        self.learning_rate = (
+            train_config.learning_rate
+            if init_state is None
+            else train_config.fine_tune_learning_rate
+        )
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
         # Loop state: all of it goes into a checkpoint (see state_dict).
         self.step = 0
         self.seconds = 0.0
@@ -217,7 +236,8 @@ class Trainer:
         self._running: list[float] = []
         self.history: list[TrainProgress] = []
         self.stopped_because: str | None = None
-        self.initial_val_loss: float | None = None
+        self.initial_val_loss: float | None = None  # the divergence guard's baseline
+        self.start_val_loss: float | None = None  # before the first step
         self.recoveries = 0
         self._lr_scale = 1.0
         self._grad_norms: deque[float] = deque(maxlen=CLIP_WINDOW)
@@ -348,7 +368,7 @@ class Trainer:
             progress = max(progress, (time.perf_counter() - start) / budget)
         cosine = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         for group in self.opt.param_groups:
-            group["lr"] = cfg.learning_rate * self._lr_scale * cosine
+            group["lr"] = self.learning_rate * self._lr_scale * cosine
         batch = self._augment(*self._batch(self._random_picks(cfg.batch_size)))
         loss = self._loss(*batch)
         self.opt.zero_grad(set_to_none=True)
@@ -412,7 +432,7 @@ class Trainer:
             self.initial_val_loss,
         )
         self.net.load_state_dict(self._best_state)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg.learning_rate)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.learning_rate)
         self._grad_norms.clear()
 
     def steps(
@@ -443,7 +463,10 @@ class Trainer:
         if not self.started:
             with self._step_scope():
                 self.best_val_loss = self.validate()
+                self.start_val_loss = self.best_val_loss
                 self.initial_val_loss = self.best_val_loss
+                if self._untrained_val_loss is not None:
+                    self.initial_val_loss = max(self.best_val_loss, self._untrained_val_loss)
                 self._best_state = copy.deepcopy(self.net.state_dict())
                 self.seconds = time.perf_counter() - start
         while not self.finished:
@@ -512,8 +535,10 @@ class Trainer:
             "history": [asdict(h) for h in self.history],
             "stopped_because": self.stopped_because,
             "initial_val_loss": self.initial_val_loss,
+            "start_val_loss": self.start_val_loss,
             "recoveries": self.recoveries,
             "lr_scale": self._lr_scale,
+            "learning_rate": self.learning_rate,
             "grad_norms": [float(x) for x in self._grad_norms],
             "numpy_rng": self.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
@@ -551,8 +576,12 @@ class Trainer:
         # has no baseline to call a held-out loss diverged against).
         initial = state.get("initial_val_loss")
         self.initial_val_loss = None if initial is None else float(initial)
+        start = state.get("start_val_loss", initial)
+        self.start_val_loss = None if start is None else float(start)
         self.recoveries = int(state.get("recoveries", 0))
         self._lr_scale = float(state.get("lr_scale", 1.0))
+        # A fine-tuning run resumed without its init keeps its own rate.
+        self.learning_rate = float(state.get("learning_rate", self.learning_rate))
         self._grad_norms = deque(
             (float(x) for x in state.get("grad_norms", [])), maxlen=CLIP_WINDOW
         )
