@@ -59,3 +59,19 @@ def test_format_4_file_with_one_guard_null_scale_still_reads(tmp_path, small_sim
     assert loaded.guard_null_scales == (1.5,)
     out = calmdown.apply(loaded, small_sim.raw[:30])
     assert out.shape == (30, *small_sim.raw.shape[1:]) and np.isfinite(out).all()
+
+
+def test_format_7_file_is_applied_without_averaging_its_variance(tmp_path, small_sim, small_model):
+    # Format 7 models were calibrated on the frame-by-frame variance; averaging it over frames
+    # at inference would not be what their calibration was fitted to.
+    assert small_model.config.inference.variance_frames > 1
+    path = save_model(small_model, tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["format_version"] = 7
+    data["config"]["inference"].pop("variance_frames", None)
+    torch.save(data, path)
+    loaded = load_model(path)
+    assert loaded.config.inference.variance_frames == 1
+    assert (
+        load_model(save_model(small_model, tmp_path / "n.pt")).config.inference.variance_frames > 1
+    )

@@ -222,6 +222,11 @@ class InferenceConfig(_Strict):
     noise, to measure how much input noise reaches the prior (part of its uncertainty that
     is known without ground truth); 0 turns it off. Costs ``1 / probe_stride`` of a pass."""
 
+    variance_frames: int = Field(default=9, ge=1)
+    """The prior's final variance (after the calibration stages) is averaged over this many
+    frames centred on each frame: its error changes slowly, while the stated variance swung
+    from frame to frame (``benchmarks/results/calibration.txt``). 1 turns it off."""
+
     runtime: Literal["auto", "torch", "onnxruntime"] = "auto"
     """What executes the network on a CPU: ``onnxruntime`` (about twice as fast; ``pip install
     calmdown[onnx]``), ``torch``, or ``auto`` (ONNX Runtime when installed). A GPU always runs

@@ -23,13 +23,13 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 7
+FORMAT_VERSION = 8
 """Format written. 4: the final calibration is a list of stages. 5: one guard null scale per
 evidence window. 6: the model settings may ask for neighbouring planes as context (an older
 calmdown would not know the setting). 7: a final calibration stage by the prior's deviation from
 the mean image (an older calmdown would read it as another feature)."""
 
-READABLE_VERSIONS = (3, 4, 5, 6, 7)
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8)
 """Formats read (a format 3 file's single final stage is read as one stage; a format 3 or 4
 file's single guard null scale serves every evidence window)."""
 
@@ -114,7 +114,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
         )
     try:
         model = TrainedModel(
-            config=Config.model_validate(data["config"]),
+            config=_config(data),
             noise=NoiseModel.from_dict(data["noise"]),
             scale0=float(data["scale0"]),
             state_dict=data["state_dict"],
@@ -142,3 +142,15 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             path=path,
         ) from err
     return model
+
+
+def _config(data: dict) -> Config:
+    """Return the model's settings.
+
+    A model from before format 8 was calibrated without averaging its final variance over
+    frames, so it is applied that way (``variance_frames`` 1).
+    """
+    config = Config.model_validate(data["config"])
+    if int(data["format_version"]) < 8:
+        config.inference.variance_frames = 1
+    return config

@@ -47,6 +47,7 @@ from calmdown.neighbours import NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.posterior import (
+    average_in_time,
     evidence_windows,
     evidence_zscores,
     gaussian_posterior,
@@ -599,6 +600,7 @@ def _guard_and_correct(
     level: torch.Tensor | None = None,
     change: torch.Tensor | None = None,
     frames: slice | None = None,
+    average_frames: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
 
@@ -611,6 +613,11 @@ def _guard_and_correct(
     """
     n = x.shape[0]
     f0, f1, _ = (frames or slice(None)).indices(n)
+    # The final prior variance is averaged over ``average_frames`` (after the stages), so it
+    # is computed on the frames that average reaches.
+    half = average_frames // 2 if final is not None else 0
+    out0, out1 = f0, f1
+    f0, f1 = max(0, f0 - half), min(n, f1 + half)
     correction = correction if gcfg.correction else None
     reach = correction.halo if correction is not None else 0
     g0, g1 = max(0, f0 - reach), min(n, f1 + reach)
@@ -637,7 +644,11 @@ def _guard_and_correct(
         assert level is not None
         change = temporal_change(x) if change is None else change
         prior_var = final.apply(prior_var, loc_g, level[f0:f1], change[f0:f1])
-    return loc_g, prior_var + guarded.guard_var[inner], p_surprise
+        if half:
+            prior_var = average_in_time(prior_var, average_frames)
+    keep = slice(out0 - f0, out1 - f0)
+    var = prior_var + guarded.guard_var[inner]
+    return loc_g[keep], var[keep], p_surprise[keep]
 
 
 def _correction_windows(gcfg: GuardConfig, noise: NoiseModel) -> dict[str, Any]:
@@ -849,6 +860,7 @@ def _calibrate(
         + probe_halo(config.inference.probe_stride)
         + max(windows["evidence"][0], 1) // 2
         + CHANGE_FRAMES
+        + config.inference.variance_frames // 2
     )
     runs: list[tuple[Segment, np.ndarray]] = []
     for seg in segments:
@@ -985,6 +997,7 @@ def _calibrate(
                 final=final,
                 level=mean,
                 change=change,
+                average_frames=config.inference.variance_frames,
             )
             raw_nv = noise.raw_variance_photons(x)
             # The prior's variance is fitted where the prior is in charge. Where the guard
@@ -1421,6 +1434,7 @@ def _denoise_chunks(
         + probe_halo(cfg.inference.probe_stride)
         + (correction.halo if correction else 0)
         + CHANGE_FRAMES
+        + cfg.inference.variance_frames // 2
         if use_posterior
         else 0
     )
@@ -1512,6 +1526,7 @@ def _denoise_chunks(
                 final=model.final_calibration,
                 level=level[band],
                 frames=keep,
+                average_frames=cfg.inference.variance_frames,
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
             post_mean, post_var = gaussian_posterior(

@@ -35,6 +35,7 @@ from calmdown.config import GuardConfig
 __all__ = [
     "EvidenceWindow",
     "GuardOutput",
+    "average_in_time",
     "evidence_windows",
     "evidence_zscores",
     "gaussian_posterior",
@@ -108,6 +109,13 @@ def window_sum(x: torch.Tensor, frames: int, pixels: int) -> torch.Tensor:
     out = _window_sum_1d(x, 0, frames // 2)
     out = _window_sum_1d(out, 1, pixels // 2)
     return _window_sum_1d(out, 2, pixels // 2)
+
+
+def average_in_time(x: torch.Tensor, frames: int) -> torch.Tensor:
+    """Mean of a (T, Y, X) tensor over ``frames`` frames centred on each (clipped at the ends)."""
+    if frames <= 1:
+        return x
+    return window_sum(x, frames, 1) / window_count(tuple(x.shape), frames, 1, x.device)
 
 
 def window_count(
