@@ -152,8 +152,9 @@ DEVIATION_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.97, 0.99)
 """Quantiles of the fitted pixels that bound the bins of the deviation feature."""
 
 CELL_PRIOR_SD = 0.5
-"""Prior spread, relative to its row's factor, of one cell's factor in a stage without an order
-(the deviation): a cell's own estimate is shrunk toward its row's by their precisions."""
+"""Prior spread, relative to the factor it is shrunk toward, of one cell's factor in a stage
+without an order (the deviation; toward its row's) and of a poorly determined row's (toward
+the overall factor): its own estimate and that factor are weighted by their precisions."""
 
 CHANGE_FRAMES = 3
 """Frames on each side that :func:`temporal_change` averages."""
@@ -408,14 +409,18 @@ def fit_stratified_calibration(
     for i in range(n_i):
         row_f = factor(sums[i].sum(axis=0))
         if row_f is None:
-            # Poorly determined: the overall factor, but never outside what the row's own data
-            # allow (2 standard errors either side of its estimate). The overall factor is set
-            # by the rows with the most variance, and can be several times a quiet row's.
+            # Poorly determined: the row's own estimate shrunk toward the overall factor by
+            # their precisions (the overall factor's spread CELL_PRIOR_SD of itself). The
+            # overall factor is set by the rows with the most variance and can be several times
+            # a quiet row's; a row whose own estimate is half lost in the noise keeps what its
+            # data say (taking the overall factor clipped to 2 SE of its own estimate left the
+            # dim third of a dense movie at 1 photon covering 0.93-0.95).
             n, excess, var, nv2 = sums[i].sum(axis=0)
             value = fallback
             if n >= 1 and var > 0:
                 own, se = excess / var, float(np.sqrt(2 * nv2)) / var
-                value = float(np.clip(fallback, own - 2 * se, own + 2 * se))
+                w_own, w_all = 1.0 / se**2, 1.0 / (CELL_PRIOR_SD * fallback) ** 2
+                value = float((own * w_own + fallback * w_all) / (w_own + w_all))
             table.append([max(value, min_factor)] * n_j)
             continue
         # Within a row the error grows with the feature (the prior errs most where the signal
