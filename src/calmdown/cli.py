@@ -278,16 +278,17 @@ def _adopt_init(
     context_frames: int | None,
     no_mean_image: bool,
     plane_context: bool,
-) -> Config:
-    """Return the settings with the network of the --init model (before RAW is read)."""
+) -> tuple[Config, TrainedModel | None]:
+    """Return the settings with the network of the --init model (before RAW is read), and it."""
     if init is None:
-        return cfg
+        return cfg, None
+    start = load_model(init)
     explicit = {
         "context_frames": context_frames,
         "use_mean_image": False if no_mean_image else None,
         "plane_context": True if plane_context else None,
     }
-    return adopt_network(cfg, load_model(init), explicit=explicit)
+    return adopt_network(cfg, start, explicit=explicit), start
 
 
 def _train_progress(quiet: bool, cfg: Config) -> tuple[Callable[[TrainProgress], None], Any]:
@@ -711,7 +712,7 @@ def denoise(
             runtime=runtime,
             seed=seed,
         )
-        cfg = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
+        cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
         _check_output(out, raw)
         _check_samples(samples, cfg)  # before training, not after it
         if dask and plane_context:  # before training, not after it
@@ -738,7 +739,7 @@ def denoise(
             "interval": interval,
             "samples": samples,
             "quiet": quiet,
-            "init": init,
+            "init": start,
         }
         if plane == "all":
             _denoise_planes(
@@ -773,7 +774,7 @@ def _denoise_one(
     interval: float | None,
     samples: int,
     quiet: bool,
-    init: Path | None = None,
+    init: TrainedModel | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[str, TrainedModel]:
     """Denoise one movie (one plane of RAW): train, save the model, write OUT and the sidecar.
@@ -960,7 +961,7 @@ def train_cmd(
             threads=threads,
             seed=seed,
         )
-        cfg = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
+        cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
         _check_output(out, raw)
         prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=_plane_number(plane), roi=roi)
         update, bar = _train_progress(quiet, cfg)
@@ -971,7 +972,7 @@ def train_cmd(
                 prepared=prep,
                 progress=update,
                 checkpoint=ckpt,
-                init=init,
+                init=start,
             )
         with defer_interrupts():  # complete or absent, even on a signal
             path = save_model(model, out)

@@ -133,6 +133,7 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             final_calibration=CalibrationStages.from_dict(data["final_calibration"]),
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),
+            path=str(path),
         )
         model.network(torch.device("cpu"))  # the weights must fit the network
     except (KeyError, TypeError, ValueError, RuntimeError) as err:

@@ -143,6 +143,8 @@ class TrainedModel:
         Hash of the training movie's summary (shape, noise model, mean image).
     version : str
         calmdown version that trained it.
+    path : str or None
+        The model file it was read from (``None`` for a model trained in this process).
     """
 
     config: Config
@@ -158,6 +160,7 @@ class TrainedModel:
     error_correlation: ErrorCorrelation = field(default_factory=ErrorCorrelation.independent)
     final_calibration: CalibrationStages = field(default_factory=CalibrationStages.identity)
     version: str = __version__
+    path: str | None = field(default=None, compare=False)
     _net: ContextNet | None = field(default=None, repr=False)
     _runtime: tuple[Any, InferenceNetwork] | None = field(default=None, repr=False)
 
@@ -1147,26 +1150,13 @@ def train(
         If ``init`` is a path that is not a readable model file.
     """
     start = _init_model(init)
-    cfg = make_config(config, **options)
-    if start is not None:
-        cfg = adopt_network(cfg, start, explicit=options)
-    cfg = _with_plane_context(cfg, neighbours, prepared)
-    if start is not None:
-        adopt_network(cfg, start, explicit=cfg.model.model_dump())  # plane context agrees
+    cfg = _run_config(config, options, neighbours, prepared, start)
     _set_threads(cfg)
     device = resolve_device(cfg.device)
     ckpt = Checkpoint.coerce(checkpoint)
     prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
-        model = _train(
-            prep,
-            cfg,
-            device,
-            progress,
-            checkpoint=ckpt,
-            init=start,
-            init_source=_init_source(init),
-        )
+        model = _train(prep, cfg, device, progress, checkpoint=ckpt, init=start)
     finally:
         if prepared is None:
             prep.close()
@@ -1189,13 +1179,28 @@ def _init_model(init: TrainedModel | str | os.PathLike[str] | None) -> TrainedMo
     return load_model(init)
 
 
-def _init_source(init: TrainedModel | str | os.PathLike[str] | None) -> str | None:
+def _init_source(init: TrainedModel | None) -> str | None:
     """Return how the model file records where fine-tuning started."""
     if init is None:
         return None
-    if isinstance(init, TrainedModel):
-        return f"a model in memory (trained on data {init.data_hash})"
-    return str(init)
+    return init.path or f"a model in memory (trained on data {init.data_hash})"
+
+
+def _run_config(
+    config: Config | None,
+    options: dict[str, Any],
+    neighbours: Sequence[MovieLike] | None,
+    prepared: Prepared | None,
+    init: TrainedModel | None,
+) -> Config:
+    """Return the settings of a training run: options, the init model's network, planes."""
+    cfg = make_config(config, **options)
+    if init is not None:
+        cfg = adopt_network(cfg, init, explicit=options)
+    cfg = _with_plane_context(cfg, neighbours, prepared)
+    if init is not None:
+        adopt_network(cfg, init, explicit=cfg.model.model_dump())  # plane context agrees
+    return cfg
 
 
 def adopt_network(
@@ -1277,7 +1282,6 @@ def _train(
     *,
     checkpoint: Checkpoint | None = None,
     init: TrainedModel | None = None,
-    init_source: str | None = None,
 ) -> TrainedModel:
     t0 = time.perf_counter()
     _check_plane_context(cfg, prep)
@@ -1317,7 +1321,7 @@ def _train(
             "recoveries": result.recoveries,
             "device": str(device),
             "runtime": getattr(runner, "name", "torch"),
-            "init": init_source,
+            "init": _init_source(init),
             "start_val_loss": trainer.start_val_loss,
         },
         heldout=fitted.heldout,
@@ -1690,13 +1694,10 @@ def denoise(
     True
     """
     start = _init_model(init)
-    cfg = make_config(config, **options)
-    if start is not None:
-        cfg = adopt_network(cfg, start, explicit=options)
-    cfg = _with_plane_context(cfg, neighbours, None)
+    cfg = _run_config(config, options, neighbours, None, start)
     prep = prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
-        model = train(movie, config=cfg, progress=progress, prepared=prep, init=init)
+        model = train(movie, config=cfg, progress=progress, prepared=prep, init=start)
         chunks = iter_apply(model, movie, prepared=prep, output=output)
         return np.concatenate([c.denoised for c in chunks]).astype(np.float32, copy=False)
     finally:
