@@ -215,14 +215,38 @@ def _robust_mean(values: np.ndarray) -> float:
     return float(np.mean(values[np.abs(values - med) <= 5 * mad]))
 
 
+MAX_RESCUED_SE = 0.2
+"""Largest relative standard error of a gain whose fit needed the weight floor
+(:data:`_MIN_WEIGHT_VARIANCE`) at its dim end: beyond it the movie is refused and the gain
+asked for. A scene of nearly uniform brightness whose blinking spots look like noise gave
+15x the true gain at 24 %; each half of the optinist recording gives the whole one's gain
+within 4 % at 10-12 %. (A fit that needs no floor is used, with a warning above 5 %.)"""
+
+_MIN_WEIGHT_VARIANCE = 0.1
+"""Smallest variance a bin is weighted by in the photon-transfer fit, as a fraction of the
+variance it measured."""
+
+
+def _weight_variance(line: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Variance each bin is weighted by: the line's, but not far below the bin's own.
+
+    Where the bright bins curve upwards (active cells add their signal's variance), the
+    line through them can fall below zero at the dim end, and a bin weighted by a variance
+    near zero counts as noiseless: the fit then failed (the second half of the optinist
+    recording). A tenth of what the bin measured never binds on a straight line.
+    """
+    return np.maximum(np.maximum(line, _MIN_WEIGHT_VARIANCE * np.abs(measured)), 1e-12)
+
+
 def _binned_fit(
     rank: np.ndarray, means: np.ndarray, variances: np.ndarray, n_bins: int = 24
-) -> tuple[float, float, float, np.ndarray, np.ndarray]:
+) -> tuple[float, float, float, np.ndarray, np.ndarray, bool]:
     """Fit ``variance = slope * mean + intercept`` over brightness bins.
 
     Pixels are sorted into ``n_bins`` equal-count bins by ``rank``; each bin contributes the
     robust means of ``means`` and ``variances``. Returns slope, intercept, the slope's relative
-    standard error, and the bin points.
+    standard error, the bin points, and whether a bin's weight needed the floor
+    (:func:`_weight_variance`) on the way.
     """
     order = np.argsort(rank)
     # Drop the brightest 1 % (saturation, vessels) before binning.
@@ -232,6 +256,7 @@ def _binned_fit(
     bm = np.array([_robust_mean(means[g]) for g in groups])
     bv = np.array([_robust_mean(variances[g]) for g in groups])
     weights = np.array([g.size for g in groups], float)
+    rescued = False
     # Iteratively reweighted least squares: the spread of a bin's mean variance grows with
     # the variance itself.
     try:
@@ -240,20 +265,22 @@ def _binned_fit(
             slope, intercept = np.polyfit(bm, bv, 1, w=np.sqrt(weights))
             cov = np.zeros((2, 2))
             for _ in range(3):
-                pred = np.maximum(slope * bm + intercept, 1e-12)
+                line = slope * bm + intercept
+                rescued |= bool(np.any(line < _MIN_WEIGHT_VARIANCE * np.abs(bv)))
+                pred = _weight_variance(line, bv)
                 (slope, intercept), cov = np.polyfit(
                     bm, bv, 1, w=np.sqrt(weights) / pred, cov="unscaled"
                 )
     except (np.linalg.LinAlgError, np.exceptions.RankWarning, ValueError):
         # Every bin at the same brightness (a nearly uniform scene): no slope to fit.
-        return float("nan"), float(np.mean(bv)), float("inf"), bm, bv
+        return float("nan"), float(np.mean(bv)), float("inf"), bm, bv, rescued
     # Standard error from the scatter of the bins around the line.
     pred = slope * bm + intercept
-    w = weights / np.maximum(pred, 1e-12) ** 2
+    w = weights / _weight_variance(pred, bv) ** 2
     dof = max(len(bm) - 2, 1)
     chi2 = float(np.sum(w * (bv - pred) ** 2) / dof)
     rel_se = float(np.sqrt(max(cov[0, 0] * chi2, 0.0)) / abs(slope)) if slope else float("inf")
-    return float(slope), float(intercept), rel_se, bm, bv
+    return float(slope), float(intercept), rel_se, bm, bv, rescued
 
 
 def estimate_noise(
@@ -376,9 +403,24 @@ def estimate_noise(
         ranks.append((acc.sum_frames[ranked] / acc.n_frames[ranked])[inner].ravel())
         means.append((acc.sum_x[measured] / n_p)[inner].ravel())
         fit_vars.append(fit_p[inner].ravel())
-    slope, intercept, rel_se, bm, bv = _binned_fit(
+    slope, intercept, rel_se, bm, bv, rescued = _binned_fit(
         np.concatenate(ranks), np.concatenate(means), np.concatenate(fit_vars)
     )
+    source = "estimated"
+    given = [v is not None for v in (gain, offset, read_noise)]
+    if all(given):
+        source = "given"
+    elif any(given):
+        source = "partly given"
+    est_gain = slope if gain is None else float(gain)
+    if not np.isfinite(est_gain) or (gain is None and rescued and rel_se > MAX_RESCUED_SE):
+        se = "" if not np.isfinite(est_gain) else f" (relative standard error {rel_se:.0%})"
+        raise InputError(
+            f"could not measure the photon-transfer gain{se}: nearly every pixel has the same "
+            "brightness, or activity swamps the noise, so the noise variance cannot be seen to "
+            "grow with brightness; give the detector's gain with --gain (ADU per photon)",
+            path=name,
+        )
     if gain is None and np.isfinite(slope) and rel_se > 0.05:
         warnings.warn(
             f"{name or 'movie'}: the photon-transfer gain is poorly determined (relative standard "
@@ -388,20 +430,6 @@ def estimate_noise(
             stacklevel=2,
         )
 
-    source = "estimated"
-    given = [v is not None for v in (gain, offset, read_noise)]
-    if all(given):
-        source = "given"
-    elif any(given):
-        source = "partly given"
-    est_gain = slope if gain is None else float(gain)
-    if not np.isfinite(est_gain):
-        raise InputError(
-            "could not measure the photon-transfer gain: nearly every pixel has the same "
-            "brightness, so the noise variance cannot be seen to grow with it; give the "
-            "detector's gain with --gain (ADU per photon)",
-            path=name,
-        )
     if est_gain <= 0:
         raise InputError(
             "could not measure a positive photon-transfer gain (noise variance does not grow "
