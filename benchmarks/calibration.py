@@ -61,6 +61,8 @@ def strata(
     width = upper - lower
     mean_img = sim.raw.mean(axis=0)
     bright = np.broadcast_to(mean_img > np.median(mean_img), clean.shape)
+    # The brightest tenth: in a sparse movie mostly cell pixels, which the halves hide.
+    top = np.broadcast_to(mean_img > np.quantile(mean_img, 0.9), clean.shape)
     q1, q3 = np.quantile(width, [0.25, 0.75])
     post_sd = width / (2 * 1.6449)
     det = sim.detector
@@ -79,6 +81,7 @@ def strata(
         "overall": inside.mean(),
         "dim": inside[~bright].mean(),
         "bright": inside[bright].mean(),
+        "brightest 10 %": inside[top].mean(),
         "narrow": inside[width <= q1].mean(),
         "wide": inside[width >= q3].mean(),
         "quiet (denoised)": inside[~act_den].mean(),
@@ -195,6 +198,7 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)  # progress, in case a long run is cut short
     cols = [
         *TARGETS,
+        "brightest 10 %",
         "events z<4",
         "events z4-8",
         "width / raw noise width",
