@@ -264,3 +264,33 @@ def test_scale_calibration_summed_in_blocks_is_the_one_summed_at_once(monkeypatc
     assert blocks.edges == whole.edges
     np.testing.assert_allclose(blocks.factors, whole.factors, rtol=1e-9)
     assert 2.0 < np.mean(blocks.factors) < 4.0  # the claimed variance is a third of the error's
+
+
+def test_the_brightest_tenth_gets_a_row_of_its_own():
+    """Cells of a sparse movie, the brightest tenth, get the variance their residuals show.
+
+    Their prior errs more than the background's; a row for the top third would mix them with
+    background pixels and leave them under-covered.
+    """
+    shape = (300, 40, 40)
+    rng = np.random.default_rng(0)
+    level = torch.from_numpy(rng.uniform(0.5, 2.0, shape[1:]).astype(np.float32))
+    cells = level > float(np.quantile(level.numpy(), 0.9))
+    claimed = torch.full(shape, 0.1)
+    true_var = torch.where(cells, 3 * claimed, claimed)
+    g = torch.Generator().manual_seed(0)
+
+    def draw():
+        clean = level + torch.randn(shape, generator=g) * true_var.sqrt()
+        return clean, clean + torch.randn(shape, generator=g) * 0.5
+
+    _, x = draw()
+    target = torch.ones(shape[0], dtype=torch.bool)
+    part = (x, level.expand(shape), claimed, torch.full(shape, 0.25), level, target, None)
+    stage = fit_stratified_calibration([part], feature="activity")
+    clean, _ = draw()
+    fitted = stage.apply(claimed, level.expand(shape), level)
+    mask = cells.expand(shape)
+    assert _coverage(level.expand(shape), claimed, clean, mask) < 0.7
+    assert 0.86 <= _coverage(level.expand(shape), fitted, clean, mask) <= 0.94
+    assert 0.86 <= _coverage(level.expand(shape), fitted, clean, ~mask) <= 0.94

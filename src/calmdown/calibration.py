@@ -151,6 +151,12 @@ CHANGE_EDGES = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 4.5)
 DEVIATION_QUANTILES = (0.25, 0.5, 0.75, 0.9, 0.97, 0.99)
 """Quantiles of the fitted pixels that bound the bins of the deviation feature."""
 
+LEVEL_QUANTILES = (0.25, 0.5, 0.75, 0.9)
+"""Quantiles of the mean image's brightness that bound the rows of a calibration stage. The
+brightest tenth has a row of its own: in a sparse movie it is mostly cell pixels, whose prior
+errs more than the background's (sparse movie at 1 photon: rows of thirds left the brightest
+tenth covering 0.82 and the pixels below it 0.92-0.95)."""
+
 CELL_PRIOR_SD = 0.5
 """Prior spread, relative to the factor it is shrunk toward, of one cell's factor in a stage
 without an order (the deviation; toward its row's) and of a poorly determined row's (toward
@@ -328,7 +334,7 @@ class CalibrationStages:
 def fit_stratified_calibration(
     parts: list[tuple[torch.Tensor, ...]],
     *,
-    level_bins: int = 3,
+    level_quantiles: Sequence[float] = LEVEL_QUANTILES,
     feature: str = "change",
     activity_edges: tuple[float, ...] | None = None,
     max_rel_se: float = 0.25,
@@ -343,8 +349,8 @@ def fit_stratified_calibration(
         values, the final prior, its variance, the noise variance of each raw value (unbiased),
         the mean image's brightness (broadcastable), the boolean (T,) frames to fit on and the
         :func:`temporal_change` of the observed values.
-    level_bins : int
-        Quantile bins of the brightness.
+    level_quantiles : sequence of float
+        Quantiles of the brightness that bound its bins (:data:`LEVEL_QUANTILES`).
     feature : {"change", "activity"}
         The second feature (see :class:`StratifiedCalibration`).
     activity_edges : tuple of float, optional
@@ -367,7 +373,7 @@ def fit_stratified_calibration(
     levels = torch.cat(
         [torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts]
     ).double()
-    qs = np.quantile(levels.cpu().numpy(), np.linspace(0, 1, level_bins + 1)[1:-1])
+    qs = np.quantile(levels.cpu().numpy(), level_quantiles)
     if activity_edges is None and feature == "deviation":
         values = torch.cat([deviation(p[1], p[4])[p[5]].flatten()[::7] for p in parts])
         qd = np.quantile(values.double().cpu().numpy(), DEVIATION_QUANTILES)
