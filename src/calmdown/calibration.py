@@ -424,9 +424,8 @@ def fit_stratified_calibration(
             n, excess, var, nv2 = sums[i].sum(axis=0)
             value = fallback
             if n >= 1 and var > 0:
-                own, se = excess / var, float(np.sqrt(2 * nv2)) / var
-                w_own, w_all = 1.0 / se**2, 1.0 / (CELL_PRIOR_SD * fallback) ** 2
-                value = float((own * w_own + fallback * w_all) / (w_own + w_all))
+                # Its precision: each pixel's excess has variance about 2 noise var^2.
+                value = float(_shrunk(excess / var, var**2 / (2 * nv2), fallback))
             table.append([max(value, min_factor)] * n_j)
             continue
         # Within a row the error grows with the feature (the prior errs most where the signal
@@ -439,8 +438,7 @@ def fit_stratified_calibration(
         if feature == "deviation":
             # No order to impose (the error is largest near the mean image in bright pixels
             # and far from it in dim ones): each cell's estimate is shrunk toward its row's.
-            prior_w = 1.0 / (CELL_PRIOR_SD * row_f) ** 2
-            fitted = (own[seen] * weight[seen] + row_f * prior_w) / (weight[seen] + prior_w)
+            fitted = _shrunk(own[seen], weight[seen], row_f)
         else:
             fitted = isotonic(own[seen], weight[seen])
         row = np.full(n_j, np.nan)
@@ -451,6 +449,16 @@ def fit_stratified_calibration(
         table.append([float(max(f, min_factor)) for f in row])
     stage.factors = table
     return stage
+
+
+def _shrunk(own: Any, weight: Any, target: float) -> Any:
+    """Estimates ``own`` of precision ``weight`` shrunk toward ``target``.
+
+    The target's spread is :data:`CELL_PRIOR_SD` of itself; the two are averaged by their
+    precisions.
+    """
+    prior_w = 1.0 / (CELL_PRIOR_SD * target) ** 2
+    return (own * weight + target * prior_w) / (weight + prior_w)
 
 
 def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:

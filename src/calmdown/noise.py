@@ -266,8 +266,8 @@ def _binned_fit(
             cov = np.zeros((2, 2))
             for _ in range(3):
                 line = slope * bm + intercept
-                rescued |= bool(np.any(line < _MIN_WEIGHT_VARIANCE * np.abs(bv)))
                 pred = _weight_variance(line, bv)
+                rescued |= bool(np.any(pred > line))
                 (slope, intercept), cov = np.polyfit(
                     bm, bv, 1, w=np.sqrt(weights) / pred, cov="unscaled"
                 )
