@@ -1090,7 +1090,7 @@ class _SegmentMean:
         )
 
     def noise_factor(self, t: np.ndarray) -> np.ndarray:
-        return self.mean_image.noise_factor(np.asarray(t) + self.start)
+        return self.mean_image.noise_factor(np.asarray(t) + self.start, region=self.region)
 
 
 # -- public API ----------------------------------------------------------------------------

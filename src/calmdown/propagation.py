@@ -108,7 +108,8 @@ def input_noise_sd(
     noise : NoiseModel
         The movie's noise model.
     mean_var_factor : Tensor
-        (B,) variance of the mean image's noise as a fraction of one frame's.
+        (B, 1, 1) or (B, Y, X): variance of the mean image's noise as a fraction of one
+        frame's.
 
     Returns
     -------
@@ -117,4 +118,4 @@ def input_noise_sd(
     """
     var = noise.variance_ratio * (torch.clamp(mean, min=0.0) + noise.read_noise_photons**2)
     sd = torch.sqrt(var)
-    return sd, sd * torch.sqrt(mean_var_factor).view(-1, 1, 1, 1)
+    return sd, sd * torch.sqrt(mean_var_factor).unsqueeze(1)
