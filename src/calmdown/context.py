@@ -5,8 +5,8 @@ averaged, and the block means are interpolated linearly in time, so slow drift i
 Bleaching is followed frame by frame, by the movie's overall brightness (a trend read off the
 sums of whole frames), and where a pixel's blocks differ by no more than their noise they are
 pulled toward the movie's overall mean, so that a static pixel's mean image averages the whole
-movie rather than one block. A frame's own contribution is removed from its mean image (leave-one-out), so the
-prediction of frame ``t`` never contains the noise of frame ``t``.
+movie rather than one block. A frame's own contribution is removed from its mean image
+(leave-one-out), so the prediction of frame ``t`` never contains the noise of frame ``t``.
 """
 
 from __future__ import annotations
