@@ -61,7 +61,10 @@ class ModelConfig(_Strict):
 
     mean_window: int = Field(default=500, ge=16)
     """Frames per block of the running mean image; blocks are interpolated linearly in time,
-    so slow drift and bleaching are followed. A movie shorter than this uses one global mean."""
+    so slow local drift is followed, and pulled toward the whole movie's mean where they differ
+    by no more than their noise. Bleaching is followed frame by frame by a brightness trend
+    fitted within half this many frames of each frame. A movie shorter than this uses one
+    block (with the trend)."""
 
     width: int = Field(default=32, ge=4, le=256)
     """Channels of the finest level of the network (half resolution); deeper levels use 1.5x
