@@ -146,16 +146,17 @@ class _OnnxNetwork:
         self.session = ort.InferenceSession(
             buffer.getvalue(), opts, providers=["CPUExecutionProvider"]
         )
+        # The export drops an input the network does not read (the mean image of a network
+        # trained without it): feed only those the session has.
+        self._inputs = {i.name for i in self.session.get_inputs()}
         logger.debug("network exported to ONNX Runtime %s", ort.__version__)
 
     def __call__(
         self, mean: torch.Tensor, frames: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        feed = {"mean": mean, "frames": frames}
         loc, scale = self.session.run(
             None,
-            {
-                "mean": mean.detach().contiguous().numpy(),
-                "frames": frames.detach().contiguous().numpy(),
-            },
+            {k: v.detach().contiguous().numpy() for k, v in feed.items() if k in self._inputs},
         )
         return torch.from_numpy(loc), torch.from_numpy(scale)
