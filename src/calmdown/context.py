@@ -289,10 +289,15 @@ class MeanImage:
         lo, hi = (int(used.min()), int(used.max()) + 1) if used.size else (0, 0)
         blocks = self.means[lo:hi, region[0], region[1]]
         r = self.trend_at(t)
-        image = np.tensordot(lam[:, lo:hi], blocks, axes=1) * r[:, None, None]
-        w = self._shrink(region)[None]
-        scale = (r / self.block_trend[block])[:, None, None]
-        own = scale * ((1.0 - w) / self.n_frames + w * own_b[:, None, None])
+        image = np.tensordot(lam[:, lo:hi] * r[:, None], blocks, axes=1)
+        # scale * ((1 - w) / n + w * own_b), in float32 (a pass over the frames, not three)
+        scale = r / self.block_trend[block]
+        base = (scale / self.n_frames).astype(np.float32)[:, None, None]
+        if self.shrink is None:
+            return image, (scale * own_b).astype(np.float32)[:, None, None]
+        slope = (scale * (own_b - 1.0 / self.n_frames)).astype(np.float32)[:, None, None]
+        own = self.shrink[region][None] * slope
+        own += base
         return image, own
 
     def noise_factor(
