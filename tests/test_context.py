@@ -169,7 +169,7 @@ def test_the_stated_noise_of_the_mean_image_is_its_spread_over_repeats():
         if seed == 0:
             stated = mean.noise_factor(t) * scene[t]  # Poisson: a frame's variance is its mean
     measured = np.var(np.stack(images), axis=0)
-    for region in (np.s_[:, 25:, 25:], np.s_[:, 8:14, 8:14]):
+    for region in (np.s_[:, 25:, 25:], np.s_[:, 6:10, 6:10]):  # static, drifting
         ratio = measured[region].mean() / stated[region].mean()
         assert 0.7 < ratio < 1.4, ratio
 
