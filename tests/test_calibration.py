@@ -71,6 +71,24 @@ def test_factors_lost_in_the_noise_stay_near_one():
     assert np.abs(np.asarray(quieter.factors) - 1.0).max() < np.abs(factors - 1.0).max()
 
 
+def test_a_large_error_pooled_over_rows_lost_in_the_noise_is_seen():
+    # Too few pixels per brightness row to fix any row's factor to 25 %, but the active
+    # pixels' error (4x what is claimed), pooled over the rows, stands out of the noise. A
+    # constant factor per row (the fit before the rows shared multipliers) left them covering
+    # 0.63 here, and the claimed variance 0.59.
+    x, loc, claimed, raw_nv, level, _, _ = _movie(5, shape=(30, 32, 32))
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    stage = fit_stratified_calibration(
+        [(x, loc, claimed, raw_nv, level, target, None)], feature="activity"
+    )
+    _, loc2, claimed2, _, level2, clean2, active2 = _movie(6, shape=(30, 32, 32))
+    fitted = stage.apply(claimed2, loc2, level2)
+    assert _coverage(loc2, claimed2, clean2, active2) < 0.65
+    assert _coverage(loc2, fitted, clean2, active2) >= 0.8
+    factors = np.asarray(stage.factors)
+    assert (factors[:, -1] / factors[:, 0] > 2).all(), factors
+
+
 def test_identity_and_round_trip():
     var = torch.rand(3, 4, 4) + 0.1
     loc, level = torch.rand(3, 4, 4), torch.rand(4, 4)

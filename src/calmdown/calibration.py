@@ -162,6 +162,10 @@ CELL_PRIOR_SD = 0.5
 without an order (the deviation; toward its row's) and of a poorly determined row's (toward
 the overall factor): its own estimate and that factor are weighted by their precisions."""
 
+MULTIPLIER_MIN_Z = 3.0
+"""Standard errors below which a shared multiplier's departure from 1 is dropped (see
+:func:`_shared_multipliers`); pure noise passes it in 0.3 % of bins, and then barely."""
+
 CHANGE_FRAMES = 3
 """Frames on each side that :func:`temporal_change` averages."""
 
@@ -411,23 +415,36 @@ def fit_stratified_calibration(
 
     overall = factor(sums.sum(axis=(0, 1)))
     fallback = 1.0 if overall is None else overall
-    table = []
+    # A row whose total is poorly determined: its own estimate shrunk toward the overall
+    # factor by their precisions (the overall factor's spread CELL_PRIOR_SD of itself; each
+    # pixel's excess has variance about 2 noise var^2). The overall factor is set by the rows
+    # with the most variance and can be several times a quiet row's; a row whose own estimate
+    # is half lost in the noise keeps what its data say (taking the overall factor clipped to
+    # 2 SE of its own estimate left the dim third of a dense movie at 1 photon covering
+    # 0.93-0.95). Its cells need not be lost with it: where the prior errs several times more
+    # than it says (a cell's edge, a transient), the excess stands out of the noise pooled
+    # over such rows even when no row's total does (dense movie, 1 photon: the dimmest row's
+    # top activity and deviation cells read 8.9 and 15.6 times the stated variance, to 37 %
+    # and 25 %, and were given the row's factor). Such rows share multipliers by bin.
+    undetermined: dict[int, float] = {}
     for i in range(n_i):
-        row_f = factor(sums[i].sum(axis=0))
-        if row_f is None:
-            # Poorly determined: the row's own estimate shrunk toward the overall factor by
-            # their precisions (the overall factor's spread CELL_PRIOR_SD of itself). The
-            # overall factor is set by the rows with the most variance and can be several times
-            # a quiet row's; a row whose own estimate is half lost in the noise keeps what its
-            # data say (taking the overall factor clipped to 2 SE of its own estimate left the
-            # dim third of a dense movie at 1 photon covering 0.93-0.95).
+        if factor(sums[i].sum(axis=0)) is None:
             n, excess, var, nv2 = sums[i].sum(axis=0)
             value = fallback
             if n >= 1 and var > 0:
-                # Its precision: each pixel's excess has variance about 2 noise var^2.
                 value = float(_shrunk(excess / var, var**2 / (2 * nv2), fallback))
-            table.append([max(value, min_factor)] * n_j)
+            undetermined[i] = max(value, min_factor)
+    if undetermined:
+        rows = sorted(undetermined)
+        shared = _shared_multipliers(sums[rows], np.array([undetermined[i] for i in rows]), feature)
+        cells = {i: shared[k] for k, i in enumerate(rows)}
+    table = []
+    for i in range(n_i):
+        if i in undetermined:
+            table.append([float(max(f, min_factor)) for f in cells[i]])
             continue
+        row_f = factor(sums[i].sum(axis=0))
+        assert row_f is not None
         # Within a row the error grows with the feature (the prior errs most where the signal
         # changes, or departs from its mean): a non-decreasing fit, each cell weighted by its
         # precision, pools the cells whose own estimate is lost in the noise with their neighbours.
@@ -449,6 +466,66 @@ def fit_stratified_calibration(
         table.append([float(max(f, min_factor)) for f in row])
     stage.factors = table
     return stage
+
+
+def _shared_multipliers(sums: np.ndarray, values: np.ndarray, feature: str) -> np.ndarray:
+    """Factors of the cells of the rows whose totals are poorly determined.
+
+    ``sums`` holds those rows' per-cell (count, excess, variance, squared noise variance),
+    shape (rows, bins, 4), and ``values`` their factors (of each row's total). The cells'
+    factors are separable, ``r_i * m_j``: the rows share one multiplier per feature bin, and
+    each row's ``r_i`` keeps its total at its value. The multipliers, ``sum excess / sum (r x
+    variance)`` over the rows, are fitted non-decreasing in the feature (except the
+    deviation's) by precision, and each fitted block's departure from 1 is kept in part
+    ``max(0, 1 - (Z / z)^2)``, ``z`` its departure in standard errors and ``Z``
+    :data:`MULTIPLIER_MIN_Z`: a multiplier the noise could have drawn stays 1, one far out of
+    the noise stands. A few alternations fit both.
+    """
+    n_j = sums.shape[1]
+    n = sums[..., 0].sum(axis=0)
+    excess = sums[..., 1].sum(axis=0)
+    var = sums[..., 2]
+    nv2 = sums[..., 3].sum(axis=0)
+    seen = (n > 0) & (var.sum(axis=0) > 0)
+    r = values.astype(float).copy()
+    m = np.ones(n_j)
+    if not seen.any():
+        return r[:, None] * m[None]
+    row_var = var.sum(axis=1)
+    for _ in range(3):
+        base = (r[:, None] * var).sum(axis=0)
+        own = excess[seen] / base[seen]
+        weight = base[seen] ** 2 / np.maximum(2 * nv2[seen], 1e-300)
+        if feature == "deviation":
+            fitted, pooled = own, weight
+        else:
+            fitted, pooled = _isotonic_blocks(own, weight)
+        z = (fitted - 1.0) * np.sqrt(pooled)
+        kept = np.clip(1.0 - (MULTIPLIER_MIN_Z / np.maximum(np.abs(z), 1e-12)) ** 2, 0.0, None)
+        mult = 1.0 + (fitted - 1.0) * kept
+        if feature != "deviation":
+            mult = np.maximum.accumulate(mult)
+        m = np.full(n_j, np.nan)
+        m[seen] = mult
+        for j in range(n_j):  # bins no held-out pixel fell in: the bin below's multiplier
+            if np.isnan(m[j]):
+                m[j] = m[j - 1] if j else mult[0]
+        # Each row's total stays at its value: r_i sum_j m_j var_ij = value_i sum_j var_ij.
+        spread = (m[None] * var).sum(axis=1)
+        r = np.where(spread > 0, values * row_var / np.maximum(spread, 1e-300), values)
+    return r[:, None] * m[None]
+
+
+def _isotonic_blocks(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`isotonic`'s fit and, per value, the summed weight of the block it was pooled in."""
+    fitted = isotonic(y, w)
+    pooled = np.empty_like(fitted)
+    start = 0
+    for j in range(1, len(fitted) + 1):
+        if j == len(fitted) or fitted[j] != fitted[start]:
+            pooled[start:j] = np.sum(np.maximum(w[start:j], 1e-12))
+            start = j
+    return fitted, pooled
 
 
 def _shrunk(own: Any, weight: Any, target: float) -> Any:
