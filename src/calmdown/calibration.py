@@ -426,9 +426,10 @@ def fit_stratified_calibration(
     # over such rows even when no row's total does (dense movie, 1 photon: the dimmest row's
     # top activity and deviation cells read 8.9 and 15.6 times the stated variance, to 37 %
     # and 25 %, and were given the row's factor). Such rows share multipliers by bin.
+    row_factors = [factor(sums[i].sum(axis=0)) for i in range(n_i)]
     undetermined: dict[int, float] = {}
-    for i in range(n_i):
-        if factor(sums[i].sum(axis=0)) is None:
+    for i, row_f in enumerate(row_factors):
+        if row_f is None:
             n, excess, var, nv2 = sums[i].sum(axis=0)
             value = fallback
             if n >= 1 and var > 0:
@@ -439,12 +440,10 @@ def fit_stratified_calibration(
         shared = _shared_multipliers(sums[rows], np.array([undetermined[i] for i in rows]), feature)
         cells = {i: shared[k] for k, i in enumerate(rows)}
     table = []
-    for i in range(n_i):
-        if i in undetermined:
+    for i, row_f in enumerate(row_factors):
+        if row_f is None:
             table.append([float(max(f, min_factor)) for f in cells[i]])
             continue
-        row_f = factor(sums[i].sum(axis=0))
-        assert row_f is not None
         # Within a row the error grows with the feature (the prior errs most where the signal
         # changes, or departs from its mean): a non-decreasing fit, each cell weighted by its
         # precision, pools the cells whose own estimate is lost in the noise with their neighbours.
@@ -458,11 +457,7 @@ def fit_stratified_calibration(
             fitted = _shrunk(own[seen], weight[seen], row_f)
         else:
             fitted = isotonic(own[seen], weight[seen])
-        row = np.full(n_j, np.nan)
-        row[seen] = fitted
-        for j in range(n_j):  # cells no held-out pixel fell in: the cell below's factor
-            if np.isnan(row[j]):
-                row[j] = row[j - 1] if j else fitted[0]
+        row = _fill_unseen(fitted, seen)
         table.append([float(max(f, min_factor)) for f in row])
     stage.factors = table
     return stage
@@ -487,10 +482,9 @@ def _shared_multipliers(sums: np.ndarray, values: np.ndarray, feature: str) -> n
     var = sums[..., 2]
     nv2 = sums[..., 3].sum(axis=0)
     seen = (n > 0) & (var.sum(axis=0) > 0)
-    r = values.astype(float).copy()
-    m = np.ones(n_j)
+    r = values.astype(float)
     if not seen.any():
-        return r[:, None] * m[None]
+        return r[:, None] * np.ones(n_j)[None]
     row_var = var.sum(axis=1)
     for _ in range(3):
         base = (r[:, None] * var).sum(axis=0)
@@ -505,11 +499,7 @@ def _shared_multipliers(sums: np.ndarray, values: np.ndarray, feature: str) -> n
         mult = 1.0 + (fitted - 1.0) * kept
         if feature != "deviation":
             mult = np.maximum.accumulate(mult)
-        m = np.full(n_j, np.nan)
-        m[seen] = mult
-        for j in range(n_j):  # bins no held-out pixel fell in: the bin below's multiplier
-            if np.isnan(m[j]):
-                m[j] = m[j - 1] if j else mult[0]
+        m = _fill_unseen(mult, seen)
         # Each row's total stays at its value: r_i sum_j m_j var_ij = value_i sum_j var_ij.
         spread = (m[None] * var).sum(axis=1)
         r = np.where(spread > 0, values * row_var / np.maximum(spread, 1e-300), values)
@@ -518,14 +508,24 @@ def _shared_multipliers(sums: np.ndarray, values: np.ndarray, feature: str) -> n
 
 def _isotonic_blocks(y: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """:func:`isotonic`'s fit and, per value, the summed weight of the block it was pooled in."""
-    fitted = isotonic(y, w)
-    pooled = np.empty_like(fitted)
-    start = 0
-    for j in range(1, len(fitted) + 1):
-        if j == len(fitted) or fitted[j] != fitted[start]:
-            pooled[start:j] = np.sum(np.maximum(w[start:j], 1e-12))
-            start = j
+    blocks = _pool_adjacent_violators(y, w)
+    fitted = np.concatenate([np.full(c, v) for v, _, c in blocks])
+    pooled = np.concatenate([np.full(c, wb) for _, wb, c in blocks])
     return fitted, pooled
+
+
+def _fill_unseen(fitted: np.ndarray, seen: np.ndarray) -> np.ndarray:
+    """Values of the bins ``seen`` (``fitted``, in order), and elsewhere the bin below's.
+
+    A bin no held-out pixel fell in takes the factor of the bin below it (the first seen
+    bin's where none is below).
+    """
+    out = np.full(len(seen), np.nan)
+    out[seen] = fitted
+    for j in range(len(out)):
+        if np.isnan(out[j]):
+            out[j] = out[j - 1] if j else fitted[0]
+    return out
 
 
 def _shrunk(own: Any, weight: Any, target: float) -> Any:
@@ -540,14 +540,19 @@ def _shrunk(own: Any, weight: Any, target: float) -> Any:
 
 def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted non-decreasing least-squares fit (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # value, weight, count
+    return np.concatenate([np.full(c, v) for v, _, c in _pool_adjacent_violators(y, w)])
+
+
+def _pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> list[list[float]]:
+    """Blocks ``[value, summed weight, count]`` of the weighted non-decreasing fit of ``y``."""
+    blocks: list[list[float]] = []
     for yi, wi in zip(y, w, strict=True):
         blocks.append([float(yi), float(max(wi, 1e-12)), 1])
         while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
             v2, w2, c2 = blocks.pop()
             v1, w1, c1 = blocks.pop()
             blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
-    return np.concatenate([np.full(c, v) for v, _, c in blocks])
+    return blocks
 
 
 def predictive_check(
