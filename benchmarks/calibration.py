@@ -193,6 +193,16 @@ def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
     return row
 
 
+def _print_values(heading: str, cols: list[str], rows: list[dict]) -> None:
+    """Print ``heading`` and a Markdown table of ``cols`` for each row (no bands marked)."""
+    print("\n" + heading)
+    print("| preset | photons | " + " | ".join(cols) + " |")
+    print("|---|---|" + "---|" * len(cols))
+    for r in rows:
+        cells = [f"{r.get(c, float('nan')):.3f}" for c in cols]
+        print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["dense", "sparse"])
@@ -233,13 +243,12 @@ def main() -> None:
         for g in ("overall", "active (denoised)", "bright", "narrow", "events z>=8")
         for k in ("above", "below", "sd z")
     ]
-    print("\nHow the truth misses (fraction above / below the 90 % interval, each 0.05 if")
-    print("calibrated; sd of (truth - denoised) / posterior sd, 1 if calibrated):")
-    print("| preset | photons | " + " | ".join(shape_cols) + " |")
-    print("|---|---|" + "---|" * len(shape_cols))
-    for r in rows:
-        cells = [f"{r.get(c, float('nan')):.3f}" for c in shape_cols]
-        print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
+    _print_values(
+        "How the truth misses (fraction above / below the 90 % interval, each 0.05 if\n"
+        "calibrated; sd of (truth - denoised) / posterior sd, 1 if calibrated):",
+        shape_cols,
+        rows,
+    )
     where_cols = [
         "active (denoised) in cells",
         "active (denoised) in cells: share",
@@ -247,13 +256,12 @@ def main() -> None:
         "active (denoised) outside cells: share",
         "events z>=8, onset",
     ]
-    print("\nWhere the misses are: active (denoised) pixels inside the cells and outside them")
-    print("(coverage, share of the active pixels), and clear events in their first frames:")
-    print("| preset | photons | " + " | ".join(where_cols) + " |")
-    print("|---|---|" + "---|" * len(where_cols))
-    for r in rows:
-        cells = [f"{r.get(c, float('nan')):.3f}" for c in where_cols]
-        print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
+    _print_values(
+        "Where the misses are: active (denoised) pixels inside the cells and outside them\n"
+        "(coverage, share of the active pixels), and clear events in their first frames:",
+        where_cols,
+        rows,
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "calibration.json"
     path.write_text(
