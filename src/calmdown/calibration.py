@@ -435,10 +435,11 @@ def fit_stratified_calibration(
             if n >= 1 and var > 0:
                 value = float(_shrunk(excess / var, var**2 / (2 * nv2), fallback))
             undetermined[i] = max(value, min_factor)
+    cells: dict[int, np.ndarray] = {}
     if undetermined:
         rows = sorted(undetermined)
         shared = _shared_multipliers(sums[rows], np.array([undetermined[i] for i in rows]), feature)
-        cells = {i: shared[k] for k, i in enumerate(rows)}
+        cells = dict(zip(rows, shared, strict=True))
     table = []
     for i, row_f in enumerate(row_factors):
         if row_f is None:
@@ -540,7 +541,7 @@ def _shrunk(own: Any, weight: Any, target: float) -> Any:
 
 def isotonic(y: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Weighted non-decreasing least-squares fit (pool adjacent violators)."""
-    return np.concatenate([np.full(c, v) for v, _, c in _pool_adjacent_violators(y, w)])
+    return _isotonic_blocks(y, w)[0]
 
 
 def _pool_adjacent_violators(y: np.ndarray, w: np.ndarray) -> list[list[float]]:
