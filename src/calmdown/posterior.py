@@ -22,8 +22,8 @@ Two steps, both on one chunk of frames in photon units:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 import numpy as np
@@ -35,11 +35,13 @@ from calmdown.config import GuardConfig
 __all__ = [
     "EvidenceWindow",
     "GuardOutput",
+    "GuardedPosterior",
     "average_in_time",
     "evidence_windows",
     "evidence_zscores",
     "gaussian_posterior",
     "guard_halo",
+    "guarded_posterior",
     "surprise_guard",
 ]
 
@@ -269,13 +271,23 @@ def evidence_zscores(
 class GuardOutput:
     """Guarded prior and the surprise probability (all (T, Y, X) tensors).
 
-    ``var`` is the prior's variance plus ``guard_var``, what the guard adds where it acts.
+    The guarded prior is a mixture: with probability ``1 - p_surprise`` the prior's own
+    ``N(loc - p_surprise * shift, prior var)``, with probability ``p_surprise`` that moved by
+    ``shift`` and widened by ``slab_var`` (what the neighbouring frames say). ``loc`` and
+    ``var`` are the mixture's mean and variance; ``var`` is the prior's variance plus
+    ``guard_var``, what the guard adds where it acts.
     """
 
     loc: torch.Tensor
     var: torch.Tensor
     p_surprise: torch.Tensor
     guard_var: torch.Tensor
+    shift: torch.Tensor
+    slab_var: torch.Tensor
+
+    def take(self, index: tuple[slice, ...]) -> GuardOutput:
+        """Take the values at ``index`` of every tensor."""
+        return GuardOutput(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def surprise_guard(
@@ -331,7 +343,7 @@ def surprise_guard(
     if not cfg.enabled:
         loc, prior_var = loc[f0:f1], prior_var[f0:f1]
         zero = torch.zeros_like(loc)
-        return GuardOutput(loc=loc, var=prior_var, p_surprise=zero, guard_var=zero)
+        return GuardOutput(loc, prior_var, zero, zero, zero, zero)
     windows = evidence_windows(cfg)
     scales = [null_scale] if isinstance(null_scale, int | float) else list(null_scale)
     if len(scales) == 1:
@@ -392,10 +404,11 @@ def surprise_guard(
     r_loo, mean_var = loo_mean(resid), loo_mean(var)
     mean_sq = loo_mean(resid * resid)
     spread = torch.clamp(mean_sq - r_loo * r_loo - mean_var, min=0.0)
-    shrink = rho / (1 + rho)
-    new_loc = loc[f0:f1] + p * shrink * r_loo
-    extra = p * (mean_var / m + spread) + p * (1 - p) * (shrink * r_loo) ** 2
-    return GuardOutput(loc=new_loc, var=prior_var[f0:f1] + extra, p_surprise=p, guard_var=extra)
+    shift = r_loo.mul_(rho / (1 + rho))
+    slab_var = mean_var.div_(m).add_(spread)
+    new_loc = loc[f0:f1] + p * shift
+    extra = p * slab_var + p * (1 - p) * shift**2
+    return GuardOutput(new_loc, prior_var[f0:f1] + extra, p, extra, shift, slab_var)
 
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
@@ -421,3 +434,121 @@ def gaussian_posterior(
     """
     w = prior_var / (prior_var + noise_var)
     return loc + w * (x - loc), w * noise_var
+
+
+MIXED = 1e-4
+"""A pixel whose surprise probability lies within this of 0 or 1 takes the quantiles of that
+one component: its interval's level is then off by at most this much."""
+
+QUANTILE_STEPS = 30
+"""Bisection steps of a mixed pixel's quantile: the bracket shrinks 2^30-fold."""
+
+MIXED_BLOCK = 1 << 20
+"""Mixed values whose quantiles are found at once (their float64 temporaries: tens of MB)."""
+
+
+@dataclass
+class GuardedPosterior:
+    """The clean value's distribution under the guarded prior, for intervals and samples.
+
+    Each of the guard's two components (no surprise; surprise) times the pixel's likelihood
+    gives a Gaussian, and the two are mixed with the guard's surprise probability. Where that
+    probability is small, the interval is the prior's own, not a Gaussian widened by the
+    mixture's whole variance: a 5 % chance of a surprise whose mean is uncertain to 0.04
+    photons^2 added 0.002 to every such pixel's variance, ten times the prior's error in a
+    sparse movie's background at 1 photon, and those pixels covered 0.98 of their truth.
+
+    The components are not reweighed by the pixel's own value: at a few photons its Gaussian
+    likelihood reads a Poisson noise spike as a surprise (posterior means reweighed so lost
+    0.6-2.1 dB on simulated movies at 1 photon).
+
+    Attributes
+    ----------
+    weight : Tensor
+        Probability of the surprise component.
+    mean0, var0 : Tensor
+        The no-surprise component (the prior in charge) given the pixel's value.
+    mean1, var1 : Tensor
+        The surprise component (moved by the local residual and widened by its slab).
+    """
+
+    weight: torch.Tensor
+    mean0: torch.Tensor
+    var0: torch.Tensor
+    mean1: torch.Tensor
+    var1: torch.Tensor
+
+    def quantile(self, q: float | torch.Tensor) -> torch.Tensor:
+        """Quantile at probability ``q`` (a number, or a tensor that broadcasts)."""
+        q = torch.as_tensor(q, dtype=torch.float64, device=self.mean0.device)
+        return self._at(torch.special.ndtri(q).to(self.mean0.dtype), q)
+
+    def sample(self, u: torch.Tensor) -> torch.Tensor:
+        """Values at the standard normal draws ``u`` (broadcast against the pixels).
+
+        Each component's value is its mean plus ``u`` standard deviations; where both carry
+        weight, the mixture's quantile at ``Phi(u)``. Correlated draws give samples with the
+        same correlation of ranks.
+        """
+        return self._at(u, torch.special.ndtr(u.double()))
+
+    def _at(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        # The mixture's quantile lies between its components' quantiles at ``q``, so it is
+        # found by bisection inside that bracket, only where both components carry weight.
+        sd0, sd1 = torch.sqrt(self.var0), torch.sqrt(self.var1)
+        a, b = self.mean0 + sd0 * z, self.mean1 + sd1 * z
+        w = torch.broadcast_to(self.weight, a.shape)
+        out = torch.where(w > 0.5, b, a)
+        mixed = (w > MIXED) & (w < 1 - MIXED)
+        if not bool(mixed.any()):
+            return out
+
+        # In blocks of the mixed values, so that the bisection's float64 temporaries stay
+        # small however many samples are drawn at once.
+        where = mixed.flatten().nonzero().flatten()
+        flat = out.view(-1)
+        parts = (a, b, self.weight, q, self.mean0, sd0, self.mean1, sd1)
+        for k in range(0, where.numel(), MIXED_BLOCK):
+            idx = where[k : k + MIXED_BLOCK]
+            av, bv, wm, qm, m0, s0, m1, s1 = (
+                torch.broadcast_to(t, a.shape).reshape(-1)[idx].double() for t in parts
+            )
+            lo, hi = torch.minimum(av, bv), torch.maximum(av, bv)
+            for _ in range(QUANTILE_STEPS):
+                mid = 0.5 * (lo + hi)
+                cdf = (1 - wm) * torch.special.ndtr((mid - m0) / s0)
+                cdf += wm * torch.special.ndtr((mid - m1) / s1)
+                below = cdf < qm
+                lo = torch.where(below, mid, lo)
+                hi = torch.where(below, hi, mid)
+            flat[idx] = (0.5 * (lo + hi)).to(out.dtype)
+        return out
+
+
+def guarded_posterior(
+    x: torch.Tensor, guard: GuardOutput, noise_var: Callable[[torch.Tensor], torch.Tensor]
+) -> GuardedPosterior:
+    """Combine each of the guarded prior's components with the pixel's likelihood.
+
+    Parameters
+    ----------
+    x : Tensor
+        Observed values (photon units).
+    guard : GuardOutput
+        The guarded prior of the same pixels (its ``var`` with the final calibration).
+    noise_var : callable
+        Detector noise variance at a clean value.
+
+    Returns
+    -------
+    GuardedPosterior
+    """
+    p, shift = guard.p_surprise, guard.shift
+    loc0 = guard.loc - p * shift
+    var0 = guard.var - guard.guard_var
+    mean0, post0 = gaussian_posterior(x, loc0, var0, noise_var(loc0))
+    if not bool((p > 0).any()):
+        return GuardedPosterior(p, mean0, post0, mean0, post0)
+    loc1 = loc0 + shift
+    mean1, post1 = gaussian_posterior(x, loc1, var0 + guard.slab_var, noise_var(loc1))
+    return GuardedPosterior(p, mean0, post0, mean1, post1)
