@@ -404,10 +404,13 @@ def surprise_guard(
     r_loo, mean_var = loo_mean(resid), loo_mean(var)
     mean_sq = loo_mean(resid * resid)
     spread = torch.clamp(mean_sq - r_loo * r_loo - mean_var, min=0.0)
-    shift = r_loo.mul_(rho / (1 + rho))
+    shrink = rho / (1 + rho)
+    # (The moment-matched location and variance keep their own order of operations: the
+    # denoised movie is the same to the bit as before the components were kept.)
+    new_loc = loc[f0:f1] + p * shrink * r_loo
+    extra = p * (mean_var / m + spread) + p * (1 - p) * (shrink * r_loo) ** 2
+    shift = r_loo.mul_(shrink)
     slab_var = mean_var.div_(m).add_(spread)
-    new_loc = loc[f0:f1] + p * shift
-    extra = p * slab_var + p * (1 - p) * shift**2
     return GuardOutput(new_loc, prior_var[f0:f1] + extra, p, extra, shift, slab_var)
 
 
