@@ -310,7 +310,7 @@ def test_guarded_posterior_quantile_inverts_the_mixture_cdf(monkeypatch):
     # Samples: the quantile at Phi(u) for each draw u, finite however far out u lies.
     u = torch.randn(3, n, generator=g, dtype=torch.float64)
     u[0, :10] = torch.tensor([9.0, -9.0, 40.0, -40.0, 6.0, -6.0, 0.0, 1e-9, 8.5, -8.5])
-    xs = post.sample(u).numpy()
+    xs = post.sample(u).numpy()  # (3, n): three samples
     assert np.isfinite(xs).all()
     cdf = (1 - w) * stats.norm.cdf(xs, m0, s0) + w * stats.norm.cdf(xs, m1, s1)
     np.testing.assert_allclose(cdf[1:], stats.norm.cdf(u[1:].numpy()), atol=1e-6)

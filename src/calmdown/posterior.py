@@ -443,8 +443,14 @@ MIXED = 1e-4
 """A pixel whose surprise probability lies within this of 0 or 1 takes the quantiles of that
 one component: its interval's level is then off by at most this much."""
 
-QUANTILE_STEPS = 30
-"""Bisection steps of a mixed pixel's quantile: the bracket shrinks 2^30-fold."""
+NEWTON_STEPS = 6
+"""Newton steps of a mixed pixel's quantile (bisection where a step leaves the bracket)."""
+
+QUANTILE_TOL = 1e-7
+"""Probability error a quantile may keep; those Newton's steps leave short are bisected."""
+
+BISECT_STEPS = 50
+"""Bisection steps for those: the bracket shrinks 2^50-fold."""
 
 MIXED_BLOCK = 1 << 20
 """Mixed values whose quantiles are found at once (their float64 temporaries: tens of MB)."""
@@ -481,51 +487,82 @@ class GuardedPosterior:
     mean1: torch.Tensor
     var1: torch.Tensor
 
-    def quantile(self, q: float | torch.Tensor) -> torch.Tensor:
-        """Quantile at probability ``q`` (a number, or a tensor that broadcasts)."""
-        q = torch.as_tensor(q, dtype=torch.float64, device=self.mean0.device)
-        return self._at(torch.special.ndtri(q).to(self.mean0.dtype), q)
+    def quantile(self, q: float) -> torch.Tensor:
+        """Quantile at probability ``q`` of every pixel."""
+        qt = torch.tensor(q, dtype=torch.float64)
+        return self._at(torch.special.ndtri(qt).to(self.mean0.dtype), qt)
 
     def sample(self, u: torch.Tensor) -> torch.Tensor:
-        """Values at the standard normal draws ``u`` (broadcast against the pixels).
+        """Values at the standard normal draws ``u``: (n, *pixels) for n samples.
 
         Each component's value is its mean plus ``u`` standard deviations; where both carry
         weight, the mixture's quantile at ``Phi(u)``. Correlated draws give samples with the
         same correlation of ranks.
         """
-        return self._at(u, torch.special.ndtr(u.double()))
+        return torch.stack([self._at(ui, torch.special.ndtr(ui.double())) for ui in u])
 
     def _at(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        # The mixture's quantile lies between its components' quantiles at ``q``, so it is
-        # found by bisection inside that bracket, only where both components carry weight.
         sd0, sd1 = torch.sqrt(self.var0), torch.sqrt(self.var1)
         a, b = self.mean0 + sd0 * z, self.mean1 + sd1 * z
-        w = torch.broadcast_to(self.weight, a.shape)
-        out = torch.where(w > 0.5, b, a)
-        mixed = (w > MIXED) & (w < 1 - MIXED)
+        out = torch.where(self.weight > 0.5, b, a)
+        mixed = (self.weight > MIXED) & (self.weight < 1 - MIXED)
         if not bool(mixed.any()):
             return out
-
-        # In blocks of the mixed values, so that the bisection's float64 temporaries stay
-        # small however many samples are drawn at once.
-        where = mixed.flatten().nonzero().flatten()
-        flat = out.view(-1)
-        parts = (a, b, self.weight, q, self.mean0, sd0, self.mean1, sd1)
-        for k in range(0, where.numel(), MIXED_BLOCK):
-            idx = where[k : k + MIXED_BLOCK]
-            av, bv, wm, qm, m0, s0, m1, s1 = (
-                torch.broadcast_to(t, a.shape).reshape(-1)[idx].double() for t in parts
-            )
+        # The mixture's quantile lies between its components' quantiles at ``q``: Newton's
+        # method from the heavier component's, kept inside that bracket (a step that leaves
+        # it bisects instead), in float64 and in blocks so that the temporaries stay small;
+        # what it leaves short is bisected.
+        flat, n = out.view(-1), out.numel()
+        q = torch.broadcast_to(q, out.shape).reshape(-1)
+        parts = [t.reshape(-1) for t in (a, b, self.weight, self.mean0, sd0, self.mean1, sd1)]
+        for k in range(0, n, MIXED_BLOCK):
+            block = slice(k, min(n, k + MIXED_BLOCK))
+            av, bv, w, m0, s0, m1, s1 = (t[block].double() for t in parts)
+            qb = q[block]
             lo, hi = torch.minimum(av, bv), torch.maximum(av, bv)
-            for _ in range(QUANTILE_STEPS):
-                mid = 0.5 * (lo + hi)
-                cdf = (1 - wm) * torch.special.ndtr((mid - m0) / s0)
-                cdf += wm * torch.special.ndtr((mid - m1) / s1)
-                below = cdf < qm
-                lo = torch.where(below, mid, lo)
-                hi = torch.where(below, hi, mid)
-            flat[idx] = (0.5 * (lo + hi)).to(out.dtype)
+            x = torch.where(w > 0.5, bv, av)
+            for _ in range(NEWTON_STEPS):
+                r0, r1 = (x - m0) / s0, (x - m1) / s1
+                cdf = (1 - w) * torch.special.ndtr(r0) + w * torch.special.ndtr(r1)
+                pdf = (1 - w) * torch.exp(-0.5 * r0 * r0) / s0 + w * torch.exp(-0.5 * r1 * r1) / s1
+                below = cdf < qb
+                lo, hi = torch.where(below, x, lo), torch.where(below, hi, x)
+                step = x - (cdf - qb) * math.sqrt(2 * math.pi) / torch.clamp(pdf, min=1e-300)
+                inside = (step > lo) & (step < hi)
+                x = torch.where(inside, step, 0.5 * (lo + hi))
+            x = _bisect_unconverged(x, lo, hi, qb, w, m0, s0, m1, s1)
+            keep = mixed.view(-1)[block]
+            flat[block] = torch.where(keep, x.to(out.dtype), flat[block])
         return out
+
+
+def _mixture_cdf(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    m0: torch.Tensor,
+    s0: torch.Tensor,
+    m1: torch.Tensor,
+    s1: torch.Tensor,
+) -> torch.Tensor:
+    return (1 - w) * torch.special.ndtr((x - m0) / s0) + w * torch.special.ndtr((x - m1) / s1)
+
+
+def _bisect_unconverged(
+    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, q: torch.Tensor, *params: torch.Tensor
+) -> torch.Tensor:
+    """Finish by bisection the quantiles Newton's steps left short (a far, narrow component)."""
+    off = (_mixture_cdf(x, *params) - q).abs() > QUANTILE_TOL
+    if not bool(off.any()):
+        return x
+    lo, hi, qo = lo[off], hi[off], q[off]
+    po = [t[off] for t in params]
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        below = _mixture_cdf(mid, *po) < qo
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    x = x.clone()
+    x[off] = 0.5 * (lo + hi)
+    return x
 
 
 def guarded_posterior(
