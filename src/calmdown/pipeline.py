@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import stats
 
 from calmdown import __version__
 from calmdown.allocator import large_arrays, limit_arenas, release_freed_memory
@@ -47,11 +46,13 @@ from calmdown.neighbours import NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.posterior import (
+    GuardOutput,
     average_in_time,
     evidence_windows,
     evidence_zscores,
     gaussian_posterior,
     guard_halo,
+    guarded_posterior,
     surprise_guard,
     window_count,
     window_sum,
@@ -604,11 +605,12 @@ def _guard_and_correct(
     change: torch.Tensor | None = None,
     frames: slice | None = None,
     average_frames: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> GuardOutput:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
 
-    Returns the location, the variance and the surprise probability of ``frames`` (default:
-    all frames of ``x``); the frames around them that the windows reach must be in ``x``.
+    Returns the guarded prior of ``frames`` (default: all frames of ``x``): its location,
+    variance, surprise probability and components; the frames around them that the windows
+    reach must be in ``x``.
     Each step computes only what the next one reads: the guard the frames the correction's
     windows reach, the correction and the final stages the frames asked for. ``final``
     needs ``level``, the mean image the network was given; ``change`` is
@@ -650,8 +652,15 @@ def _guard_and_correct(
         if half:
             prior_var = average_in_time(prior_var, average_frames)
     keep = slice(out0 - f0, out1 - f0)
-    var = prior_var + guarded.guard_var[inner]
-    return loc_g[keep], var[keep], p_surprise[keep]
+    guard_var = guarded.guard_var[inner][keep]
+    return GuardOutput(
+        loc_g[keep],
+        prior_var[keep] + guard_var,
+        p_surprise[keep],
+        guard_var,
+        guarded.shift[inner][keep],
+        guarded.slab_var[inner][keep],
+    )
 
 
 def _correction_windows(gcfg: GuardConfig, noise: NoiseModel) -> dict[str, Any]:
@@ -989,7 +998,7 @@ def _calibrate(
         # outputs for all runs are never held at once (the calibration's peak memory).
         for x, loc, pvar, target, mean in parts:
             change = temporal_change(x)
-            loc_g, var_g, p_surprise = _guard_and_correct(
+            g = _guard_and_correct(
                 x,
                 loc,
                 pvar,
@@ -1002,6 +1011,7 @@ def _calibrate(
                 change=change,
                 average_frames=config.inference.variance_frames,
             )
+            loc_g, var_g, p_surprise = g.loc, g.var, g.p_surprise
             raw_nv = noise.raw_variance_photons(x)
             # The prior's variance is fitted where the prior is in charge. Where the guard
             # acts, its own (wide) part of the variance dominates; in a ratio of sums it would
@@ -1443,7 +1453,6 @@ def _denoise_chunks(
         else 0
     )
     s_halo = _spatial_halo(gcfg, correction)
-    z_half = float(stats.norm.ppf(0.5 + interval / 2)) if interval is not None else None
     stream = (
         SampleStream(
             model.error_correlation, samples, prep.reader.shape[1:], cfg.train.seed, device
@@ -1506,7 +1515,7 @@ def _denoise_chunks(
             chunk.out_start, chunk.out_stop, np.empty_like(prior_adu), prior_adu,
             p_surprise=np.empty_like(prior_adu),
         )  # fmt: skip
-        if z_half is not None:
+        if interval is not None:
             out.lower, out.upper = np.empty_like(prior_adu), np.empty_like(prior_adu)
         u = stream.frames(chunk.out_start, chunk.out_stop) if stream is not None else None
         if u is not None:
@@ -1519,7 +1528,7 @@ def _denoise_chunks(
             pvar = model.calibration.apply(pred.var[band])
             if pred.probes is not None:  # averaged band by band: no array of the whole chunk
                 pvar += _average_probes(pred.probes, g0, g1 - g0, (h, w), device, rows=(a0, a1))
-            loc_g, var_g, p_surprise = _guard_and_correct(
+            g = _guard_and_correct(
                 x[band],
                 loc[band],
                 pvar,
@@ -1533,22 +1542,25 @@ def _denoise_chunks(
                 average_frames=cfg.inference.variance_frames,
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
-            post_mean, post_var = gaussian_posterior(
-                x[band][keep], loc_g, var_g, _noise_var(noise, loc_g)
-            )
-            post_mean, post_var = post_mean[inner], post_var[inner]
+            xb, gb = x[band][keep][inner], g.take(inner)
+            post_mean, _ = gaussian_posterior(xb, gb.loc, gb.var, _noise_var(noise, gb.loc))
             rows_out = (slice(None), slice(y0, y1))
             out.denoised[rows_out] = noise.to_adu(post_mean.cpu().numpy())
             assert out.p_surprise is not None
-            out.p_surprise[rows_out] = p_surprise[inner].cpu().numpy()
-            if z_half is not None:
+            out.p_surprise[rows_out] = gb.p_surprise.cpu().numpy()
+            if interval is None and u is None:
+                continue
+            # Intervals and samples from the guarded prior's two components, each given the
+            # pixel's value (the denoised value stays the single Gaussian's posterior mean).
+            post = guarded_posterior(xb, gb, lambda level: _noise_var(noise, level))
+            if interval is not None:
                 assert out.lower is not None and out.upper is not None
-                sd = torch.sqrt(post_var) * z_half
-                out.lower[rows_out] = noise.to_adu((post_mean - sd).cpu().numpy())
-                out.upper[rows_out] = noise.to_adu((post_mean + sd).cpu().numpy())
+                upper_q = 0.5 + interval / 2
+                out.lower[rows_out] = noise.to_adu(post.quantile(1 - upper_q).cpu().numpy())
+                out.upper[rows_out] = noise.to_adu(post.quantile(upper_q).cpu().numpy())
             if u is not None:
                 assert out.samples is not None
-                draws = post_mean[None] + torch.sqrt(post_var)[None] * u[:, :, y0:y1]
+                draws = post.sample(u[:, :, y0:y1])
                 out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
         carried = _carry(pred, (g0, g1), following, g_halo, n_frames)
         # Not held while the caller writes ``out``, nor while the next chunk is computed.

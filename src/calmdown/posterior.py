@@ -22,8 +22,8 @@ Two steps, both on one chunk of frames in photon units:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from typing import TypeVar
 
 import numpy as np
@@ -35,11 +35,13 @@ from calmdown.config import GuardConfig
 __all__ = [
     "EvidenceWindow",
     "GuardOutput",
+    "GuardedPosterior",
     "average_in_time",
     "evidence_windows",
     "evidence_zscores",
     "gaussian_posterior",
     "guard_halo",
+    "guarded_posterior",
     "surprise_guard",
 ]
 
@@ -269,13 +271,23 @@ def evidence_zscores(
 class GuardOutput:
     """Guarded prior and the surprise probability (all (T, Y, X) tensors).
 
-    ``var`` is the prior's variance plus ``guard_var``, what the guard adds where it acts.
+    The guarded prior is a mixture: with probability ``1 - p_surprise`` the prior's own
+    ``N(loc - p_surprise * shift, prior var)``, with probability ``p_surprise`` that moved by
+    ``shift`` and widened by ``slab_var`` (what the neighbouring frames say). ``loc`` and
+    ``var`` are the mixture's mean and variance; ``var`` is the prior's variance plus
+    ``guard_var``, what the guard adds where it acts.
     """
 
     loc: torch.Tensor
     var: torch.Tensor
     p_surprise: torch.Tensor
     guard_var: torch.Tensor
+    shift: torch.Tensor
+    slab_var: torch.Tensor
+
+    def take(self, index: tuple[slice, ...]) -> GuardOutput:
+        """Take the values at ``index`` of every tensor."""
+        return GuardOutput(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def surprise_guard(
@@ -331,7 +343,7 @@ def surprise_guard(
     if not cfg.enabled:
         loc, prior_var = loc[f0:f1], prior_var[f0:f1]
         zero = torch.zeros_like(loc)
-        return GuardOutput(loc=loc, var=prior_var, p_surprise=zero, guard_var=zero)
+        return GuardOutput(loc, prior_var, zero, zero, zero, zero)
     windows = evidence_windows(cfg)
     scales = [null_scale] if isinstance(null_scale, int | float) else list(null_scale)
     if len(scales) == 1:
@@ -393,9 +405,13 @@ def surprise_guard(
     mean_sq = loo_mean(resid * resid)
     spread = torch.clamp(mean_sq - r_loo * r_loo - mean_var, min=0.0)
     shrink = rho / (1 + rho)
+    # (The moment-matched location and variance keep their own order of operations: the
+    # denoised movie is the same to the bit as before the components were kept.)
     new_loc = loc[f0:f1] + p * shrink * r_loo
     extra = p * (mean_var / m + spread) + p * (1 - p) * (shrink * r_loo) ** 2
-    return GuardOutput(loc=new_loc, var=prior_var[f0:f1] + extra, p_surprise=p, guard_var=extra)
+    shift = r_loo.mul_(shrink)
+    slab_var = mean_var.div_(m).add_(spread)
+    return GuardOutput(new_loc, prior_var[f0:f1] + extra, p, extra, shift, slab_var)
 
 
 ArrayT = TypeVar("ArrayT", torch.Tensor, np.ndarray)
@@ -421,3 +437,158 @@ def gaussian_posterior(
     """
     w = prior_var / (prior_var + noise_var)
     return loc + w * (x - loc), w * noise_var
+
+
+MIXED = 1e-4
+"""A pixel whose surprise probability lies within this of 0 or 1 takes the quantiles of that
+one component: its interval's level is then off by at most this much."""
+
+NEWTON_STEPS = 6
+"""Newton steps of a mixed pixel's quantile (bisection where a step leaves the bracket)."""
+
+QUANTILE_TOL = 1e-7
+"""Probability error a quantile may keep; those Newton's steps leave short are bisected."""
+
+BISECT_STEPS = 50
+"""Bisection steps for those: the bracket shrinks 2^50-fold."""
+
+MIXED_BLOCK = 1 << 20
+"""Mixed values whose quantiles are found at once (their float64 temporaries: tens of MB)."""
+
+
+@dataclass
+class GuardedPosterior:
+    """The clean value's distribution under the guarded prior, for intervals and samples.
+
+    Each of the guard's two components (no surprise; surprise) times the pixel's likelihood
+    gives a Gaussian, and the two are mixed with the guard's surprise probability. Where that
+    probability is small, the interval is the prior's own, not a Gaussian widened by the
+    mixture's whole variance: a 5 % chance of a surprise whose mean is uncertain to 0.04
+    photons^2 added 0.002 to every such pixel's variance, ten times the prior's error in a
+    sparse movie's background at 1 photon, and those pixels covered 0.98 of their truth.
+
+    The components are not reweighed by the pixel's own value: at a few photons its Gaussian
+    likelihood reads a Poisson noise spike as a surprise (posterior means reweighed so lost
+    0.6-2.1 dB on simulated movies at 1 photon).
+
+    Attributes
+    ----------
+    weight : Tensor
+        Probability of the surprise component.
+    mean0, var0 : Tensor
+        The no-surprise component (the prior in charge) given the pixel's value.
+    mean1, var1 : Tensor
+        The surprise component (moved by the local residual and widened by its slab).
+    """
+
+    weight: torch.Tensor
+    mean0: torch.Tensor
+    var0: torch.Tensor
+    mean1: torch.Tensor
+    var1: torch.Tensor
+
+    def quantile(self, q: float) -> torch.Tensor:
+        """Quantile at probability ``q`` of every pixel."""
+        qt = torch.tensor(q, dtype=torch.float64)
+        return self._at(torch.special.ndtri(qt).to(self.mean0.dtype), qt)
+
+    def sample(self, u: torch.Tensor) -> torch.Tensor:
+        """Values at the standard normal draws ``u``: (n, *pixels) for n samples.
+
+        Each component's value is its mean plus ``u`` standard deviations; where both carry
+        weight, the mixture's quantile at ``Phi(u)``. Correlated draws give samples with the
+        same correlation of ranks.
+        """
+        return torch.stack([self._at(ui, torch.special.ndtr(ui.double())) for ui in u])
+
+    def _at(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+        sd0, sd1 = torch.sqrt(self.var0), torch.sqrt(self.var1)
+        a, b = self.mean0 + sd0 * z, self.mean1 + sd1 * z
+        out = torch.where(self.weight > 0.5, b, a)
+        mixed = (self.weight > MIXED) & (self.weight < 1 - MIXED)
+        if not bool(mixed.any()):
+            return out
+        # The mixture's quantile lies between its components' quantiles at ``q``: Newton's
+        # method from the heavier component's, kept inside that bracket (a step that leaves
+        # it bisects instead), in float64 and in blocks so that the temporaries stay small;
+        # what it leaves short is bisected.
+        flat, n = out.view(-1), out.numel()
+        q = torch.broadcast_to(q, out.shape).reshape(-1)
+        parts = [t.reshape(-1) for t in (a, b, self.weight, self.mean0, sd0, self.mean1, sd1)]
+        for k in range(0, n, MIXED_BLOCK):
+            block = slice(k, min(n, k + MIXED_BLOCK))
+            av, bv, w, m0, s0, m1, s1 = (t[block].double() for t in parts)
+            qb = q[block]
+            lo, hi = torch.minimum(av, bv), torch.maximum(av, bv)
+            x = torch.where(w > 0.5, bv, av)
+            for _ in range(NEWTON_STEPS):
+                r0, r1 = (x - m0) / s0, (x - m1) / s1
+                cdf = (1 - w) * torch.special.ndtr(r0) + w * torch.special.ndtr(r1)
+                pdf = (1 - w) * torch.exp(-0.5 * r0 * r0) / s0 + w * torch.exp(-0.5 * r1 * r1) / s1
+                below = cdf < qb
+                lo, hi = torch.where(below, x, lo), torch.where(below, hi, x)
+                step = x - (cdf - qb) * math.sqrt(2 * math.pi) / torch.clamp(pdf, min=1e-300)
+                inside = (step > lo) & (step < hi)
+                x = torch.where(inside, step, 0.5 * (lo + hi))
+            x = _bisect_unconverged(x, lo, hi, qb, w, m0, s0, m1, s1)
+            keep = mixed.view(-1)[block]
+            flat[block] = torch.where(keep, x.to(out.dtype), flat[block])
+        return out
+
+
+def _mixture_cdf(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    m0: torch.Tensor,
+    s0: torch.Tensor,
+    m1: torch.Tensor,
+    s1: torch.Tensor,
+) -> torch.Tensor:
+    return (1 - w) * torch.special.ndtr((x - m0) / s0) + w * torch.special.ndtr((x - m1) / s1)
+
+
+def _bisect_unconverged(
+    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, q: torch.Tensor, *params: torch.Tensor
+) -> torch.Tensor:
+    """Finish by bisection the quantiles Newton's steps left short (a far, narrow component)."""
+    off = (_mixture_cdf(x, *params) - q).abs() > QUANTILE_TOL
+    if not bool(off.any()):
+        return x
+    lo, hi, qo = lo[off], hi[off], q[off]
+    po = [t[off] for t in params]
+    for _ in range(BISECT_STEPS):
+        mid = 0.5 * (lo + hi)
+        below = _mixture_cdf(mid, *po) < qo
+        lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+    x = x.clone()
+    x[off] = 0.5 * (lo + hi)
+    return x
+
+
+def guarded_posterior(
+    x: torch.Tensor, guard: GuardOutput, noise_var: Callable[[torch.Tensor], torch.Tensor]
+) -> GuardedPosterior:
+    """Combine each of the guarded prior's components with the pixel's likelihood.
+
+    Parameters
+    ----------
+    x : Tensor
+        Observed values (photon units).
+    guard : GuardOutput
+        The guarded prior of the same pixels (its ``var`` with the final calibration).
+    noise_var : callable
+        Detector noise variance at a clean value.
+
+    Returns
+    -------
+    GuardedPosterior
+    """
+    p, shift = guard.p_surprise, guard.shift
+    loc0 = guard.loc - p * shift
+    var0 = guard.var - guard.guard_var
+    mean0, post0 = gaussian_posterior(x, loc0, var0, noise_var(loc0))
+    if not bool((p > 0).any()):
+        return GuardedPosterior(p, mean0, post0, mean0, post0)
+    loc1 = loc0 + shift
+    mean1, post1 = gaussian_posterior(x, loc1, var0 + guard.slab_var, noise_var(loc1))
+    return GuardedPosterior(p, mean0, post0, mean1, post1)
