@@ -439,21 +439,19 @@ def gaussian_posterior(
     return loc + w * (x - loc), w * noise_var
 
 
-MIXED = 1e-4
-"""A pixel whose surprise probability lies within this of 0 or 1 takes the quantiles of that
-one component: its interval's level is then off by at most this much."""
+QUANTILE_RTOL = 1e-4
+"""Error a quantile may keep in its tail probability, relative to it (at the 5 % end of a
+90 % interval, 5e-6)."""
 
-NEWTON_STEPS = 6
-"""Newton steps of a mixed pixel's quantile (bisection where a step leaves the bracket)."""
+HALLEY_STEPS = 8
+"""Halley steps at most, each on the quantiles still short of ``QUANTILE_RTOL`` (a step that
+leaves the components' bracket bisects it instead)."""
 
-QUANTILE_TOL = 1e-7
-"""Probability error a quantile may keep; those Newton's steps leave short are bisected."""
+BISECT_STEPS = 40
+"""Bisection steps for what Halley's steps leave short (a far, narrow component)."""
 
-BISECT_STEPS = 50
-"""Bisection steps for those: the bracket shrinks 2^50-fold."""
-
-MIXED_BLOCK = 1 << 20
-"""Mixed values whose quantiles are found at once (their float64 temporaries: tens of MB)."""
+TAIL_FLOOR = 1e-30
+"""Tail probabilities below this (draws beyond ~11 sd) take the heavier component's value."""
 
 
 @dataclass
@@ -489,80 +487,146 @@ class GuardedPosterior:
 
     def quantile(self, q: float) -> torch.Tensor:
         """Quantile at probability ``q`` of every pixel."""
-        qt = torch.tensor(q, dtype=torch.float64)
-        return self._at(torch.special.ndtri(qt).to(self.mean0.dtype), qt)
+        return self._at(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
 
     def sample(self, u: torch.Tensor) -> torch.Tensor:
-        """Values at the standard normal draws ``u``: (n, *pixels) for n samples.
+        """Draws of the clean values from standard normal draws ``u`` (any leading dims).
 
-        Each component's value is its mean plus ``u`` standard deviations; where both carry
-        weight, the mixture's quantile at ``Phi(u)``. Correlated draws give samples with the
-        same correlation of ranks.
+        A draw's rank decides its component: where the surprise lies above the prior
+        (``mean1 >= mean0``) a draw in the top ``weight`` of its normal's probability is a
+        surprise, else one in the bottom ``weight``; within its component the draw takes that
+        component's quantile at its rank there. So each pixel's draws follow the mixture
+        exactly, neighbours whose draws are correlated are surprised together, and where the
+        surprise weighs nothing a draw is the no-surprise component's mean plus ``u`` of its
+        standard deviations. (The mixture's own quantile at ``Phi(u)`` would take Halley's
+        steps on every pixel of every draw.)
         """
-        return torch.stack([self._at(ui, torch.special.ndtr(ui.double())) for ui in u])
-
-    def _at(self, z: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        sd0, sd1 = torch.sqrt(self.var0), torch.sqrt(self.var1)
-        a, b = self.mean0 + sd0 * z, self.mean1 + sd1 * z
-        out = torch.where(self.weight > 0.5, b, a)
-        mixed = (self.weight > MIXED) & (self.weight < 1 - MIXED)
-        if not bool(mixed.any()):
-            return out
-        # The mixture's quantile lies between its components' quantiles at ``q``: Newton's
-        # method from the heavier component's, kept inside that bracket (a step that leaves
-        # it bisects instead), in float64 and in blocks so that the temporaries stay small;
-        # what it leaves short is bisected.
-        flat, n = out.view(-1), out.numel()
-        q = torch.broadcast_to(q, out.shape).reshape(-1)
-        parts = [t.reshape(-1) for t in (a, b, self.weight, self.mean0, sd0, self.mean1, sd1)]
-        for k in range(0, n, MIXED_BLOCK):
-            block = slice(k, min(n, k + MIXED_BLOCK))
-            av, bv, w, m0, s0, m1, s1 = (t[block].double() for t in parts)
-            qb = q[block]
-            lo, hi = torch.minimum(av, bv), torch.maximum(av, bv)
-            x = torch.where(w > 0.5, bv, av)
-            for _ in range(NEWTON_STEPS):
-                r0, r1 = (x - m0) / s0, (x - m1) / s1
-                cdf = (1 - w) * torch.special.ndtr(r0) + w * torch.special.ndtr(r1)
-                pdf = (1 - w) * torch.exp(-0.5 * r0 * r0) / s0 + w * torch.exp(-0.5 * r1 * r1) / s1
-                below = cdf < qb
-                lo, hi = torch.where(below, x, lo), torch.where(below, hi, x)
-                step = x - (cdf - qb) * math.sqrt(2 * math.pi) / torch.clamp(pdf, min=1e-300)
-                inside = (step > lo) & (step < hi)
-                x = torch.where(inside, step, 0.5 * (lo + hi))
-            x = _bisect_unconverged(x, lo, hi, qb, w, m0, s0, m1, s1)
-            keep = mixed.view(-1)[block]
-            flat[block] = torch.where(keep, x.to(out.dtype), flat[block])
+        w = self.weight
+        side = 1 - 2 * (self.mean1 < self.mean0).to(w.dtype)  # +1: the surprise lies above
+        v = u * side  # positive towards the surprise
+        up = v >= 0
+        high = up.to(w.dtype)
+        # The draw's tail probability on its own side, to full relative precision (kept above
+        # the smallest normal number, that a draw beyond ~13 sd in float32 stays finite).
+        tiny = torch.finfo(w.dtype).tiny
+        tail = torch.clamp(_phi(-v.abs()), min=tiny)
+        # No surprise: the rank among the no-surprise draws, as a tail probability on the
+        # draw's own side (precise however far out it lies).
+        tail0 = torch.clamp((tail - w * high) / (1 - w), min=tiny, max=1.0)
+        z0 = _tail_quantile(tail0).mul_(1 - 2 * high)  # away from the surprise if low
+        out = self.mean0 + side * torch.sqrt(self.var0) * z0
+        # A surprise: in the top ``w`` of the ranks (below the middle only where w > 1/2).
+        surprised = ((tail < w) & up | (tail > 1 - w) & ~up).nonzero(as_tuple=True)
+        if surprised[0].numel():
+            t, ws = tail[surprised], w.expand_as(v)[surprised]
+            above = torch.where(up[surprised], t, 1 - t)
+            z1 = -_tail_quantile(above / ws)
+            m1, v1, s1 = (t.expand_as(v)[surprised] for t in (self.mean1, self.var1, side))
+            out[surprised] = m1 + s1 * torch.sqrt(v1) * z1
         return out
 
+    def _at(self, z: torch.Tensor) -> torch.Tensor:
+        # The mixture's quantiles at Phi(z), z standard normal quantiles (one, or per pixel).
+        heavy1 = self.weight > 0.5
+        w = torch.where(heavy1, 1 - self.weight, self.weight)  # the lighter component's
+        mh = torch.where(heavy1, self.mean1, self.mean0)
+        sh = torch.sqrt(torch.where(heavy1, self.var1, self.var0))
+        z = torch.broadcast_to(torch.as_tensor(z, dtype=mh.dtype), mh.shape)
+        out = mh + sh * z
+        if not bool((w > 0).any()):
+            return out
+        # In units of the heavier component, y = (value - its mean) / its sd, the mixture's
+        # CDF is (1 - w) Phi(y) + w Phi(k y + d), k and d placing the lighter component;
+        # solved in the nearer tail (upper quantiles by symmetry), where the tail probability
+        # keeps its relative precision in float32. A light component moves the quantile
+        # little: its pixels are done after the first check.
+        mo = torch.where(heavy1, self.mean0, self.mean1)
+        so = torch.sqrt(torch.where(heavy1, self.var0, self.var1))
+        sign = torch.where(z > 0, -1.0, 1.0).to(mh.dtype)
+        tail = _phi(-z.abs().double()).to(mh.dtype)
+        y = _mixture_tail_quantile(
+            *(t.reshape(-1) for t in (w, sh / so, sign * (mh - mo) / so, sign * z, tail))
+        )
+        return mh + sh * (sign * y.view(mh.shape))
 
-def _mixture_cdf(
-    x: torch.Tensor,
-    w: torch.Tensor,
-    m0: torch.Tensor,
-    s0: torch.Tensor,
-    m1: torch.Tensor,
-    s1: torch.Tensor,
+
+def _phi(x: torch.Tensor) -> torch.Tensor:
+    """Return the standard normal CDF, to full relative precision in the lower tail.
+
+    (``torch.special.ndtr`` is 0 below -8.4 in float64 and -5.4 in float32, and slower.)
+    """
+    return 0.5 * torch.erfc(x * -math.sqrt(0.5))
+
+
+TAIL_ERFINV = 1e-3
+"""Tail probabilities above this are inverted through ``erfinv`` (vectorised; relative error
+~1e-4 at this tail in float32), those below through ``ndtri`` (exact in the far tail, slow)."""
+
+
+def _tail_quantile(p: torch.Tensor) -> torch.Tensor:
+    """Return the standard normal quantile at the lower-tail probabilities ``p <= 1``."""
+    z = torch.erfinv(2 * p - 1) * math.sqrt(2)
+    far = (p < TAIL_ERFINV).nonzero(as_tuple=True)
+    if far[0].numel():
+        z[far] = torch.special.ndtri(p[far])
+    return z
+
+
+def _mixture_tail_quantile(
+    w: torch.Tensor, k: torch.Tensor, d: torch.Tensor, z: torch.Tensor, tail: torch.Tensor
 ) -> torch.Tensor:
-    return (1 - w) * torch.special.ndtr((x - m0) / s0) + w * torch.special.ndtr((x - m1) / s1)
+    """Solve ``(1 - w) Phi(y) + w Phi(k y + d) = tail`` for y (1-D tensors, ``tail <= 0.5``).
 
-
-def _bisect_unconverged(
-    x: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, q: torch.Tensor, *params: torch.Tensor
-) -> torch.Tensor:
-    """Finish by bisection the quantiles Newton's steps left short (a far, narrow component)."""
-    off = (_mixture_cdf(x, *params) - q).abs() > QUANTILE_TOL
-    if not bool(off.any()):
-        return x
-    lo, hi, qo = lo[off], hi[off], q[off]
-    po = [t[off] for t in params]
+    ``z = Phi^-1(tail)`` is the heavier component's quantile, and the solution lies between
+    it and the lighter one's, ``(z - d) / k``. Halley's method from ``z`` (the CDF's first two
+    derivatives come with its densities), each step on the quantiles still short of
+    ``QUANTILE_RTOL``: a lighter component that weighs little moves the quantile little, and
+    most pixels are done after one step. A step that leaves the bracket bisects it instead;
+    what ``HALLEY_STEPS`` leave short is bisected.
+    """
+    other = (z - d) / k
+    lo, hi = torch.minimum(z, other), torch.maximum(z, other)
+    y = z
+    at: torch.Tensor | None = None  # where the values still being solved lie (None: all)
+    yt, wt, kt, dt, qt = y, w, k, d, tail
+    scale = 1 / math.sqrt(2 * math.pi)
+    for step in range(HALLEY_STEPS + 1):
+        rt = kt * yt + dt
+        if step == 0:  # at y = z, Phi(y) is the tail itself; every pixel takes a step
+            err = torch.where(qt > TAIL_FLOOR, wt * (_phi(rt) - qt), 0.0)
+        else:
+            err = (1 - wt) * _phi(yt) + wt * _phi(rt) - qt
+            # (Integer indices: gathering with a boolean mask costs several times more.)
+            short = ((err.abs() > QUANTILE_RTOL * qt) & (qt > TAIL_FLOOR)).nonzero().squeeze(1)
+            if short.numel() == 0:
+                return y
+            if step == HALLEY_STEPS:
+                break
+            yt, wt, kt, dt, qt, rt, err, lo, hi = (
+                t.index_select(0, short) for t in (yt, wt, kt, dt, qt, rt, err, lo, hi)
+            )
+            at = short if at is None else at.index_select(0, short)
+        g0 = (1 - wt) * torch.exp(-0.5 * yt * yt) * scale
+        g1 = wt * kt * torch.exp(-0.5 * rt * rt) * scale
+        pdf = torch.clamp(g0 + g1, min=1e-30)
+        slope = -(yt * g0 + kt * rt * g1)  # the density's derivative
+        below = err < 0
+        lo, hi = torch.where(below, yt, lo), torch.where(below, hi, yt)
+        new = yt - 2 * err * pdf / (2 * pdf * pdf - err * slope)
+        yt = torch.where((new > lo) & (new < hi), new, 0.5 * (lo + hi))
+        if at is None:
+            y = yt
+        else:
+            y.index_copy_(0, at, yt)
+    # Bisection of what Halley's steps left short.
+    at = short if at is None else at.index_select(0, short)
+    lo, hi, wt, kt, dt, qt = (t.index_select(0, short) for t in (lo, hi, wt, kt, dt, qt))
     for _ in range(BISECT_STEPS):
         mid = 0.5 * (lo + hi)
-        below = _mixture_cdf(mid, *po) < qo
+        below = (1 - wt) * _phi(mid) + wt * _phi(kt * mid + dt) < qt
         lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
-    x = x.clone()
-    x[off] = 0.5 * (lo + hi)
-    return x
+    y.index_copy_(0, at, 0.5 * (lo + hi))
+    return y
 
 
 def guarded_posterior(
