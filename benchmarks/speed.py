@@ -46,6 +46,12 @@ def main() -> None:
     )
     parser.add_argument("--sizes", type=int, nargs="+", default=[128, 512])
     parser.add_argument(
+        "--interval",
+        type=float,
+        default=None,
+        help="also time inference that writes this credible interval (lower and upper ends)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "speed.json"
     )
     args = parser.parse_args()
@@ -54,7 +60,9 @@ def main() -> None:
         sim = simulate("dense", photons=1.0, shape=(args.frames, size, size), seed=0)
         model = calmdown.train(sim.raw, max_steps=args.train_steps, time_budget_s=None, seed=0)
         prep = calmdown.prepare(sim.raw, model.config)
-        for runtime, guard in [(r, g) for r in args.runtimes for g in args.guard]:
+        intervals = [None] if args.interval is None else [None, args.interval]
+        runs = [(r, g, i) for r in args.runtimes for g in args.guard for i in intervals]
+        for runtime, guard, interval in runs:
             os.environ["CALMDOWN_NO_NUMBA"] = "1" if guard == "torch" else "0"
             # Warm-up: the compiled loops load from Numba's cache (or compile) on first use.
             for _ in calmdown.iter_apply(model, sim.raw, prepared=prep, frames=(0, 8)):
@@ -62,7 +70,9 @@ def main() -> None:
             t0 = time.perf_counter()
             n = sum(
                 c.stop - c.start
-                for c in calmdown.iter_apply(model, sim.raw, prepared=prep, runtime=runtime)
+                for c in calmdown.iter_apply(
+                    model, sim.raw, prepared=prep, runtime=runtime, interval=interval
+                )
             )
             infer_s = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -74,6 +84,7 @@ def main() -> None:
                     "frames": n,
                     "runtime": runtime,
                     "guard": guard,
+                    "interval": interval,
                     "threads": torch.get_num_threads(),
                     "train_s_per_step": model.training["loop_seconds"] / model.training["steps"],
                     "train_total_s": model.training["seconds"],
@@ -83,7 +94,8 @@ def main() -> None:
             )
             r = rows[-1]
             print(
-                f"{size:>4} x {size:<4} {n} frames, {runtime:>11}, guard {guard:>8}: inference "
+                f"{size:>4} x {size:<4} {n} frames, {runtime:>11}, guard {guard:>8}"
+                f"{'' if interval is None else f', interval {interval:g}'}: inference "
                 f"{r['infer_fps']:7.1f} frames/s "
                 f"(moving average {r['moving_average_fps']:9.0f} frames/s), training "
                 f"{r['train_s_per_step']:.3f} s/step (batch 16 x 64 x 64; "

@@ -3,12 +3,14 @@ import pytest
 import torch
 from scipy import stats
 
+from calmdown.calibration import predictive_check
 from calmdown.config import GuardConfig
 from calmdown.posterior import (
     GuardedPosterior,
     GuardOutput,
     gaussian_posterior,
     guarded_posterior,
+    predictive_pit,
     surprise_guard,
 )
 
@@ -402,3 +404,7 @@ def test_a_rare_surprise_leaves_the_interval_the_prior_s():
     half = float(stats.norm.ppf(0.95)) * var.sqrt()
     assert float(((clean - mean).abs() <= half).double().mean()) > 0.95  # the single Gaussian
     assert float((hi - lo).mean()) < 0.6 * float((2 * half).mean())
+    # The held-out check of raw values reads the same mixture (plus the noise): uniform PIT.
+    check = predictive_check(predictive_pit(x, guard, lambda level: torch.ones_like(level)).numpy())
+    assert 0.89 <= check["coverage"] <= 0.91
+    assert check["pit_ks"] < 0.005

@@ -42,6 +42,7 @@ __all__ = [
     "gaussian_posterior",
     "guard_halo",
     "guarded_posterior",
+    "predictive_pit",
     "surprise_guard",
 ]
 
@@ -288,6 +289,12 @@ class GuardOutput:
     def take(self, index: tuple[slice, ...]) -> GuardOutput:
         """Take the values at ``index`` of every tensor."""
         return GuardOutput(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def components(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Location and variance of the no-surprise component, then of the surprise one."""
+        loc0 = self.loc - self.p_surprise * self.shift
+        var0 = self.var - self.guard_var
+        return loc0, var0, loc0 + self.shift, var0 + self.slab_var
 
 
 def surprise_guard(
@@ -647,12 +654,39 @@ def guarded_posterior(
     -------
     GuardedPosterior
     """
-    p, shift = guard.p_surprise, guard.shift
-    loc0 = guard.loc - p * shift
-    var0 = guard.var - guard.guard_var
+    p = guard.p_surprise
+    loc0, var0, loc1, var1 = guard.components()
     mean0, post0 = gaussian_posterior(x, loc0, var0, noise_var(loc0))
     if not bool((p > 0).any()):
         return GuardedPosterior(p, mean0, post0, mean0, post0)
-    loc1 = loc0 + shift
-    mean1, post1 = gaussian_posterior(x, loc1, var0 + guard.slab_var, noise_var(loc1))
+    mean1, post1 = gaussian_posterior(x, loc1, var1, noise_var(loc1))
     return GuardedPosterior(p, mean0, post0, mean1, post1)
+
+
+def predictive_pit(
+    x: torch.Tensor, guard: GuardOutput, noise_var: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Probability integral transform of raw values under the guarded prior plus noise.
+
+    Each component's predictive is Gaussian (its variance plus the noise's at its location);
+    the two are mixed with the surprise probability. Uniform on [0, 1] if the model is right.
+
+    Parameters
+    ----------
+    x : Tensor
+        Raw values (photon units), held out from what the prior saw.
+    guard : GuardOutput
+        The guarded prior of the same pixels.
+    noise_var : callable
+        Detector noise variance at a clean value.
+
+    Returns
+    -------
+    Tensor
+        The predictive CDF at each raw value.
+    """
+    p = guard.p_surprise
+    loc0, var0, loc1, var1 = guard.components()
+    pit0 = _phi((x - loc0) / torch.sqrt(var0 + noise_var(loc0)))
+    pit1 = _phi((x - loc1) / torch.sqrt(var1 + noise_var(loc1)))
+    return (1 - p) * pit0 + p * pit1
