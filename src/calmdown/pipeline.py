@@ -1037,9 +1037,11 @@ def _calibrate(
         release_freed_memory()
     # Two stages, each by brightness x one feature: how fast the data change, then how far the
     # prior departs from the mean image (each alone leaves the other's groups off by 10-20 %).
+    # The stages scale the prior's variance (the guard's is added after them): they are fitted
+    # to it, at the no-surprise component's location, where that component is in charge.
     stage_parts = [
-        _fitted_pixels(x, loc, var, raw_nv, mean, fit, change)
-        for x, loc, var, _, fit, raw_nv, mean, change, _, _ in guarded(fit_parts, correction)
+        _fitted_pixels(x, *g.components()[:2], raw_nv, mean, fit, change)
+        for x, _, _, _, fit, raw_nv, mean, change, _, g in guarded(fit_parts, correction)
     ]
     stages = []
     for feature in _STAGE_FEATURES:
