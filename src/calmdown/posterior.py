@@ -16,7 +16,9 @@ Two steps, both on one chunk of frames in photon units:
    frame being denoised: the pixel's own value enters only through the likelihood.
 2. **Posterior.** The (guarded) prior ``N(loc, var)`` times the pixel's Poisson-Gaussian
    likelihood, with the noise variance taken at the prior's location: the posterior mean is
-   the denoised value, the posterior variance gives credible intervals.
+   the denoised value. Credible intervals and samples come from the guard's two components
+   (no surprise, surprise), each times the likelihood, mixed with the surprise probability
+   (:class:`GuardedPosterior`).
 """
 
 from __future__ import annotations
