@@ -568,8 +568,9 @@ def _phi(x: torch.Tensor) -> torch.Tensor:
 
 
 TAIL_ERFINV = 1e-3
-"""Tail probabilities above this are inverted through ``erfinv`` (vectorised; relative error
-~1e-4 at this tail in float32), those below through ``ndtri`` (exact in the far tail, slow)."""
+"""Tail probabilities above this are inverted through ``erfinv`` (vectorised), those below
+through ``ndtri`` (exact in the far tail, slow): in float32 either way the quantile's tail
+probability is within 2e-5 of the one asked for (measured from 1e-37 to 0.5)."""
 
 
 def _tail_quantile(p: torch.Tensor) -> torch.Tensor:
