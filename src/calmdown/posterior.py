@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from functools import cached_property
 from typing import TypeVar
 
 import numpy as np
@@ -496,7 +497,37 @@ class GuardedPosterior:
 
     def quantile(self, q: float) -> torch.Tensor:
         """Quantile at probability ``q`` of every pixel."""
-        return self._at(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
+        w, mh, sh, k, d = self._heavier
+        z = torch.special.ndtri(torch.tensor(q, dtype=torch.float64)).to(mh.dtype)
+        if not bool((w > 0).any()):
+            return mh + sh * z
+        # In units of the heavier component, y = (value - its mean) / its sd, the mixture's
+        # CDF is (1 - w) Phi(y) + w Phi(k y + d), k and d placing the lighter component;
+        # solved in the nearer tail (upper quantiles by symmetry), where the tail probability
+        # keeps its relative precision in float32. A light component moves the quantile
+        # little: its pixels are done after the first check.
+        sign = -1.0 if bool(z > 0) else 1.0
+        tail = _phi(-z.abs().double()).to(mh.dtype)
+        n = w.numel()
+        y = _mixture_tail_quantile(
+            w.reshape(-1), k.reshape(-1), sign * d.reshape(-1), (sign * z).expand(n), tail.expand(n)
+        )
+        return mh + sh * (sign * y.view(mh.shape))
+
+    @cached_property
+    def _heavier(self) -> tuple[torch.Tensor, ...]:
+        """The components in the heavier one's units, shared by every quantile asked for.
+
+        The lighter component's weight, the heavier one's mean and sd, and the lighter one's
+        place in the heavier one's units: sd ratio ``k`` and offset ``d``.
+        """
+        heavy1 = self.weight > 0.5
+        w = torch.where(heavy1, 1 - self.weight, self.weight)
+        mh = torch.where(heavy1, self.mean1, self.mean0)
+        sh = torch.sqrt(torch.where(heavy1, self.var1, self.var0))
+        mo = torch.where(heavy1, self.mean0, self.mean1)
+        so = torch.sqrt(torch.where(heavy1, self.var0, self.var1))
+        return w, mh, sh, sh / so, (mh - mo) / so
 
     def sample(self, u: torch.Tensor) -> torch.Tensor:
         """Draws of the clean values from standard normal draws ``u`` (any leading dims).
@@ -533,30 +564,6 @@ class GuardedPosterior:
             m1, v1, s1 = (t.expand_as(v)[surprised] for t in (self.mean1, self.var1, side))
             out[surprised] = m1 + s1 * torch.sqrt(v1) * z1
         return out
-
-    def _at(self, z: torch.Tensor) -> torch.Tensor:
-        # The mixture's quantiles at Phi(z), z standard normal quantiles (one, or per pixel).
-        heavy1 = self.weight > 0.5
-        w = torch.where(heavy1, 1 - self.weight, self.weight)  # the lighter component's
-        mh = torch.where(heavy1, self.mean1, self.mean0)
-        sh = torch.sqrt(torch.where(heavy1, self.var1, self.var0))
-        z = torch.broadcast_to(torch.as_tensor(z, dtype=mh.dtype), mh.shape)
-        out = mh + sh * z
-        if not bool((w > 0).any()):
-            return out
-        # In units of the heavier component, y = (value - its mean) / its sd, the mixture's
-        # CDF is (1 - w) Phi(y) + w Phi(k y + d), k and d placing the lighter component;
-        # solved in the nearer tail (upper quantiles by symmetry), where the tail probability
-        # keeps its relative precision in float32. A light component moves the quantile
-        # little: its pixels are done after the first check.
-        mo = torch.where(heavy1, self.mean0, self.mean1)
-        so = torch.sqrt(torch.where(heavy1, self.var0, self.var1))
-        sign = torch.where(z > 0, -1.0, 1.0).to(mh.dtype)
-        tail = _phi(-z.abs().double()).to(mh.dtype)
-        y = _mixture_tail_quantile(
-            *(t.reshape(-1) for t in (w, sh / so, sign * (mh - mo) / so, sign * z, tail))
-        )
-        return mh + sh * (sign * y.view(mh.shape))
 
 
 def _phi(x: torch.Tensor) -> torch.Tensor:
