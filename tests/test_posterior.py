@@ -91,7 +91,7 @@ def test_guarded_prior_holds_no_noise_of_the_pixels_own_frame(cfg):
     before = surprise_guard(x, loc, pv, nv, cfg)
     assert float(before.p_surprise[30, 11, 11]) > 0.9
     x2 = x.clone()
-    x2[30, 10:13, 10:13] += torch.tensor([[5.0, -3.0, 2.0], [7.0, 40.0, -1.0], [0.0, 3.0, 9.0]])
+    x2[30, 11, 11] += 40.0
     after = surprise_guard(x2, loc, pv, nv, cfg)
     for field in ("loc", "var", "p_surprise"):
         a, b = getattr(before, field)[30, 11, 11], getattr(after, field)[30, 11, 11]
@@ -150,6 +150,32 @@ def test_posterior_interval_holds_an_event_the_prior_missed():
     assert np.mean(hits) >= 0.85
 
 
+def test_evidence_holds_none_of_the_pixels_own_noise_where_registration_correlated_it():
+    # After registration a pixel's noise is shared with its neighbours, whose values in frame
+    # t the evidence windows keep: what the pixel's own noise predicts of theirs is taken out,
+    # so the evidence at a pixel is uncorrelated with its own noise (a guard that read it
+    # would count the pixel's value twice, and bias the held-out checks).
+    from calmdown.posterior import evidence_windows, evidence_zscores
+
+    rng = np.random.default_rng(8)
+    c = 0.5  # each axis a moving average of two: neighbour correlation c / (1 + c^2) = 0.4
+    white = rng.standard_normal((40, 65, 65)).astype(np.float32)
+    mixed = white[:, :-1] + c * white[:, 1:]
+    noise = (mixed[:, :, :-1] + c * mixed[:, :, 1:]) / (1 + c**2)
+    rho = c / (1 + c**2)
+    resid = torch.from_numpy(noise)
+    var = torch.ones_like(resid)
+    cfg = GuardConfig(window_frames=3)
+    square = [w for w in evidence_windows(cfg) if w.square == 3]
+    own = noise[5:-5, 2:-2, 2:-2].ravel()
+    corr = {}
+    for label, nc in (("ignored", (0.0, 0.0)), ("taken out", (rho, rho))):
+        (z,) = evidence_zscores(resid, var, cfg, square, noise_correlation=nc)
+        corr[label] = np.corrcoef(z.numpy()[5:-5, 2:-2, 2:-2].ravel(), own)[0, 1]
+    assert corr["ignored"] > 0.1
+    assert abs(corr["taken out"]) < 0.02
+
+
 def test_each_evidence_window_is_a_unit_z_score_on_noise():
     from calmdown.posterior import evidence_windows, evidence_zscores
 
@@ -163,9 +189,10 @@ def test_each_evidence_window_is_a_unit_z_score_on_noise():
         assert 0.9 < float(inner.std()) < 1.1
 
 
-def test_evidence_windows_match_brute_force():
-    # Each window centred within the local frames, its slice in frame t left out only where
-    # it holds frame t.
+@pytest.mark.parametrize("noise_correlation", [(0.0, 0.0), (0.3, 0.2)])
+def test_evidence_windows_match_brute_force(noise_correlation):
+    # Each window centred within the local frames, the pixel's own value in frame t left out
+    # only where the window holds frame t (its neighbours' values in frame t stay).
     from calmdown.posterior import _shifted_z2, _window_sums, evidence_windows
 
     rng = np.random.default_rng(6)
@@ -182,19 +209,32 @@ def test_evidence_windows_match_brute_force():
         ]
         h = window.frames // 2
         for dt in (-4, -1, 0, 2, 4):
-            span, z2 = _shifted_z2(sums, window.frames, dt)
+            weight = window.own_weight(0, 0, noise_correlation)
+            span, z2 = _shifted_z2(
+                sums, window.frames, dt, own_weight=weight, one_pixel=window.one_pixel
+            )
             for t, y, x in [(5, 3, 3), (6, 0, 6), (span.start, 1, 2)]:
                 if not span.start <= t < span.stop:
                     continue
                 c = t + dt
-                frames = [u for u in range(max(c - h, 0), min(c + h, 11) + 1) if u != t]
+                frames = range(max(c - h, 0), min(c + h, 11) + 1)
                 cells = [
                     (u, y + dy, x + dx)
                     for u in frames
                     for dy, dx in foot
-                    if 0 <= y + dy < 7 and 0 <= x + dx < 7
+                    if 0 <= y + dy < 7 and 0 <= x + dx < 7 and (u, dy, dx) != (t, 0, 0)
                 ]
-                want = sum(r[i] for i in cells) ** 2 / sum(v[i] for i in cells) if cells else 0.0
+                # Less what the pixel's own noise predicts of its neighbours' in frame t.
+                ry, rx = noise_correlation
+                near = [(dy, dx) for dy, dx in foot if (dy, dx) != (0, 0)]
+                beta = sum(
+                    (ry if dy else 1.0) * (rx if dx else 1.0)
+                    for dy, dx in near
+                    if abs(dy) <= 1 and abs(dx) <= 1
+                )
+                own = beta * r[t, y, x] if abs(dt) <= h else 0.0
+                total = sum(r[i] for i in cells) - own
+                want = total**2 / sum(v[i] for i in cells) if cells else 0.0
                 got = float(z2[t - span.start, y, x])
                 assert abs(got - want) < 1e-3 * max(1.0, want), (window.name, dt, t)
 

@@ -147,6 +147,9 @@ def _compile() -> dict[str, Any] | None:
         frames: int,
         ht: int,
         hp: int,
+        holds: np.ndarray,
+        own_weights: np.ndarray,
+        one_pixel: bool,
         f0: int,
         f1: int,
         base: np.float32,
@@ -156,10 +159,12 @@ def _compile() -> dict[str, Any] | None:
         hi: int,
     ) -> None:  # pragma: no cover
         # As posterior.surprise_guard's loop over the local window's offsets for one window,
-        # output frames f0 + lo .. f0 + hi (log_odds holds frames f0..f1).
+        # output frames f0 + lo .. f0 + hi (log_odds holds frames f0..f1). r_own, v_own are
+        # the pixel's own values; holds[dy + hp, dx + hp] whether the window centred (dy, dx)
+        # away holds the pixel, own_weights[...] how much of its residual to take out.
         n, h, w = r_win.shape
         tiny = np.float32(1e-12)
-        zero_own = n < 2 or frames < 3
+        zero_own = one_pixel and (n < 2 or frames < 3)
         z2 = np.zeros((h, w), np.float32)
         for t in range(f0 + lo, f0 + hi):
             z2[:, :] = 0.0
@@ -170,18 +175,21 @@ def _compile() -> dict[str, Any] | None:
                         s = t + dt
                         if s < 0 or s >= n:
                             continue
-                        holds_t = abs(dt) <= frames // 2
+                        in_t = abs(dt) <= frames // 2
+                        holds_t = in_t and holds[dy + hp, dx + hp]
                         if holds_t and zero_own:
-                            continue  # only frame t was in the window: z2 = 0
+                            continue  # only the pixel's own value was in the window: z2 = 0
+                        weight = own_weights[dy + hp, dx + hp]
+                        drop = np.float32(1.0 if holds_t else 0.0)
                         a, b = j0 + dx, j1 + dx
                         for i in range(max(0, -dy), min(h, h - dy)):
                             rw, vw = r_win[s, i + dy, a:b], v_win[s, i + dy, a:b]
-                            ro, vo = r_own[t, i + dy, a:b], v_own[t, i + dy, a:b]
+                            ro, vo = r_own[t, i, j0:j1], v_own[t, i, j0:j1]
                             zr = z2[i, j0:j1]
-                            if holds_t:
+                            if in_t and (holds_t or weight != 0):
                                 for j in range(j1 - j0):
-                                    r = rw[j] - ro[j]
-                                    v = vw[j] - vo[j]
+                                    r = rw[j] - weight * ro[j]
+                                    v = vw[j] - drop * vo[j]
                                     v = v if v > tiny else tiny
                                     z = r * r / v
                                     zr[j] = z if z > zr[j] else zr[j]
@@ -401,13 +409,20 @@ def max_z2_log_odds(
     base: float,
     coef: float,
     log_odds: torch.Tensor,
+    *,
+    holds: np.ndarray,
+    own_weights: np.ndarray,
+    one_pixel: bool,
 ) -> None:
     """Raise ``log_odds`` to ``base + coef * z2`` of one window where that is larger, in place.
 
     ``z2`` is the largest squared z-score of the window centred within ``local`` = (frames,
-    pixels) of each output pixel, its slice of the output frame left out
-    (:func:`calmdown.posterior._shifted_z2`). ``log_odds`` is a contiguous float32 CPU tensor
-    of the frames ``out_frames`` = (f0, f1).
+    pixels) of each output pixel, the pixel's own value in the output frame left out where
+    the window holds it (:func:`calmdown.posterior._shifted_z2`): ``holds[dy + h, dx + h]``
+    for the window centred ``(dy, dx)`` away, ``h = local[1] // 2``, and ``own_weights``
+    there the weight of the pixel's own residual taken out of that window's sum in frame
+    ``t``; ``one_pixel``: the window's footprint is its centre alone. ``log_odds`` is a
+    contiguous float32 CPU tensor of the frames ``out_frames`` = (f0, f1).
     """
     kernels = _compile()
     assert kernels is not None
@@ -424,6 +439,9 @@ def max_z2_log_odds(
         int(frames),
         int(local[0]) // 2,
         int(local[1]) // 2,
+        np.ascontiguousarray(holds, dtype=np.bool_),
+        np.ascontiguousarray(own_weights, dtype=np.float32),
+        bool(one_pixel),
         int(f0),
         int(f1),
         np.float32(base),

@@ -628,7 +628,14 @@ def _guard_and_correct(
     reach = correction.halo if correction is not None else 0
     g0, g1 = max(0, f0 - reach), min(n, f1 + reach)
     guarded = surprise_guard(
-        x, loc, pvar, _noise_var(noise, loc), gcfg, null_scale=null_scale, frames=slice(g0, g1)
+        x,
+        loc,
+        pvar,
+        _noise_var(noise, loc),
+        gcfg,
+        null_scale=null_scale,
+        frames=slice(g0, g1),
+        noise_correlation=noise.neighbour_correlation,
     )
     loc_g, p_surprise = guarded.loc, guarded.p_surprise
     # The variance has two parts. The prior's (the network's, calibrated) is what the
@@ -840,7 +847,9 @@ def _guard_null_scales(
         zs = []
         for x, loc, pvar, target, *_ in parts:
             var = pvar + _noise_var(noise, loc)
-            (z,) = evidence_zscores(x - loc, var, gcfg, [window])
+            (z,) = evidence_zscores(
+                x - loc, var, gcfg, [window], noise_correlation=noise.neighbour_correlation
+            )
             zs.append(z[target].flatten().cpu().numpy())
             del z, var
         zall = np.concatenate(zs)
