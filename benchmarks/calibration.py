@@ -203,13 +203,18 @@ def _print_values(heading: str, cols: list[str], rows: list[dict]) -> None:
         print(f"| {r['preset']} | {r['photons']:g} | " + " | ".join(cells) + " |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the grid's options: presets, photon levels, movie shape and training steps."""
     parser.add_argument("--presets", nargs="+", default=["dense", "sparse"])
     parser.add_argument("--photons", nargs="+", type=float, default=[0.5, 1.0, 2.0, 10.0])
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=700)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_grid_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
     torch.manual_seed(0)
