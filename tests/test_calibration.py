@@ -8,6 +8,7 @@ from calmdown.calibration import (
     CalibrationStages,
     StratifiedCalibration,
     bin_index,
+    calibration_resolution,
     fit_stratified_calibration,
     temporal_change,
 )
@@ -312,3 +313,24 @@ def test_the_brightest_tenth_gets_a_row_of_its_own():
     assert _coverage(level.expand(shape), claimed, clean, mask) < 0.7
     assert 0.86 <= _coverage(level.expand(shape), fitted, clean, mask) <= 0.94
     assert 0.86 <= _coverage(level.expand(shape), fitted, clean, ~mask) <= 0.94
+
+
+def test_resolution_says_how_well_residuals_measure_the_prior_spread():
+    # A factor on the prior's variance fitted from n pixels whose error is a share s of the
+    # noise variance is known to sqrt(2 / n) / s of itself: poorly at a few photons. Two
+    # brightness groups here, the brighter with four times the prior's variance.
+    n = 40_000
+    level = torch.cat([torch.full((n,), 1.0), torch.full((n,), 4.0)])
+    var = torch.cat([torch.full((n,), 0.01), torch.full((n,), 0.04)])
+    nv = torch.ones(2 * n)
+    x = torch.zeros(2 * n)
+    parts = [(x, x, var, nv, level, torch.ones(2 * n, dtype=torch.bool), x)]
+    res = calibration_resolution(parts, level_quantiles=(0.5,))
+    assert res["prior_error_share"] == pytest.approx(0.025)
+    assert res["scale_se"] == pytest.approx(np.sqrt(2 * 2 * n) / (n * 0.05))
+    dim, bright = res["row_scale_se"]
+    assert dim == pytest.approx(np.sqrt(2 * n) / (n * 0.01))
+    assert bright == pytest.approx(dim / 4)
+    # Pooled, the dim pixels add noise but little of the prior's error: better than the dim
+    # group alone, not than the bright one.
+    assert bright < res["scale_se"] < dim

@@ -79,6 +79,18 @@ def test_summary_says_when_training_diverged(small_model):
     assert "diverged 2 time(s)" in _summary(diverged, **kw)
 
 
+def test_summary_says_how_well_the_frames_check_the_widths(small_model):
+    from calmdown.cli import _summary
+
+    kw = {"out": None, "model_path": None, "infer_seconds": None, "n_frames": None, "shape": None}
+    h = small_model.heldout
+    # The pooled factor is measured no worse than the worst brightness row's.
+    assert 0 < h["scale_se"] <= max(h["row_scale_se"])
+    assert 0 < h["prior_error_share"] < 1
+    text = _summary(small_model, **kw)
+    assert f"+-{100 * h['scale_se']:.0f} % overall" in text
+
+
 def test_train_then_apply(tmp_path, raw_tif):
     model = tmp_path / "m.pt"
     res = runner.invoke(app, ["train", str(raw_tif), "-o", str(model), *FAST])

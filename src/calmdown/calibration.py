@@ -23,6 +23,7 @@ __all__ = [
     "ScaleCalibration",
     "StratifiedCalibration",
     "bin_index",
+    "calibration_resolution",
     "fit_scale_calibration",
     "fit_stratified_calibration",
     "isotonic",
@@ -462,6 +463,51 @@ def fit_stratified_calibration(
         table.append([float(max(f, min_factor)) for f in row])
     stage.factors = table
     return stage
+
+
+def calibration_resolution(
+    parts: list[tuple[torch.Tensor, ...]], *, level_quantiles: Sequence[float] = LEVEL_QUANTILES
+) -> dict[str, Any]:
+    """How precisely the held-out pixels measure a factor on the prior's variance.
+
+    Each pixel's excess ``(x - loc)^2 - noise variance`` has variance about ``2 noise var^2``
+    (the noise dominates), so a factor fitted over a group of pixels is known to within
+    ``sqrt(2 sum noise var^2) / sum var`` of itself. Where the prior's error is a small share
+    of the noise variance (a few photons per pixel), that is large: the intervals' widths
+    then rest on the network's own spread more than on what the data can check.
+
+    Parameters
+    ----------
+    parts : list of tuple
+        As :func:`fit_stratified_calibration`'s: ``(x, loc, var, raw_noise_var, level,
+        target, change)`` per run of frames.
+    level_quantiles : sequence of float
+        Quantiles of the brightness that bound the rows (:data:`LEVEL_QUANTILES`).
+
+    Returns
+    -------
+    dict
+        ``prior_error_share`` (the prior's variance over the noise variance, summed over the
+        pixels), ``scale_se`` (relative standard error of one factor over all of them) and
+        ``row_scale_se`` (the same per brightness row, dimmest first).
+    """
+    level = torch.cat([torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts])
+    var = torch.cat([p[2][p[5]].flatten() for p in parts]).double()
+    nv = torch.cat([p[3][p[5]].flatten() for p in parts]).double()
+    edges = np.unique(np.quantile(level.double().cpu().numpy(), level_quantiles))
+    rows = bin_index(level, [float(e) for e in edges])
+    n = len(edges) + 1
+    sum_var = torch.bincount(rows, weights=var, minlength=n).cpu().numpy()
+    sum_nv2 = torch.bincount(rows, weights=nv * nv, minlength=n).cpu().numpy()
+
+    def se(v: np.ndarray, nv2: np.ndarray) -> float:
+        return float(np.sqrt(2 * nv2.sum()) / max(float(v.sum()), 1e-300))
+
+    return {
+        "prior_error_share": float(var.sum() / max(float(nv.sum()), 1e-300)),
+        "scale_se": se(sum_var, sum_nv2),
+        "row_scale_se": [se(sum_var[i : i + 1], sum_nv2[i : i + 1]) for i in range(n)],
+    }
 
 
 def _shared_multipliers(sums: np.ndarray, values: np.ndarray, feature: str) -> np.ndarray:

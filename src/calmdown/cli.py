@@ -583,7 +583,8 @@ def _summary(
         )
         + ".",
         f"Calibration on held-out frames: {100 * h['coverage']:.1f} % of raw values inside their "
-        f"predicted {100 * h['level']:.0f} % intervals, PIT KS distance {h['pit_ks']:.3f}.",
+        f"predicted {100 * h['level']:.0f} % intervals, PIT KS distance {h['pit_ks']:.3f}."
+        + _resolution(h),
     ]
     said = _recording(recording or {})
     if said:
@@ -598,6 +599,20 @@ def _summary(
     if model_path is not None:
         parts.append(f"Model saved to {model_path}.")
     return " ".join(parts)
+
+
+def _resolution(heldout: dict[str, Any]) -> str:
+    """How well the held-out frames could check the intervals' widths (absent: older model files)."""
+    if "scale_se" not in heldout:
+        return ""
+    rows = heldout["row_scale_se"]
+    return (
+        f" The prior's stated error is {100 * heldout['prior_error_share']:.2g} % of the noise "
+        f"variance there, so they measure the scale of the interval widths to "
+        f"+-{100 * heldout['scale_se']:.0f} % overall and +-{100 * min(rows):.0f}-"
+        f"{100 * max(rows):.0f} % by brightness (a group measured worse than +-25 % leans on "
+        "the overall scale and the network's own spread)."
+    )
 
 
 def _recording(meta: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ from calmdown.calibration import (
     CHANGE_PIXELS,
     CalibrationStages,
     ScaleCalibration,
+    calibration_resolution,
     fit_scale_calibration,
     fit_stratified_calibration,
     predictive_check,
@@ -1052,6 +1053,7 @@ def _calibrate(
         _fitted_pixels(x, *g.components()[:2], raw_nv, mean, fit, change)
         for x, _, _, _, fit, raw_nv, mean, change, _, g in guarded(fit_parts, correction)
     ]
+    resolution = calibration_resolution(stage_parts)
     stages = []
     for feature in _STAGE_FEATURES:
         stage = fit_stratified_calibration(stage_parts, feature=feature)
@@ -1076,6 +1078,7 @@ def _calibrate(
         pits.append(pit[target])
     check = predictive_check(torch.cat(pits).cpu().numpy())
     check["memorisation"] = memorised
+    check.update(resolution)
     return _Calibration(calib, tuple(null_scale), correction, stratified, error_correlation, check)
 
 
