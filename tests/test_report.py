@@ -84,6 +84,7 @@ def test_report_has_every_section(report_path):
         "moving average (5 frames)",
         "90 % interval width",
         "autocorrelation",
+        "scale of the interval widths measured to",
     ):
         assert words in text, words
     assert re.search(r"(PASS|CAUTION|FAIL|too few)", text)

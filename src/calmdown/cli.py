@@ -602,7 +602,7 @@ def _summary(
 
 
 def _resolution(heldout: dict[str, Any]) -> str:
-    """How well the held-out frames could check the intervals' widths (absent: older model files)."""
+    """How well the held-out frames could check the widths (absent from older model files)."""
     if "scale_se" not in heldout:
         return ""
     rows = heldout["row_scale_se"]
