@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -212,17 +213,28 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=700)
 
 
+def run_grid(
+    args: argparse.Namespace,
+    cell: Callable[[str, float, argparse.Namespace], dict],
+    show: Callable[[dict], None],
+) -> list[dict]:
+    """Rows of ``cell`` for every preset and photon level of the grid, each shown as it ends."""
+    torch.manual_seed(0)
+    rows = []
+    for preset in args.presets:
+        for photons in args.photons:
+            rows.append(cell(preset, photons, args))
+            show(rows[-1])
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_grid_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    torch.manual_seed(0)
-    rows = []
-    for preset in args.presets:
-        for photons in args.photons:
-            rows.append(run(preset, photons, args))
-            print(json.dumps(rows[-1]), flush=True)  # progress, in case a long run is cut short
+    # Each row printed as it ends: progress, in case a long run is cut short.
+    rows = run_grid(args, run, lambda row: print(json.dumps(row), flush=True))
     cols = [
         *TARGETS,
         "brightest 10 %",

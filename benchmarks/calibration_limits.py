@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from calibration import TARGETS, add_grid_arguments, strata
+from calibration import TARGETS, add_grid_arguments, run_grid, strata
 
 import calmdown
 import calmdown.pipeline as pipeline
@@ -188,12 +188,7 @@ def main() -> None:
         "--out", type=Path, default=Path(__file__).parent / "results" / "calibration_limits.json"
     )
     args = parser.parse_args()
-    torch.manual_seed(0)
-    rows = []
-    for preset in args.presets:
-        for photons in args.photons:
-            rows.append(run(preset, photons, args))
-            print_row(rows[-1])
+    rows = run_grid(args, run, print_row)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".partial")
     tmp.write_text(

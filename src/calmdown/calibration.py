@@ -336,6 +336,21 @@ class CalibrationStages:
         return cls([])
 
 
+def _level_edges(parts: list[tuple[torch.Tensor, ...]], quantiles: Sequence[float]) -> list[float]:
+    """Interior brightness edges of the stages' rows: ``quantiles`` of the fitted pixels' level."""
+    levels = torch.cat([torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts])
+    return [float(q) for q in np.unique(np.quantile(levels.double().cpu().numpy(), quantiles))]
+
+
+def _relative_se(var: Any, nv2: Any) -> Any:
+    """Return the relative standard error of a factor fitted on summed prior variance ``var``.
+
+    ``nv2`` is the summed squared noise variance: each pixel's excess ``(x - loc)^2 - noise
+    var`` has variance about ``2 noise var^2``, the noise dominating.
+    """
+    return np.sqrt(2 * nv2) / np.maximum(var, 1e-300)
+
+
 def fit_stratified_calibration(
     parts: list[tuple[torch.Tensor, ...]],
     *,
@@ -375,10 +390,7 @@ def fit_stratified_calibration(
     -------
     StratifiedCalibration
     """
-    levels = torch.cat(
-        [torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts]
-    ).double()
-    qs = np.quantile(levels.cpu().numpy(), level_quantiles)
+    level_edges = _level_edges(parts, level_quantiles)
     if activity_edges is None and feature == "deviation":
         values = torch.cat([deviation(p[1], p[4])[p[5]].flatten()[::7] for p in parts])
         qd = np.quantile(values.double().cpu().numpy(), DEVIATION_QUANTILES)
@@ -386,7 +398,7 @@ def fit_stratified_calibration(
     elif activity_edges is None:
         activity_edges = CHANGE_EDGES if feature == "change" else ACTIVITY_EDGES
     stage = StratifiedCalibration(
-        level_edges=[float(q) for q in np.unique(qs)],
+        level_edges=level_edges,
         activity_edges=[float(a) for a in activity_edges],
         factors=[[1.0]],
         feature=feature,
@@ -409,8 +421,7 @@ def fit_stratified_calibration(
         n, excess, var, nv2 = s
         if n < 1 or var <= 0:
             return None
-        # Each pixel's excess has variance about 2 noise var^2 (the noise dominates).
-        se = np.sqrt(2 * nv2) / var
+        se = _relative_se(var, nv2)
         f = max(excess / var, min_factor)
         return float(f) if se <= max_rel_se * f else None
 
@@ -494,19 +505,15 @@ def calibration_resolution(
     level = torch.cat([torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts])
     var = torch.cat([p[2][p[5]].flatten() for p in parts]).double()
     nv = torch.cat([p[3][p[5]].flatten() for p in parts]).double()
-    edges = np.unique(np.quantile(level.double().cpu().numpy(), level_quantiles))
-    rows = bin_index(level, [float(e) for e in edges])
+    edges = _level_edges(parts, level_quantiles)
+    rows = bin_index(level, edges)
     n = len(edges) + 1
     sum_var = torch.bincount(rows, weights=var, minlength=n).cpu().numpy()
     sum_nv2 = torch.bincount(rows, weights=nv * nv, minlength=n).cpu().numpy()
-
-    def se(v: np.ndarray, nv2: np.ndarray) -> float:
-        return float(np.sqrt(2 * nv2.sum()) / max(float(v.sum()), 1e-300))
-
     return {
         "prior_error_share": float(var.sum() / max(float(nv.sum()), 1e-300)),
-        "scale_se": se(sum_var, sum_nv2),
-        "row_scale_se": [se(sum_var[i : i + 1], sum_nv2[i : i + 1]) for i in range(n)],
+        "scale_se": float(_relative_se(sum_var.sum(), sum_nv2.sum())),
+        "row_scale_se": [float(v) for v in _relative_se(sum_var, sum_nv2)],
     }
 
 

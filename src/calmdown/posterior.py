@@ -442,6 +442,14 @@ def surprise_guard(
     compiled = fused.enabled(resid)
     for window, scale in zip(windows, scales, strict=True):
         sums = _window_sums(resid, var, window)
+        # For the window centred (dy, dx) away, at [dy + hp, dx + hp]: whether it holds the
+        # pixel, and how much of the pixel's own residual its frame-t sum gives back.
+        offsets = range(-hp, hp + 1)
+        holds = np.array([[window.holds(-dy, -dx) for dx in offsets] for dy in offsets])
+        weights = np.array(
+            [[window.own_weight(dy, dx, noise_correlation) for dx in offsets] for dy in offsets],
+            np.float32,
+        )
         if compiled:
             fused.max_z2_log_odds(
                 sums,
@@ -451,24 +459,14 @@ def surprise_guard(
                 base,
                 gain / scale**2,
                 log_odds,
-                holds=np.array(
-                    [
-                        [window.holds(-dy, -dx) for dx in range(-hp, hp + 1)]
-                        for dy in range(-hp, hp + 1)
-                    ]
-                ),
-                own_weights=np.array(
-                    [
-                        [window.own_weight(dy, dx, noise_correlation) for dx in range(-hp, hp + 1)]
-                        for dy in range(-hp, hp + 1)
-                    ]
-                ),
+                holds=holds,
+                own_weights=weights,
                 one_pixel=window.one_pixel,
             )
             continue
         z2 = resid.new_zeros(out_shape)
-        for dy in range(-hp, hp + 1):
-            for dx in range(-hp, hp + 1):
+        for dy in offsets:
+            for dx in offsets:
                 # The window centred (dy, dx) away; the pixel's own values stay where they
                 # are, zero where that window's centre lies outside the frame (no window).
                 moved = sums
@@ -483,8 +481,8 @@ def surprise_guard(
                         window.frames,
                         dt,
                         (f0, f1),
-                        holds_pixel=window.holds(-dy, -dx),
-                        own_weight=window.own_weight(dy, dx, noise_correlation),
+                        holds_pixel=bool(holds[dy + hp, dx + hp]),
+                        own_weight=float(weights[dy + hp, dx + hp]),
                         one_pixel=window.one_pixel,
                     )
                     torch.maximum(z2[span], z2_dt, out=z2[span])
