@@ -150,6 +150,7 @@ def _compile() -> dict[str, Any] | None:
         holds: np.ndarray,
         own_weights: np.ndarray,
         one_pixel: bool,
+        first: int,
         f0: int,
         f1: int,
         base: np.float32,
@@ -160,9 +161,10 @@ def _compile() -> dict[str, Any] | None:
     ) -> None:  # pragma: no cover
         # As posterior.surprise_guard's loop over the local window's offsets for one window,
         # output frames f0 + lo .. f0 + hi (log_odds holds frames f0..f1). r_own, v_own are
-        # the pixel's own values; holds[dy + hp, dx + hp] whether the window centred (dy, dx)
-        # away holds the pixel, own_weights[...] how much of its residual to take out.
-        n, h, w = r_win.shape
+        # the pixel's own values (every frame), r_win and v_win the window sums of frames
+        # first.. ; holds[dy + hp, dx + hp] whether the window centred (dy, dx) away holds the
+        # pixel, own_weights[...] how much of its residual to take out.
+        n, h, w = r_own.shape
         tiny = np.float32(1e-12)
         zero_own = one_pixel and (n < 2 or frames < 3)
         z2 = np.zeros((h, w), np.float32)
@@ -183,7 +185,8 @@ def _compile() -> dict[str, Any] | None:
                         drop = np.float32(1.0 if holds_t else 0.0)
                         a, b = j0 + dx, j1 + dx
                         for i in range(max(0, -dy), min(h, h - dy)):
-                            rw, vw = r_win[s, i + dy, a:b], v_win[s, i + dy, a:b]
+                            rw = r_win[s - first, i + dy, a:b]
+                            vw = v_win[s - first, i + dy, a:b]
                             ro, vo = r_own[t, i, j0:j1], v_own[t, i, j0:j1]
                             zr = z2[i, j0:j1]
                             if in_t and (holds_t or weight != 0):
@@ -413,6 +416,7 @@ def max_z2_log_odds(
     holds: np.ndarray,
     own_weights: np.ndarray,
     one_pixel: bool,
+    first: int = 0,
 ) -> None:
     """Raise ``log_odds`` to ``base + coef * z2`` of one window where that is larger, in place.
 
@@ -422,7 +426,9 @@ def max_z2_log_odds(
     for the window centred ``(dy, dx)`` away, ``h = local[1] // 2``, and ``own_weights``
     there the weight of the pixel's own residual taken out of that window's sum in frame
     ``t``; ``one_pixel``: the window's footprint is its centre alone. ``log_odds`` is a
-    contiguous float32 CPU tensor of the frames ``out_frames`` = (f0, f1).
+    contiguous float32 CPU tensor of the frames ``out_frames`` = (f0, f1). The window sums
+    (the first two of ``sums``) hold the frames from ``first`` on, the pixel's own values
+    every frame.
     """
     kernels = _compile()
     assert kernels is not None
@@ -442,6 +448,7 @@ def max_z2_log_odds(
         np.ascontiguousarray(holds, dtype=np.bool_),
         np.ascontiguousarray(own_weights, dtype=np.float32),
         bool(one_pixel),
+        int(first),
         int(f0),
         int(f1),
         np.float32(base),

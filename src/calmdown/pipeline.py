@@ -628,14 +628,16 @@ def _guard_and_correct(
     correction = correction if gcfg.correction else None
     reach = correction.halo if correction is not None else 0
     g0, g1 = max(0, f0 - reach), min(n, f1 + reach)
+    # The guard reads the frames its windows reach around those, and no others.
+    r0, r1 = max(0, g0 - guard_halo(gcfg)), min(n, g1 + guard_halo(gcfg))
     guarded = surprise_guard(
-        x,
-        loc,
-        pvar,
-        _noise_var(noise, loc),
+        x[r0:r1],
+        loc[r0:r1],
+        pvar[r0:r1],
+        _noise_var(noise, loc[r0:r1]),
         gcfg,
         null_scale=null_scale,
-        frames=slice(g0, g1),
+        frames=slice(g0 - r0, g1 - r0),
         noise_correlation=noise.neighbour_correlation,
     )
     loc_g, p_surprise = guarded.loc, guarded.p_surprise
@@ -656,8 +658,12 @@ def _guard_and_correct(
     loc_g, prior_var, p_surprise = loc_g[inner], prior_var[inner], p_surprise[inner]
     if final is not None:
         assert level is not None
-        change = temporal_change(x) if change is None else change
-        prior_var = final.apply(prior_var, loc_g, level[f0:f1], change[f0:f1])
+        if change is None:  # of the frames the change's windows reach around f0..f1
+            c0, c1 = max(0, f0 - CHANGE_FRAMES), min(n, f1 + CHANGE_FRAMES)
+            change = temporal_change(x[c0:c1])[f0 - c0 : f1 - c0]
+        else:
+            change = change[f0:f1]
+        prior_var = final.apply(prior_var, loc_g, level[f0:f1], change)
         if half:
             prior_var = average_in_time(prior_var, average_frames)
     keep = slice(out0 - f0, out1 - f0)
@@ -1475,6 +1481,12 @@ def _denoise_chunks(
         else 0
     )
     s_halo = _spatial_halo(gcfg, correction)
+    # Frames the guard, correction and variance average read around each output frame.
+    t_reach = (
+        guard_halo(gcfg)
+        + (correction.halo if correction else 0)
+        + cfg.inference.variance_frames // 2
+    )
     stream = (
         SampleStream(
             model.error_correlation, samples, prep.reader.shape[1:], cfg.train.seed, device
@@ -1543,13 +1555,18 @@ def _denoise_chunks(
         if u is not None:
             out.samples = np.empty((samples, *prior_adu.shape), prior_adu.dtype)
         # The guard, the correction and the posterior run over row bands of the chunk, each
-        # with the rows its windows reach, so their temporaries take MB, not GB.
-        rows = max(1, _BAND_PIXELS // (x.shape[0] * x.shape[2]))
+        # with the rows its windows reach, so their temporaries take MB, not GB; and over the
+        # frames they reach (the chunk holds more: the probes' and the next chunk's).
+        t0, t1 = max(0, keep.start - t_reach), min(x.shape[0], keep.stop + t_reach)
+        keep_t = slice(keep.start - t0, keep.stop - t0)
+        rows = max(1, _BAND_PIXELS // ((t1 - t0) * x.shape[2]))
         for y0, y1, a0, a1 in _row_bands(x.shape[1], rows, s_halo):
-            band = (slice(None), slice(a0, a1))
+            band = (slice(t0, t1), slice(a0, a1))
             pvar = model.calibration.apply(pred.var[band])
             if pred.probes is not None:  # averaged band by band: no array of the whole chunk
-                pvar += _average_probes(pred.probes, g0, g1 - g0, (h, w), device, rows=(a0, a1))
+                pvar += _average_probes(
+                    pred.probes, g0 + t0, t1 - t0, (h, w), device, rows=(a0, a1)
+                )
             g = _guard_and_correct(
                 x[band],
                 loc[band],
@@ -1560,11 +1577,11 @@ def _denoise_chunks(
                 correction=correction,
                 final=model.final_calibration,
                 level=level[band],
-                frames=keep,
+                frames=keep_t,
                 average_frames=cfg.inference.variance_frames,
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
-            xb, gb = x[band][keep][inner], g.take(inner)
+            xb, gb = x[band][keep_t][inner], g.take(inner)
             post_mean, _ = gaussian_posterior(xb, gb.loc, gb.var, _noise_var(noise, gb.loc))
             rows_out = (slice(None), slice(y0, y1))
             out.denoised[rows_out] = noise.to_adu(post_mean.cpu().numpy())

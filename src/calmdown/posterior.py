@@ -249,11 +249,13 @@ def _shifted_z2(
     holds_pixel: bool = True,
     own_weight: float = 1.0,
     one_pixel: bool = False,
+    first: int = 0,
 ) -> tuple[slice, torch.Tensor]:
     """z**2 at frames ``t`` in the returned slice, of the window centred at ``t + dt``.
 
-    ``sums`` are the window's space-time sums of residual and variance and the pixel's own
-    residual and variance. Where the window holds frame ``t``, ``own_weight`` times the
+    ``sums`` are the window's space-time sums of residual and variance (of the frames from
+    ``first`` on: see :func:`_window_sums`) and the pixel's own residual and variance (of
+    every frame). Where the window holds frame ``t``, ``own_weight`` times the
     pixel's own residual is taken out of it (:meth:`EvidenceWindow.own_weight`), and the
     pixel's own variance where the window holds the pixel (``holds_pixel``; a window centred
     on another pixel may not): the statistic holds no noise of the value being denoised. Its
@@ -264,11 +266,11 @@ def _shifted_z2(
     returned counts from ``f0``.
     """
     r_win, v_win, r_own, v_own = sums
-    n = r_win.shape[0]
+    n = r_own.shape[0]
     f0, f1 = out if out is not None else (0, n)
     a, b = max(f0, -dt), min(f1, n - dt)
-    r = r_win[a + dt : b + dt]
-    v = v_win[a + dt : b + dt]
+    r = r_win[a + dt - first : b + dt - first]
+    v = v_win[a + dt - first : b + dt - first]
     in_t = abs(dt) <= frames // 2
     holds_t = holds_pixel and in_t
     r = r - own_weight * r_own[a:b] if in_t and own_weight != 0.0 else r.clone()
@@ -288,17 +290,42 @@ def _moved(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
     return out
 
 
+def _time_sums(x: torch.Tensor, frames: int, span: tuple[int, int]) -> torch.Tensor:
+    """Sum (T, Y, X) ``x`` over ``frames`` frames centred on each of the frames ``span``.
+
+    Reads only the frames those windows reach; each sum equals that of a run over every frame
+    to the bit (the running sum is exact, :func:`_window_sum_1d`).
+    """
+    s0, s1 = span
+    half = frames // 2
+    lo, hi = max(0, s0 - half), min(x.shape[0], s1 + half)
+    return _window_sum_1d(x[lo:hi], 0, half)[s0 - lo : s1 - lo]
+
+
 def _window_sums(
-    resid: torch.Tensor, var: torch.Tensor, window: EvidenceWindow
+    resid: torch.Tensor,
+    var: torch.Tensor,
+    window: EvidenceWindow,
+    span: tuple[int, int] | None = None,
+    time_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """Return the window's space-time sums of ``resid`` and ``var``, and the pixel's own values.
 
-    The sums are centred on each pixel; the pixel's own value is the one left out in its own
-    frame (:func:`_shifted_z2`).
+    The sums are centred on each pixel, in each frame of ``span`` = (s0, s1) (default: every
+    frame); the pixel's own value is the one left out in its own frame
+    (:func:`_shifted_z2`). Summed along time first, then over the footprint: windows of as
+    many frames share their sums along time, kept in ``time_sums`` (keyed by frames) where
+    given.
     """
-    half = window.frames // 2
-    r_sum = _window_sum_1d(window.spatial_sum(resid), 0, half)
-    return r_sum, _window_sum_1d(window.spatial_sum(var), 0, half), resid, var
+    span = span if span is not None else (0, resid.shape[0])
+    cache = time_sums if time_sums is not None else {}
+    if window.frames not in cache:
+        cache[window.frames] = (
+            _time_sums(resid, window.frames, span),
+            _time_sums(var, window.frames, span),
+        )
+    r_t, v_t = cache[window.frames]
+    return window.spatial_sum(r_t), window.spatial_sum(v_t), resid, var
 
 
 def evidence_zscores(
@@ -440,8 +467,11 @@ def surprise_guard(
     ht, hp = cfg.local_frames // 2, cfg.local_pixels // 2
     gain = 0.5 * rho / (1 + rho)
     compiled = fused.enabled(resid)
+    # The windows centred within the local window's frames of the frames asked for.
+    centres = (max(0, f0 - ht), min(n, f1 + ht))
+    time_sums: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for window, scale in zip(windows, scales, strict=True):
-        sums = _window_sums(resid, var, window)
+        sums = _window_sums(resid, var, window, centres, time_sums)
         # For the window centred (dy, dx) away, at [dy + hp, dx + hp]: whether it holds the
         # pixel, and how much of the pixel's own residual its frame-t sum gives back.
         offsets = range(-hp, hp + 1)
@@ -462,6 +492,7 @@ def surprise_guard(
                 holds=holds,
                 own_weights=weights,
                 one_pixel=window.one_pixel,
+                first=centres[0],
             )
             continue
         z2 = resid.new_zeros(out_shape)
@@ -484,6 +515,7 @@ def surprise_guard(
                         holds_pixel=bool(holds[dy + hp, dx + hp]),
                         own_weight=float(weights[dy + hp, dx + hp]),
                         one_pixel=window.one_pixel,
+                        first=centres[0],
                     )
                     torch.maximum(z2[span], z2_dt, out=z2[span])
         torch.maximum(log_odds, base + gain / scale**2 * z2, out=log_odds)
