@@ -14,7 +14,15 @@ import torch
 
 import calmdown
 from calmdown import fused
-from calmdown.calibration import CHANGE_FRAMES, CHANGE_PIXELS, bin_index, temporal_change
+from calmdown.calibration import (
+    CHANGE_FRAMES,
+    CHANGE_PIXELS,
+    CalibrationStages,
+    ScaleCalibration,
+    StratifiedCalibration,
+    bin_index,
+    temporal_change,
+)
 from calmdown.config import GuardConfig
 from calmdown.posterior import (
     _window_sum_1d,
@@ -72,6 +80,34 @@ def test_temporal_change_and_bins_equal_the_pytorch_code(
     slow, fast = _both(monkeypatch, bin_index, x, edges)
     assert torch.equal(slow, fast)
     assert fast.dtype == torch.long
+
+
+def test_calibration_stages_equal_the_pytorch_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    # All stages in one compiled pass: each stage's feature is read on the variance the stages
+    # before it left, and the bins compare in float32, as in PyTorch.
+    rng = np.random.default_rng(3)
+    shape = (30, 17, 23)
+    var = torch.from_numpy(rng.gamma(1.0, 0.02, shape).astype(np.float32))
+    var[0, 0, :3] = torch.tensor([0.0, 1e-13, 0.01])  # below the floor, and on an edge
+    loc = _counts(shape, seed=1)
+    level = loc.mean(dim=0)  # broadcast along time
+    change = temporal_change(_counts(shape, seed=2))
+    stages = CalibrationStages(
+        [
+            StratifiedCalibration([0.8, 1.1], [0.5, 1.0, 2.0], rng.uniform(0.5, 2, (3, 4)).tolist(),
+                                  feature="change"),
+            StratifiedCalibration([1.0], [1.5, 3.0], rng.uniform(0.5, 2, (2, 3)).tolist()),
+            StratifiedCalibration([], [0.2, 0.4], [[0.9, 1.3, 1.7]], feature="deviation"),
+            StratifiedCalibration([], [], [[1.37]], feature="change"),
+        ]
+    )  # fmt: skip
+    slow, fast = _both(monkeypatch, stages.apply, var, loc, level, change)
+    assert torch.equal(slow, fast)
+    assert not torch.equal(fast, var)
+    scale = ScaleCalibration([0.005, 0.01, 0.03], [0.7, 1.2, 0.9, 2.5])
+    slow, fast = _both(monkeypatch, scale.apply, var)
+    assert torch.equal(slow, fast)
+    assert not torch.equal(fast, var)
 
 
 @pytest.mark.parametrize(

@@ -67,6 +67,8 @@ class ScaleCalibration:
 
     def apply(self, prior_var: torch.Tensor) -> torch.Tensor:
         """Calibrated prior variance."""
+        if fused.enabled(prior_var):
+            return fused.stages(prior_var, [("variance", [], self.edges, [self.factors])])
         factors = torch.as_tensor(self.factors, dtype=prior_var.dtype, device=prior_var.device)
         return prior_var * factors[bin_index(prior_var, self.edges)]
 
@@ -315,6 +317,11 @@ class CalibrationStages:
         change: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Calibrated variance (see :meth:`StratifiedCalibration.apply`)."""
+        given = [t for t in (var, loc, level, change) if t is not None]
+        needs_change = any(s.feature == "change" for s in self.stages)
+        if all(fused.enabled(t) for t in given) and (change is not None or not needs_change):
+            steps = [(s.feature, s.level_edges, s.activity_edges, s.factors) for s in self.stages]
+            return fused.stages(var, steps, loc, level, change)
         for stage in self.stages:
             var = stage.apply(var, loc, level, change)
         return var

@@ -32,7 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["bin_index", "enabled", "line_sum", "max_z2_log_odds", "running_sum", "temporal_change"]
+__all__ = [
+    "bin_index",
+    "enabled",
+    "line_sum",
+    "max_z2_log_odds",
+    "running_sum",
+    "stages",
+    "temporal_change",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +289,73 @@ def _compile() -> dict[str, Any] | None:
                 for j in range(w):
                     o[j] = abs(after[j] / fa - before[j] / fb)
 
+    @jit
+    def stages(
+        var: np.ndarray,
+        loc: np.ndarray,
+        level: np.ndarray,
+        change: np.ndarray,
+        kinds: np.ndarray,
+        level_edges: np.ndarray,
+        level_starts: np.ndarray,
+        feature_edges: np.ndarray,
+        feature_starts: np.ndarray,
+        tables: np.ndarray,
+        table_starts: np.ndarray,
+        out: np.ndarray,
+        lo: int,
+        hi: int,
+    ) -> None:  # pragma: no cover
+        # calibration.CalibrationStages.apply (and ScaleCalibration.apply) on values lo..hi:
+        # each stage in turn multiplies the variance by its table's factor at (bin of the
+        # level, bin of its feature), the feature computed on the variance so far. Stage k's
+        # edges are level_edges[level_starts[k]:level_starts[k + 1]] (likewise the feature's),
+        # its table (levels x features, row-major) starts at table_starts[k]. Kinds: 0 change,
+        # 1 activity, 2 deviation (calibration.deviation), 3 the variance itself (no level).
+        tiny, floor = np.float32(1e-12), np.float32(1e-3)
+        size = 2048  # a block of values stays in cache through the stages
+        feat = np.empty(size, np.float32)
+        bi = np.empty(size, np.int64)
+        bj = np.empty(size, np.int64)
+        for a in range(lo, hi, size):
+            b = min(hi, a + size)
+            m = b - a
+            v = out[a:b]
+            v[:] = var[a:b]
+            lv, lc, ch = level[a:b], loc[a:b], change[a:b]
+            for k in range(kinds.shape[0]):
+                kind = kinds[k]
+                bi[:m] = 0
+                if kind != 3:
+                    for e in range(level_starts[k], level_starts[k + 1]):
+                        edge = level_edges[e]
+                        for i in range(m):
+                            bi[i] += lv[i] > edge
+                bj[:m] = 0
+                if feature_starts[k + 1] > feature_starts[k]:
+                    if kind == 0:
+                        for i in range(m):
+                            feat[i] = ch[i] / np.sqrt(v[i] if v[i] > tiny else tiny)
+                    elif kind == 1:
+                        for i in range(m):
+                            feat[i] = abs(lc[i] - lv[i]) / np.sqrt(v[i] if v[i] > tiny else tiny)
+                    elif kind == 2:
+                        for i in range(m):
+                            x = lv[i] if lv[i] > floor else floor
+                            feat[i] = abs(lc[i] - lv[i]) / np.sqrt(x)
+                    else:
+                        feat[:m] = v
+                    for e in range(feature_starts[k], feature_starts[k + 1]):
+                        edge = feature_edges[e]
+                        for i in range(m):
+                            bj[i] += feat[i] > edge
+                n_cols = feature_starts[k + 1] - feature_starts[k] + 1
+                t0 = table_starts[k]
+                for i in range(m):
+                    v[i] = v[i] * tables[t0 + bi[i] * n_cols + bj[i]]
+
     _kernels = {
+        "stages": stages,
         "box_mean": box_mean,
         "change": change,
         "bins": bins,
@@ -455,3 +529,57 @@ def max_z2_log_odds(
         np.float32(coef),
         lo,
     )
+
+
+STAGE_KINDS = {"change": 0, "activity": 1, "deviation": 2, "variance": 3}
+"""Features of :func:`stages`: the calibration stages' and the variance's own."""
+
+
+def stages(
+    var: torch.Tensor,
+    steps: Sequence[tuple[str, Sequence[float], Sequence[float], Sequence[Sequence[float]]]],
+    loc: torch.Tensor | None = None,
+    level: torch.Tensor | None = None,
+    change: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Apply variance factors by bins of (level, feature), one step after another, in one pass.
+
+    Each step is ``(feature, level_edges, feature_edges, factors)`` with ``feature`` a key of
+    :data:`STAGE_KINDS`: what :class:`calmdown.calibration.StratifiedCalibration` (and, with
+    ``"variance"`` and no level edges, :class:`~calmdown.calibration.ScaleCalibration`) apply,
+    to the bit. ``level`` is broadcast to ``var``'s shape; ``loc`` and ``change`` are needed
+    by the steps whose feature reads them.
+    """
+    kernels = _compile()
+    assert kernels is not None
+    a = _array(var)
+    shape = a.shape
+
+    def values(t: torch.Tensor | None) -> np.ndarray:
+        if t is None:
+            return np.zeros(1, np.float32)
+        return _array(torch.broadcast_to(t, var.shape)).reshape(-1)
+
+    def flat(parts: list[np.ndarray], dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+        starts = np.cumsum([0] + [len(p) for p in parts]).astype(np.int64)
+        body = np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+        return (body if body.size else np.zeros(1, dtype)), starts
+
+    kinds = np.array([STAGE_KINDS[f] for f, *_ in steps], np.int64)
+    # The kernel reads these where a step needs them (placeholders stand in for the others).
+    if (level is None or loc is None) and (kinds != STAGE_KINDS["variance"]).any():
+        raise ValueError("these steps need the prior's location and the level")
+    if change is None and (kinds == STAGE_KINDS["change"]).any():
+        raise ValueError("a step by the temporal change needs the change")
+    level_edges, level_starts = flat([np.asarray(s[1], np.float32) for s in steps], np.float32)
+    feature_edges, feature_starts = flat([np.asarray(s[2], np.float32) for s in steps], np.float32)
+    tables, table_starts = flat(
+        [np.asarray(s[3], np.float32).reshape(-1) for s in steps], np.float32
+    )
+    out = np.empty_like(a)
+    _split_run(
+        kernels["stages"], a.size, a.size, a.reshape(-1), values(loc), values(level),
+        values(change), kinds, level_edges, level_starts, feature_edges, feature_starts,
+        tables, table_starts, out.reshape(-1),
+    )  # fmt: skip
+    return torch.from_numpy(out.reshape(shape))
