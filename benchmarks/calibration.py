@@ -54,9 +54,17 @@ def _active(movie: np.ndarray, sd: np.ndarray, k: float = 3.0) -> np.ndarray:
 
 
 def strata(
-    sim: SimulatedMovie, den: np.ndarray, lower: np.ndarray, upper: np.ndarray
+    sim: SimulatedMovie,
+    den: np.ndarray,
+    lower: np.ndarray,
+    upper: np.ndarray,
+    p_surprise: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Coverage of ``sim.clean`` by ``[lower, upper]`` overall and per stratum."""
+    """Coverage of ``sim.clean`` by ``[lower, upper]`` overall and per stratum.
+
+    With the guard's ``p_surprise``: at clear events, its mean and the coverage where the
+    guard handed the pixel to the data (above 0.5) and where it did not.
+    """
     clean = sim.clean
     inside = (clean >= lower) & (clean <= upper)
     width = upper - lower
@@ -122,11 +130,33 @@ def strata(
                 below.append((clean < lower)[where].ravel())
                 zs.append(zerr[where].ravel())
         out[label] = float(np.concatenate(hits).mean()) if hits else float("nan")
+        if label == "events z>=8" and hits and p_surprise is not None:
+            out.update(_by_surprise(label, sim, np.concatenate(hits), p_surprise, lo, hi))
         onset_hits = np.concatenate(onset) if onset else np.zeros(0, bool)
         out[f"{label}, onset"] = float(onset_hits.mean()) if onset_hits.size else float("nan")
         if label == "events z>=8" and hits:
             out.update(_miss_shape(label, *(np.concatenate(v) for v in (zs, above, below))))
     return {k: float(v) for k, v in out.items()}
+
+
+def _by_surprise(
+    label: str, sim: SimulatedMovie, hits: np.ndarray, p: np.ndarray, lo: float, hi: float
+) -> dict[str, float]:
+    """Mean surprise probability at the events' pixels, and coverage split at p = 0.5."""
+    ps = []
+    for ev in sim.events:
+        if lo <= ev.z_oracle < hi:  # the same pixels, in the same order, as the hits
+            frames = ev.t_start + np.flatnonzero(ev.time_course >= 0.5 * ev.peak_photons)
+            px = ev.weights >= 0.5
+            ps.append(p[frames[:, None], ev.ys[px][None], ev.xs[px][None]].ravel())
+    pv = np.concatenate(ps)
+    handed = pv > 0.5
+    return {
+        f"{label}: p_surprise": float(pv.mean()),
+        f"{label}: share p>0.5": float(handed.mean()),
+        f"{label}, p>0.5": float(hits[handed].mean()) if handed.any() else float("nan"),
+        f"{label}, p<=0.5": float(hits[~handed].mean()) if (~handed).any() else float("nan"),
+    }
 
 
 def _miss_shape(
@@ -182,11 +212,12 @@ def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
     den = np.concatenate([c.denoised for c in chunks])
     lower = np.concatenate([c.lower for c in chunks])
     upper = np.concatenate([c.upper for c in chunks])
+    p_surprise = np.concatenate([c.p_surprise for c in chunks])
     row = {
         "preset": preset,
         "photons": photons,
         "train_s": train_s,
-        **strata(sim, den, lower, upper),
+        **strata(sim, den, lower, upper, p_surprise),
     }
     row.update(roi_coverage(model, sim))
     row["heldout_raw_coverage"] = model.heldout["coverage"]
@@ -277,6 +308,18 @@ def main() -> None:
         "Where the misses are: active (denoised) pixels inside the cells and outside them\n"
         "(coverage, share of the active pixels), and clear events in their first frames:",
         where_cols,
+        rows,
+    )
+    guard_cols = [
+        "events z>=8: p_surprise",
+        "events z>=8: share p>0.5",
+        "events z>=8, p>0.5",
+        "events z>=8, p<=0.5",
+    ]
+    _print_values(
+        "Clear events as the guard saw them: mean surprise probability at their pixels, the\n"
+        "share it handed to the data (p > 0.5), and the coverage there and elsewhere:",
+        guard_cols,
         rows,
     )
     args.out.mkdir(parents=True, exist_ok=True)
