@@ -7,7 +7,8 @@ division and a maximum. On a CPU these passes are bound by memory traffic and Py
 not arithmetic: at 512 x 512 they took a third of the inference time. Here each is one
 compiled loop that keeps a frame's values in cache.
 
-The calibration's bins and its temporal-change feature are compiled the same way. Every
+The calibration's bins, its temporal-change feature and its stages (all of them in one pass,
+:func:`stages`) are compiled the same way. Every
 function returns what the PyTorch code in :mod:`calmdown.posterior` and
 :mod:`calmdown.calibration` returns, to the bit: the same float32 operations in the same order
 (float64 where that code accumulates in float64), so a movie denoised with and without Numba,
