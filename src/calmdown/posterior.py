@@ -316,7 +316,7 @@ def _window_sums(
     (:func:`_shifted_z2`). Summed along time first, then over the footprint: windows of as
     many frames share their sums along time, kept in ``time_sums`` (keyed by frames; one
     dictionary per ``span``) where given. (Summed over each footprint first, at 512 x 512 the
-    six windows' twelve running sums over every frame of a band took a third of the guard.)
+    six windows' twelve running sums over every frame of a band took half the guard's time.)
     """
     span = span if span is not None else (0, resid.shape[0])
     cache = time_sums if time_sums is not None else {}
