@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import calmdown
+from calmdown.config import make_config
 from calmdown.errors import InputError
 from calmdown.runtime import onnxruntime_available
 from calmdown.simulate import simulate
@@ -70,6 +71,21 @@ def test_result_does_not_depend_on_chunking(small_sim, small_model, runtime):
     whole, chunked = run(), run(chunk_frames=9)
     for name, value in whole.items():
         np.testing.assert_array_equal(chunked[name], value, err_msg=name)
+
+
+def test_chunk_frames_asked_for_are_given_whatever_the_frame_size(small_sim, small_model):
+    # Large frames get fewer frames per chunk (a cap on pixels, to bound memory); frames asked
+    # for explicitly (--chunk-frames) are given as asked, trading memory for speed.
+    movie = small_sim.raw[:60]  # 64 x 64: a cap of 8192 pixels is 2 frames
+
+    def sizes(**options):
+        return [c.stop - c.start for c in calmdown.iter_apply(small_model, movie, **options)]
+
+    assert sizes(chunk_pixels=8192) == [2] * 30
+    assert sizes(chunk_pixels=8192, chunk_frames=25) == [2] * 30
+    assert sizes(chunk_frames=25) == [25, 25, 10]
+    cfg = make_config(small_model.config, chunk_frames=25)
+    assert cfg.inference.chunk_pixels == 1 << 22  # a config keeps its cap unless told otherwise
 
 
 def test_result_does_not_depend_on_row_bands(small_sim, small_model, monkeypatch):

@@ -207,9 +207,15 @@ class InferenceConfig(_Strict):
     movie); ``prior``: the context network's prediction alone, for comparison."""
 
     chunk_frames: int = Field(default=128, ge=1)
-    """Most frames processed at once (large frames get fewer, see
-    :data:`calmdown.pipeline.CHUNK_PIXELS`); memory grows with this, never with the movie's
-    length."""
+    """Most frames processed at once (large frames get fewer, see ``chunk_pixels``); memory
+    grows with this, never with the movie's length."""
+
+    chunk_pixels: int | None = Field(default=1 << 22, ge=1)
+    """Most pixels (frames x pixels per frame) of the frames one chunk outputs: 16 frames of
+    512 x 512 (:data:`calmdown.pipeline.CHUNK_PIXELS`). None: ``chunk_frames`` frames
+    whatever their size, as ``--chunk-frames`` asks. Larger chunks run faster and hold more
+    memory: at 512 x 512 with ``--interval 0.9``, 64-frame chunks ran 1.45x faster and
+    peaked 0.9 GB higher (``benchmarks/results/speed.txt``)."""
 
     tile_size: int = Field(default=1024, ge=32)
     """Side of the spatial tiles; larger frames are tiled with overlap."""
