@@ -8,13 +8,12 @@ not arithmetic: at 512 x 512 they took a third of the inference time. Here each 
 compiled loop that keeps a frame's values in cache.
 
 The calibration's bins, its temporal-change feature and its stages (all of them in one pass,
-:func:`stages`) are compiled the same way. Every
-function returns what the PyTorch code in :mod:`calmdown.posterior` and
-:mod:`calmdown.calibration` returns, to the bit: the same float32 operations in the same order
-(float64 where that code accumulates in float64), so a movie denoised with and without Numba,
-or in chunks and bands, gives the same values. Work is split between PyTorch's number of
-threads (``torch.get_num_threads()``); each thread writes its own part of the output, so the
-values do not depend on the number of threads either.
+:func:`stages`) are compiled the same way. Every function returns what the PyTorch code in
+:mod:`calmdown.posterior` and :mod:`calmdown.calibration` returns, to the bit: the same float32
+operations in the same order (float64 where that code accumulates in float64), so a movie
+denoised with and without Numba, or in chunks and bands, gives the same values. Work is split
+between PyTorch's number of threads (``torch.get_num_threads()``); each thread writes its own
+part of the output, so the values do not depend on the number of threads either.
 Numba comes with ``pip install calmdown[fast]``; without it (or on a GPU) the PyTorch code runs.
 Kernels are compiled on first use and cached on disk (``NUMBA_CACHE_DIR`` to move the cache).
 """
