@@ -76,12 +76,16 @@ def test_result_does_not_depend_on_chunking(small_sim, small_model, runtime):
 def test_chunk_frames_asked_for_are_given_whatever_the_frame_size(small_sim, small_model):
     # Large frames get fewer frames per chunk (a cap on pixels, to bound memory); frames asked
     # for explicitly (--chunk-frames) are given as asked, trading memory for speed.
-    movie = small_sim.raw[:60]  # 64 x 64: a cap of 8192 pixels is 2 frames
+    movie = small_sim.raw[:60]
+    capped = make_config(small_model.config, chunk_pixels=8192)  # 2 frames of 64 x 64
 
     def sizes(**options):
-        return [c.stop - c.start for c in calmdown.iter_apply(small_model, movie, **options)]
+        return [
+            c.stop - c.start
+            for c in calmdown.iter_apply(small_model, movie, config=capped, **options)
+        ]
 
-    assert sizes(chunk_pixels=8192) == [2] * 30
+    assert sizes() == [2] * 30
     assert sizes(chunk_pixels=8192, chunk_frames=25) == [2] * 30
     assert sizes(chunk_frames=25) == [25, 25, 10]
     cfg = make_config(small_model.config, chunk_frames=25)

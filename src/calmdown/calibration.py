@@ -343,9 +343,13 @@ class CalibrationStages:
         return cls([])
 
 
-def _level_edges(parts: list[tuple[torch.Tensor, ...]], quantiles: Sequence[float]) -> list[float]:
+def _levels(parts: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """Return the level (mean image) of every fitted pixel of ``parts``, flattened."""
+    return torch.cat([torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts])
+
+
+def _level_edges(levels: torch.Tensor, quantiles: Sequence[float]) -> list[float]:
     """Interior brightness edges of the stages' rows: ``quantiles`` of the fitted pixels' level."""
-    levels = torch.cat([torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts])
     return [float(q) for q in np.unique(np.quantile(levels.double().cpu().numpy(), quantiles))]
 
 
@@ -397,7 +401,7 @@ def fit_stratified_calibration(
     -------
     StratifiedCalibration
     """
-    level_edges = _level_edges(parts, level_quantiles)
+    level_edges = _level_edges(_levels(parts), level_quantiles)
     if activity_edges is None and feature == "deviation":
         values = torch.cat([deviation(p[1], p[4])[p[5]].flatten()[::7] for p in parts])
         qd = np.quantile(values.double().cpu().numpy(), DEVIATION_QUANTILES)
@@ -509,10 +513,10 @@ def calibration_resolution(
         pixels), ``scale_se`` (relative standard error of one factor over all of them) and
         ``row_scale_se`` (the same per brightness row, dimmest first).
     """
-    level = torch.cat([torch.broadcast_to(p[4], p[0].shape)[p[5]].flatten() for p in parts])
+    level = _levels(parts)
     var = torch.cat([p[2][p[5]].flatten() for p in parts]).double()
     nv = torch.cat([p[3][p[5]].flatten() for p in parts]).double()
-    edges = _level_edges(parts, level_quantiles)
+    edges = _level_edges(level, level_quantiles)
     rows = bin_index(level, edges)
     n = len(edges) + 1
     sum_var = torch.bincount(rows, weights=var, minlength=n).cpu().numpy()

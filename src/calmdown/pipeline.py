@@ -593,6 +593,17 @@ def _noise_var(noise: NoiseModel, level: torch.Tensor) -> torch.Tensor:
     return noise.variance_ratio * (torch.clamp(level, min=0.0) + noise.read_noise_photons**2)
 
 
+def _guard_and_correct_reach(
+    gcfg: GuardConfig, correction: ResidualCorrection | None, average_frames: int
+) -> int:
+    """Frames on each side of its output that :func:`_guard_and_correct` reads (at most).
+
+    The variance average's, the correction's and the guard's windows, one around the other.
+    """
+    reach = correction.halo if correction is not None and gcfg.correction else 0
+    return average_frames // 2 + reach + guard_halo(gcfg)
+
+
 def _guard_and_correct(
     x: torch.Tensor,
     loc: torch.Tensor,
@@ -1485,12 +1496,7 @@ def _denoise_chunks(
         else 0
     )
     s_halo = _spatial_halo(gcfg, correction)
-    # Frames the guard, correction and variance average read around each output frame.
-    t_reach = (
-        guard_halo(gcfg)
-        + (correction.halo if correction else 0)
-        + cfg.inference.variance_frames // 2
-    )
+    t_reach = _guard_and_correct_reach(gcfg, correction, cfg.inference.variance_frames)
     stream = (
         SampleStream(
             model.error_correlation, samples, prep.reader.shape[1:], cfg.train.seed, device
