@@ -68,7 +68,12 @@ from calmdown.propagation import (
     probe_halo,
 )
 from calmdown.runtime import InferenceNetwork, Runtime, inference_network
-from calmdown.samples import ErrorCorrelation, SampleStream, estimate_error_correlation
+from calmdown.samples import (
+    ErrorCorrelation,
+    MeanNoiseCoupling,
+    SampleStream,
+    estimate_error_correlation,
+)
 from calmdown.tiling import TimeChunk, predict_tiled, time_chunks
 from calmdown.train import Segment, Trainer, TrainProgress, held_out_mask, make_network
 
@@ -452,6 +457,7 @@ def _predict_prior(
     region: tuple[slice, slice] = (slice(None), slice(None)),
     out: PriorPrediction | None = None,
     average: bool = True,
+    coupling: MeanNoiseCoupling | None = None,
 ) -> PriorPrediction:
     """Prior location and variance (photon units, on ``device``) of frames ``targets``.
 
@@ -464,7 +470,8 @@ def _predict_prior(
     neighbouring ``planes``. ``photons`` may be a window ``region`` of the frames (``mean_image``
     must then give that window too). ``out`` (frames ``targets``) is filled where given.
     ``targets`` must be consecutive when probed; ``average=False`` keeps the probes
-    (``probes``) without averaging them into ``propagated``.
+    (``probes``) without averaging them into ``propagated``. ``coupling`` gathers, from the
+    probes, what the mean image passes of a frame's noise to other frames' priors.
     """
     k = config.model.context_frames
     inf = config.inference
@@ -539,7 +546,10 @@ def _predict_prior(
             m2 = mean_t[sel] + EPS * mean_sd * z[:, :1] / scale0
             f2 = frames_t[sel] + EPS * frame_sd * z[:, 1:] / scale0
             loc2 = torch.cat([run(m2[j : j + 1], f2[j : j + 1], 1)[0] for j in range(len(sel))])
-            prop = ((loc2[:, 0] - loc[sel, 0]) * scale0 / EPS) ** 2
+            response = (loc2[:, 0] - loc[sel, 0]) * (scale0 / EPS)
+            if coupling is not None:
+                coupling.add((mean_sd * z[:, :1])[:, 0], response)
+            prop = response**2
             probes.frames.extend(int(t) + frame_base for t in ts[sel])
             probes.sums.extend(window_sum(prop, 1, WINDOW[1]))
             probes.totals.extend(float(v) for v in prop.double().sum(dim=(1, 2)))
@@ -925,6 +935,8 @@ def _calibrate(
     n_pixels = sum(len(span(*runs[i])) for i in order) * h * w
     draw_window = _crop_windows(h, w, n_pixels, rng)
 
+    coupling = MeanNoiseCoupling()
+
     def part(seg: Segment, frames: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, ...]:
         region, keep = draw_window() if draw_window else ((slice(None),) * 2, (slice(None),) * 2)
         photons = seg.photons[:, region[0], region[1]]
@@ -943,6 +955,7 @@ def _calibrate(
             planes=planes,
             plane_photons=None if seg.planes is None else seg.planes[:, :, region[0], region[1]],
             region=region,
+            coupling=coupling,
         )
         x = torch.from_numpy(np.ascontiguousarray(photons[frames])).to(device)
         prop = pred.propagated if pred.propagated is not None else torch.zeros_like(pred.loc)
@@ -1056,6 +1069,7 @@ def _calibrate(
         ],
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
+        mean_coupling=coupling.grid(),
     )
     release_freed_memory()
     correction = None

@@ -4,20 +4,34 @@ A denoised pixel's error is not independent of its neighbours': the prior misses
 transient in all its pixels at once, and the static part of the prior (the mean image) is wrong
 the same way in every frame. An ROI trace averaged over independent pixel errors would get a
 corridor far too narrow. We model the posterior error as ``sd * u`` with ``sd`` the per-pixel
-posterior standard deviation and ``u`` a unit-variance Gaussian field that is stationary in
-space and time, with a separable correlation ``rho_s(dy, dx) * rho_t(dt)``:
+posterior standard deviation and ``u`` a unit-variance Gaussian field, stationary in space and
+time, made of two independent parts:
 
-* ``rho_s`` is measured without ground truth from same-frame cross-products of held-out
-  residuals ``x - loc``: detector noise is independent of the prior's error, and independent
-  between pixels apart from the neighbour correlation the noise model measured (subtracted),
-  so ``E[r_i r_j] = cov(e_i, e_j)`` for ``i != j``.
-* ``rho_t(dt) = s + (1 - s) * a**dt``: a static part (the mean image's error) and a part that
-  decays. ``s`` and ``a`` are fitted to cross-products at lags beyond the context (the prior of
-  frame t uses frames t +- K, whose noise would otherwise enter).
+* a static part, of variance ``s``, the same in every frame, with spatial correlation
+  ``rho_0(dy, dx)``: the error of the static morphology, which comes mostly from the mean
+  image's own noise and so is nearly independent between pixels;
+* a changing part, of variance ``1 - s``, with spatial correlation ``rho_s(dy, dx)`` and
+  lag-``L`` correlation ``a**L``: the prior missing what the frame shows, over a soma at once.
 
-Sampling filters white noise by the square root of ``rho_s``'s spectrum and runs an AR(1)
-recursion in time, per frame seeded by (seed, sample, frame), so samples are reproducible and do
-not depend on how the movie is chunked.
+Both are measured without ground truth from held-out residuals ``x - loc``. Detector noise is
+independent of the prior's error, independent between frames, and independent between pixels
+apart from the neighbour correlation the noise model measured (subtracted), so
+
+* cross-products of residuals at least :data:`STATIC_GAP` frames apart measure the static part's
+  covariance (``s`` at the pixel, ``rho_0`` between pixels);
+* same-frame cross-products between pixels measure the sum of both parts' covariances, from
+  which the static part's is taken;
+* cross-products at lags beyond the context (the prior of frame t uses frames t +- K, whose
+  noise would otherwise enter) give ``a``.
+
+The two parts' spatial correlations differ: in simulated movies the static error's neighbour
+correlation is 0.02-0.19 and the changing error's 0.55-0.71. One correlation for both (the
+format of model files before this one) makes the static part as smooth as the changing part, so
+an ROI's samples share a constant error that the truth does not have.
+
+Sampling filters white noise by the square root of each correlation's spectrum and runs an AR(1)
+recursion in time for the changing part, per frame seeded by (seed, sample, frame), so samples
+are reproducible and do not depend on how the movie is chunked.
 """
 
 from __future__ import annotations
@@ -29,10 +43,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ErrorCorrelation", "SampleStream", "estimate_error_correlation"]
+__all__ = ["ErrorCorrelation", "MeanNoiseCoupling", "SampleStream", "estimate_error_correlation"]
 
 RADIUS = 4
 """Spatial lags measured and filtered: -RADIUS..RADIUS pixels on each axis."""
+
+STATIC_GAP = 24
+"""Frames apart beyond which residual cross-products measure the static error: in simulated
+movies the changing error's correlation has fallen from 0.8-0.94 at one frame to within
+0.01-0.1 of its long-run value at 20-50 frames."""
+
+MAX_STATIC = 0.95
+"""Largest static share: the changing part always keeps some variance."""
 
 
 @dataclass
@@ -42,20 +64,29 @@ class ErrorCorrelation:
     Attributes
     ----------
     spatial : list of list of float
-        ``rho_s`` on a ``(2R+1, 2R+1)`` grid of lags, 1 at the centre.
+        ``rho_s``, the changing part's spatial correlation, on a ``(2R+1, 2R+1)`` grid of
+        lags, 1 at the centre.
     static : float
         ``s``: fraction of the error variance that does not change over time.
     decay : float
         ``a``: lag-1 correlation of the changing part.
+    static_spatial : list of list of float, optional
+        ``rho_0``, the static part's spatial correlation (same grid). None: ``rho_s`` (model
+        files made before the two were measured apart).
     """
 
     spatial: list[list[float]] = field(default_factory=lambda: _identity_grid())
     static: float = 0.0
     decay: float = 0.0
+    static_spatial: list[list[float]] | None = None
 
-    def kernel(self) -> torch.Tensor:
-        """Filter whose output, from unit white noise, has correlation ``rho_s`` (unit var)."""
-        rho = np.asarray(self.spatial, np.float64)
+    def kernel(self, static: bool = False) -> torch.Tensor:
+        """Return the filter that gives white noise unit variance and a part's correlation.
+
+        The changing part's (``rho_s``), or with ``static`` the static part's (``rho_0``).
+        """
+        grid = self.static_spatial if static and self.static_spatial is not None else self.spatial
+        rho = np.asarray(grid, np.float64)
         size = 4 * (2 * RADIUS + 1)
         grid = np.zeros((size, size))
         r = RADIUS
@@ -72,7 +103,14 @@ class ErrorCorrelation:
 
     def to_dict(self) -> dict[str, object]:
         """Plain types."""
-        return {"spatial": self.spatial, "static": self.static, "decay": self.decay}
+        out: dict[str, object] = {
+            "spatial": self.spatial,
+            "static": self.static,
+            "decay": self.decay,
+        }
+        if self.static_spatial is not None:
+            out["static_spatial"] = self.static_spatial
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> ErrorCorrelation:
@@ -81,6 +119,9 @@ class ErrorCorrelation:
             spatial=[list(map(float, row)) for row in data["spatial"]],  # type: ignore[union-attr]
             static=float(data["static"]),  # type: ignore[arg-type]
             decay=float(data["decay"]),  # type: ignore[arg-type]
+            static_spatial=None
+            if data.get("static_spatial") is None
+            else [list(map(float, row)) for row in data["static_spatial"]],  # type: ignore[union-attr]
         )
 
     @classmethod
@@ -96,12 +137,78 @@ def _identity_grid() -> list[list[float]]:
     return grid.tolist()
 
 
-def _shifted_products(r: torch.Tensor, dy: int, dx: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sum and count of ``r[..., y, x] * r[..., y + dy, x + dx]`` over valid pixels."""
+def _shifted_products(
+    r: torch.Tensor, dy: int, dx: int, other: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sum and count of ``r[..., y, x] * other[..., y + dy, x + dx]`` over valid pixels.
+
+    ``other`` defaults to ``r``.
+    """
+    other = r if other is None else other
     h, w = r.shape[-2:]
     a = r[..., max(0, -dy) : h - max(0, dy), max(0, -dx) : w - max(0, dx)]
-    b = r[..., max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)]
+    b = other[..., max(0, dy) : h - max(0, -dy), max(0, dx) : w - max(0, -dx)]
     return (a * b).sum(), torch.tensor(float(a.numel()))
+
+
+def _static_products(r: torch.Tensor, gap: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return sums and counts, per spatial lag, of products of residuals ``>= gap`` frames apart.
+
+    ``r`` is (T, Y, X). Every pair of frames at least ``gap`` apart counts once in each order
+    (so the grid is symmetric under ``(dy, dx) -> (-dy, -dx)``); the later frames are summed
+    first, so the cost is one product per spatial lag. None when no pair is that far apart.
+    """
+    t_len = r.shape[0]
+    if t_len <= gap:
+        return None
+    # later[t] = sum of r over frames t + gap .. T - 1, for t = 0 .. T - gap - 1.
+    later = torch.flip(torch.cumsum(torch.flip(r, [0]), 0), [0])[gap:]
+    first = r[: t_len - gap]
+    m = t_len - gap
+    n_pairs = m * (m + 1) / 2
+    n = 2 * RADIUS + 1
+    sums, counts = np.zeros((n, n)), np.zeros((n, n))
+    for dy in range(-RADIUS, RADIUS + 1):
+        for dx in range(-RADIUS, RADIUS + 1):
+            s, c = _shifted_products(first, dy, dx, later)
+            sums[dy + RADIUS, dx + RADIUS] += float(s)
+            counts[dy + RADIUS, dx + RADIUS] += float(c) / m * n_pairs
+    return sums + sums[::-1, ::-1], counts + counts[::-1, ::-1]
+
+
+class MeanNoiseCoupling:
+    """How much of a frame's noise reaches the prior of other frames through the mean image.
+
+    The mean image given for frame ``t'`` averages every frame but ``t'``, frame ``t``'s noise
+    ``n_t`` among them, and the prior passes it on: ``E[n_t(p) e_t'(p + d)] = C(d) = J(p + d
+    <- p) var_m(p)``, with ``J`` the prior's derivative in the mean image and ``var_m`` the
+    mean image's noise variance. Residual cross-products of two frames then read ``C(d) +
+    C(-d)`` below the prior's error covariance: in simulated movies ``C(0)`` is about
+    ``nv / N`` (N frames averaged), 0.7-1.5 times the static error's own covariance, so the
+    static part measured without it comes out near zero or negative. The noise probes (see
+    :mod:`calmdown.propagation`) perturb the mean image by ``eps * sd_m * z``; the products
+    ``sd_m z(p) * dloc(p + d) / eps`` average to ``C(d)``.
+    """
+
+    def __init__(self) -> None:
+        n = 2 * RADIUS + 1
+        self.sums = np.zeros((n, n))
+        self.counts = np.zeros((n, n))
+
+    def add(self, perturbation: torch.Tensor, response: torch.Tensor) -> None:
+        """Add probed frames: ``sd_m * z`` (N, Y, X) and the prior's response over ``eps``."""
+        a, b = perturbation.double(), response.double()
+        for dy in range(-RADIUS, RADIUS + 1):
+            for dx in range(-RADIUS, RADIUS + 1):
+                s, c = _shifted_products(a, dy, dx, b)
+                self.sums[dy + RADIUS, dx + RADIUS] += float(s)
+                self.counts[dy + RADIUS, dx + RADIUS] += float(c)
+
+    def grid(self) -> np.ndarray | None:
+        """``C(d)`` on the grid of lags (photons squared), or None before any probe."""
+        if not self.counts[RADIUS, RADIUS]:
+            return None
+        return self.sums / np.maximum(self.counts, 1.0)
 
 
 def estimate_error_correlation(
@@ -110,6 +217,7 @@ def estimate_error_correlation(
     noise_correlation: tuple[float, float],
     context_frames: int,
     max_lag: int = 8,
+    mean_coupling: np.ndarray | None = None,
 ) -> ErrorCorrelation:
     """Fit the error correlation on held-out frames.
 
@@ -125,6 +233,11 @@ def estimate_error_correlation(
         K: temporal lags up to K are skipped (the prior saw those frames' noise).
     max_lag : int
         Longest temporal lag used beyond K.
+    mean_coupling : ndarray, optional
+        :meth:`MeanNoiseCoupling.grid`: what the mean image passes of one frame's noise to
+        the prior of the others. Without it the static part cannot be told from it, and one
+        spatial correlation is fitted to both parts, the static share from temporal lags of
+        up to ``K + max_lag`` frames (model files before this one).
 
     Returns
     -------
@@ -136,6 +249,9 @@ def estimate_error_correlation(
     pv_sum, pv_n = 0.0, 0.0
     lag_sums = np.zeros(max_lag + 1)
     lag_counts = np.zeros(max_lag + 1)
+    static_sums, static_counts = np.zeros((n, n)), np.zeros((n, n))
+    # Frames this far apart share no noise, not even through the frames the prior saw.
+    gap = max(STATIC_GAP, 2 * context_frames + 1)
     nv_mean = 0.0
     for resid, pvar, nvar, target in parts:
         sel = target.nonzero().flatten()
@@ -161,6 +277,10 @@ def estimate_error_correlation(
                 break
             lag_sums[j] += float((full[:-lag] * full[lag:]).sum())
             lag_counts[j] += float(full[:-lag].numel())
+        products = _static_products(full, gap)
+        if products is not None:
+            static_sums += products[0]
+            static_counts += products[1]
     if pv_n == 0:
         return ErrorCorrelation.independent()
     mean_pv = pv_sum / pv_n
@@ -172,15 +292,34 @@ def estimate_error_correlation(
     cov[RADIUS + 1, RADIUS] -= ry * mean_nv
     cov[RADIUS, RADIUS - 1] -= rx * mean_nv
     cov[RADIUS, RADIUS + 1] -= rx * mean_nv
-    rho = np.clip(cov / max(mean_pv, 1e-12), -1.0, 1.0)
-    rho_fit = _fit_spatial(rho)
     lags = np.arange(context_frames + 1, context_frames + 1 + max_lag)
     ok = lag_counts[1:] > 0
-    static, decay = 0.0, 0.0
-    if ok.any():
-        rho_t = np.clip(lag_sums[1:][ok] / lag_counts[1:][ok] / max(mean_pv, 1e-12), 0.0, 1.0)
-        static, decay = _fit_temporal(lags[ok], rho_t)
-    return ErrorCorrelation(spatial=rho_fit, static=static, decay=decay)
+    # Products of two frames read C(d) + C(-d) below the prior's error covariance.
+    coupled = (
+        np.zeros((n, n)) if mean_coupling is None else mean_coupling + mean_coupling[::-1, ::-1]
+    )
+    rho_t = lag_sums[1:][ok] / np.maximum(lag_counts[1:][ok], 1) + coupled[RADIUS, RADIUS]
+    rho_t = np.clip(rho_t / max(mean_pv, 1e-12), 0.0, 1.0)
+    static_cov = coupled + np.divide(
+        static_sums, static_counts, out=np.zeros_like(static_sums), where=static_counts > 0
+    )
+    if (
+        mean_coupling is None
+        or static_counts[RADIUS, RADIUS] == 0
+        or static_cov[RADIUS, RADIUS] <= 0
+    ):
+        # Runs too short to measure the static part apart: one correlation for both parts,
+        # the static share from the temporal lags alone.
+        rho_fit = _fit_spatial(np.clip(cov / max(mean_pv, 1e-12), -1.0, 1.0))
+        static, decay = _fit_temporal(lags[ok], rho_t) if ok.any() else (0.0, 0.0)
+        return ErrorCorrelation(spatial=rho_fit, static=static, decay=decay)
+    static = float(np.clip(static_cov[RADIUS, RADIUS] / max(mean_pv, 1e-12), 0.0, MAX_STATIC))
+    static_rho = _fit_spatial(np.clip(static_cov / static_cov[RADIUS, RADIUS], -1.0, 1.0))
+    # Same-frame covariances hold both parts; the changing part's is what the static leaves.
+    changing = (cov - static * mean_pv * np.asarray(static_rho)) / ((1.0 - static) * mean_pv)
+    rho_fit = _fit_spatial(np.clip(changing, -1.0, 1.0))
+    decay = _fit_decay(lags[ok], rho_t, static) if ok.any() else 0.0
+    return ErrorCorrelation(spatial=rho_fit, static=static, decay=decay, static_spatial=static_rho)
 
 
 def _fit_spatial(rho: np.ndarray) -> list[list[float]]:
@@ -204,6 +343,13 @@ def _fit_spatial(rho: np.ndarray) -> list[list[float]]:
     grid = amp * np.exp(-r / length)
     grid[~off] = 1.0
     return grid.tolist()
+
+
+def _fit_decay(lags: np.ndarray, rho: np.ndarray, static: float) -> float:
+    """Least-squares ``a`` of ``rho(L) = s + (1 - s) * a**L`` with ``s`` given."""
+    grid = np.linspace(0.0, 0.995, 200)
+    model = static + (1.0 - static) * grid[:, None] ** lags.astype(float)[None]
+    return float(grid[np.argmin(np.sum((model - rho[None]) ** 2, axis=1))])
 
 
 def _fit_temporal(lags: np.ndarray, rho: np.ndarray) -> tuple[float, float]:
@@ -251,12 +397,15 @@ class SampleStream:
         self.seed = seed
         self.device = device
         self._kernel = correlation.kernel().to(device)[None, None]
-        self._static = self._field(-1)
+        self._static = self._field(-1, correlation.kernel(static=True).to(device)[None, None])
         self._state: torch.Tensor | None = None
         self._next = 0
 
-    def _field(self, frame: int) -> torch.Tensor:
-        """(n, Y, X) spatially correlated unit white noise for one frame."""
+    def _field(self, frame: int, kernel: torch.Tensor | None = None) -> torch.Tensor:
+        """Return (n, Y, X) spatially correlated unit white noise for one frame.
+
+        Frame -1 is the static part's. ``kernel`` filters it (default: the changing part's).
+        """
         gen = torch.Generator().manual_seed(
             (self.seed * 1_000_003 + (frame + 2) * 7919) % (2**63 - 1)
         )
@@ -264,7 +413,7 @@ class SampleStream:
         r = RADIUS
         z = F.conv2d(
             F.pad(z, (r, r, r, r), mode="reflect" if min(self.shape) > r else "replicate"),
-            self._kernel,
+            self._kernel if kernel is None else kernel,
         )
         return z[:, 0]
 
