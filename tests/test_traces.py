@@ -159,6 +159,28 @@ def test_correlated_samples_give_wider_roi_corridors_than_independent_ones(small
     assert cov["independent"] < cov["joint"] - 0.1, cov
 
 
+def test_the_static_error_is_modelled_rougher_than_the_changing_error_as_the_truth_is(
+    small_sim, small_model
+):
+    # The truth: the denoised movie's standardised error, split into its mean over time
+    # (static) and the rest, and each part's correlation between horizontal neighbours.
+    chunks = list(calmdown.iter_apply(small_model, small_sim.raw, interval=0.9))
+    den = np.concatenate([c.denoised for c in chunks]).astype(np.float64)
+    width = np.concatenate([c.upper - c.lower for c in chunks]).astype(np.float64)
+    u = (small_sim.clean - den) / np.maximum(width / (2 * 1.6449), 1e-6)
+    static = u.mean(axis=0)
+    changing = u - static
+
+    def neighbours(a: np.ndarray) -> float:
+        return float(np.mean(a[..., 1:] * a[..., :-1]) / np.mean(a**2))
+
+    assert neighbours(static) < neighbours(changing) - 0.2
+    corr = small_model.error_correlation
+    assert corr.static_spatial is not None
+    r = len(corr.spatial) // 2
+    assert corr.static_spatial[r][r + 1] < corr.spatial[r][r + 1] - 0.2, corr
+
+
 def test_rois_of_another_shape_are_refused(small_sim, small_model):
     rois = _label_rois(np.pad(small_sim.labels, 2))
     with pytest.raises(calmdown.InputError, match="ROIs lie on"):
