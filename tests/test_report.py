@@ -91,6 +91,14 @@ def test_report_has_every_section(report_path):
     assert not (report_path.parent / "report.html.partial").exists()
 
 
+def test_report_states_the_joint_samples_error_model(report_path, model):
+    text = report_path.read_text(encoding="utf-8")
+    corr = model.error_correlation
+    assert "static over time" in text
+    assert f"{corr.static:.3g}" in text
+    assert f"{corr.decay:.3g}" in text
+
+
 def test_report_is_self_contained(report_path):
     text = report_path.read_text(encoding="utf-8")
     assert not re.search(r"https?://", text)

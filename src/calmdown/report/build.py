@@ -288,6 +288,22 @@ def _calibration_section(model: TrainedModel) -> str:
             "few photons, and a scale measured to worse than ±25 % leans on the overall scale and "
             "the network's own spread, which the check above cannot confirm group by group."
         )
+    corr = model.error_correlation
+    r = len(corr.spatial) // 2
+    static_nb = corr.spatial if corr.static_spatial is None else corr.static_spatial
+    rows += [
+        ("joint samples: share of the prior's error that is static over time", _fmt(corr.static)),
+        (
+            "… neighbour correlation of the static / the changing error",
+            f"{_fmt(static_nb[r][r + 1])} / {_fmt(corr.spatial[r][r + 1])}",
+        ),
+        ("… frame-to-frame correlation of the changing error", _fmt(corr.decay)),
+    ]
+    samples = (
+        " The joint samples (and the ROI corridors' shape over time) draw the prior's error from "
+        "the model in the last rows, measured on the same frames from products of residuals "
+        "between pixels and between frames."
+    )
     return (
         img(figures.calibration_figure(h), "PIT histogram")
         + table(("check on held-out frames", "value"), rows, left=1)
@@ -297,7 +313,7 @@ def _calibration_section(model: TrainedModel) -> str:
             "is recorded. Calibrated predictions give a flat histogram; a U shape means "
             "intervals too narrow, a hump too wide, a slope a bias. This checks the prediction of "
             "raw values; on simulations, intervals calibrated this way also cover the truth at "
-            f"about their nominal rate overall.{resolution}"
+            f"about their nominal rate overall.{resolution}{samples}"
         )
     )
 
