@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from calmdown import __version__
 from calmdown.allocator import limit_arenas
 from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handle_signals
-from calmdown.config import Config, make_config
+from calmdown.config import Config, chunk_options, make_config
 from calmdown.errors import CalmdownError, InputError
 from calmdown.io import (
     MovieReader,
@@ -278,11 +278,6 @@ def _errors(debug: bool, checkpoint: Path | list[Path] | None = None) -> Iterato
 
 def _config(**flat: Any) -> Config:
     return make_config(Config(), **flat)
-
-
-def _chunk_pixels(chunk_frames: int | None) -> dict[str, Any]:
-    """``--chunk-frames`` given: that many frames, whatever their size (no pixel cap)."""
-    return {} if chunk_frames is None else {"chunk_pixels": None}
 
 
 def _adopt_init(
@@ -735,7 +730,7 @@ def denoise(
             offset=offset,
             read_noise=read_noise,
             chunk_frames=chunk_frames,
-            **_chunk_pixels(chunk_frames),
+            **chunk_options(chunk_frames),
             device=device,
             threads=threads,
             runtime=runtime,
@@ -1051,7 +1046,7 @@ def apply_cmd(
             offset=offset,
             read_noise=read_noise,
             chunk_frames=chunk_frames,
-            **_chunk_pixels(chunk_frames),
+            **chunk_options(chunk_frames),
             device=device,
             threads=threads,
             runtime=runtime,

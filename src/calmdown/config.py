@@ -20,8 +20,17 @@ __all__ = [
     "ModelConfig",
     "NoiseConfig",
     "TrainConfig",
+    "chunk_options",
     "make_config",
 ]
+
+CHUNK_PIXELS = 1 << 22
+"""Most pixels (frames x pixels per frame) of the output frames of one chunk by default
+(``InferenceConfig.chunk_pixels``): 16 frames of 512 x 512. At 512 x 512 with
+``--interval 0.9`` (session 35, in-process VmHWM and frames/s, the same model), 64-frame chunks
+ran at 6.2 frames/s against 4.2 and peaked at 3.0 GB against 2.2: the guard's window sums read
+the frames around a chunk's output again in every chunk. The default keeps the peak of a
+512 x 512 x 10000 movie under 2 GB; ``--chunk-frames`` trades memory for speed."""
 
 
 class _Strict(BaseModel):
@@ -210,9 +219,9 @@ class InferenceConfig(_Strict):
     """Most frames processed at once (large frames get fewer, see ``chunk_pixels``); memory
     grows with this, never with the movie's length."""
 
-    chunk_pixels: int | None = Field(default=1 << 22, ge=1)
+    chunk_pixels: int | None = Field(default=CHUNK_PIXELS, ge=1)
     """Most pixels (frames x pixels per frame) of the frames one chunk outputs: 16 frames of
-    512 x 512 (:data:`calmdown.pipeline.CHUNK_PIXELS`). None: ``chunk_frames`` frames
+    512 x 512 (:data:`CHUNK_PIXELS`). None: ``chunk_frames`` frames
     whatever their size, as ``--chunk-frames`` asks. Larger chunks run faster and hold more
     memory: at 512 x 512 with ``--interval 0.9``, 64-frame chunks ran 1.45x faster and
     peaked 0.9 GB higher (``benchmarks/results/speed.txt``)."""
@@ -274,6 +283,15 @@ def _none_is_a_value(name: str) -> bool:
         if field is not None:
             return field.default is not None and type(None) in get_args(field.annotation)
     return False
+
+
+def chunk_options(chunk_frames: int | None) -> dict[str, Any]:
+    """Flat options for frames per chunk asked for: that many, whatever their size.
+
+    ``chunk_frames`` given (not None) lifts the pixel cap ``chunk_pixels``; a config on its
+    own keeps its cap, so frames set in it stay an upper bound.
+    """
+    return {} if chunk_frames is None else {"chunk_pixels": None}
 
 
 def make_config(base: Config | None = None, **flat: Any) -> Config:

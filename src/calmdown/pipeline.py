@@ -31,7 +31,14 @@ from calmdown.calibration import (
     temporal_change,
 )
 from calmdown.checkpoint import Checkpoint, run_training
-from calmdown.config import Config, GuardConfig, ModelConfig, make_config
+from calmdown.config import (
+    CHUNK_PIXELS,
+    Config,
+    GuardConfig,
+    ModelConfig,
+    chunk_options,
+    make_config,
+)
 from calmdown.context import (
     BlockFile,
     MeanImage,
@@ -1440,8 +1447,8 @@ def iter_apply(
     DenoisedChunk
     """
     base = config or model.config
-    if options.get("chunk_frames") is not None and "chunk_pixels" not in options:
-        options["chunk_pixels"] = None  # frames asked for are frames given, whatever their size
+    if "chunk_pixels" not in options:
+        options.update(chunk_options(options.get("chunk_frames")))
     cfg = make_config(base, **options)
     # The network's shape comes from the model, whatever the caller's config says.
     cfg = cfg.model_copy(update={"model": model.config.model})
@@ -1652,14 +1659,6 @@ def _carry(
     next_g0 = _predicted_span(following, g_halo, n_frames)[0]
     return pred.tail(next_g0 - g0) if g0 <= next_g0 < g1 else None
 
-
-CHUNK_PIXELS = 1 << 22
-"""Most pixels (frames x pixels per frame) of the output frames of one chunk by default
-(``InferenceConfig.chunk_pixels``, the same value): 16 frames of 512 x 512. At 512 x 512 with
-``--interval 0.9`` (session 35, in-process VmHWM and frames/s, the same model), 64-frame chunks
-ran at 6.2 frames/s against 4.2 and peaked at 3.0 GB against 2.2: the guard's window sums read
-the frames around a chunk's output again in every chunk. The default keeps the peak of a
-512 x 512 x 10000 movie under 2 GB; ``--chunk-frames`` trades memory for speed."""
 
 _BAND_PIXELS = 1 << 21
 """Frames x pixels of one row band (its halo included) of a chunk that the guard, the

@@ -152,6 +152,25 @@ def _shifted_products(
     return (a * b).sum(), torch.tensor(float(a.numel()))
 
 
+def _lag_grid(
+    r: torch.Tensor, other: torch.Tensor | None = None, *, centre: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return :func:`_shifted_products`' sums and counts on the grid of spatial lags.
+
+    ``centre=False`` leaves the zero lag at 0 (a pixel's product with itself holds its noise).
+    """
+    n = 2 * RADIUS + 1
+    sums, counts = np.zeros((n, n)), np.zeros((n, n))
+    for dy in range(-RADIUS, RADIUS + 1):
+        for dx in range(-RADIUS, RADIUS + 1):
+            if not centre and dy == 0 and dx == 0:
+                continue
+            s, c = _shifted_products(r, dy, dx, other)
+            sums[dy + RADIUS, dx + RADIUS] = float(s)
+            counts[dy + RADIUS, dx + RADIUS] = float(c)
+    return sums, counts
+
+
 def _static_products(r: torch.Tensor, gap: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Return sums and counts, per spatial lag, of products of residuals ``>= gap`` frames apart.
 
@@ -166,14 +185,8 @@ def _static_products(r: torch.Tensor, gap: int) -> tuple[np.ndarray, np.ndarray]
     later = torch.flip(torch.cumsum(torch.flip(r, [0]), 0), [0])[gap:]
     first = r[: t_len - gap]
     m = t_len - gap
-    n_pairs = m * (m + 1) / 2
-    n = 2 * RADIUS + 1
-    sums, counts = np.zeros((n, n)), np.zeros((n, n))
-    for dy in range(-RADIUS, RADIUS + 1):
-        for dx in range(-RADIUS, RADIUS + 1):
-            s, c = _shifted_products(first, dy, dx, later)
-            sums[dy + RADIUS, dx + RADIUS] += float(s)
-            counts[dy + RADIUS, dx + RADIUS] += float(c) / m * n_pairs
+    sums, counts = _lag_grid(first, later)
+    counts *= (m + 1) / 2  # m frames x pixels -> m (m + 1) / 2 pairs of frames x pixels
     return sums + sums[::-1, ::-1], counts + counts[::-1, ::-1]
 
 
@@ -198,12 +211,9 @@ class MeanNoiseCoupling:
 
     def add(self, perturbation: torch.Tensor, response: torch.Tensor) -> None:
         """Add probed frames: ``sd_m * z`` (N, Y, X) and the prior's response over ``eps``."""
-        a, b = perturbation.double(), response.double()
-        for dy in range(-RADIUS, RADIUS + 1):
-            for dx in range(-RADIUS, RADIUS + 1):
-                s, c = _shifted_products(a, dy, dx, b)
-                self.sums[dy + RADIUS, dx + RADIUS] += float(s)
-                self.counts[dy + RADIUS, dx + RADIUS] += float(c)
+        sums, counts = _lag_grid(perturbation.double(), response.double())
+        self.sums += sums
+        self.counts += counts
 
     def grid(self) -> np.ndarray | None:
         """``C(d)`` on the grid of lags (photons squared), or None before any probe."""
@@ -262,13 +272,9 @@ def estimate_error_correlation(
         pv_sum += float(pvar[sel].double().sum())
         pv_n += float(pvar[sel].numel())
         nv_mean += float(nvar[sel].double().sum())
-        for dy in range(-RADIUS, RADIUS + 1):
-            for dx in range(-RADIUS, RADIUS + 1):
-                if dy == 0 and dx == 0:
-                    continue
-                s, c = _shifted_products(r, dy, dx)
-                sums[dy + RADIUS, dx + RADIUS] += float(s)
-                counts[dy + RADIUS, dx + RADIUS] += float(c)
+        part_sums, part_counts = _lag_grid(r, centre=False)
+        sums += part_sums
+        counts += part_counts
         # Temporal lags beyond the context, over every predicted frame of the run.
         full = resid.double()
         t_len = full.shape[0]
@@ -278,7 +284,8 @@ def estimate_error_correlation(
                 break
             lag_sums[j] += float((full[:-lag] * full[lag:]).sum())
             lag_counts[j] += float(full[:-lag].numel())
-        products = _static_products(full, gap)
+        # Of use only where the mean image's coupling is known (see below).
+        products = None if mean_coupling is None else _static_products(full, gap)
         if products is not None:
             static_sums += products[0]
             static_counts += products[1]
