@@ -257,3 +257,13 @@ def test_stopping_early_removes_the_partial_store(tmp_path, model, raw_zarr, cli
     blocks.close()
     assert not out.exists()
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_crop_auto_cuts_nan_padding_in_every_task(tmp_path, model, raw_zarr, reference, client):
+    """The crop is found once, on the client; each task reads the same rows and columns."""
+    padded = np.full((SHAPE[0], SHAPE[1] + 6, SHAPE[2] + 6), np.nan, dtype=np.float32)
+    padded[:, 3:-3, 3:-3] = read(raw_zarr)
+    source = save_array(tmp_path / "padded.zarr", padded)
+    out = tmp_path / "cropped.zarr"
+    dask_apply(model, source, out, crop="auto", client=client, threads=THREADS)
+    np.testing.assert_allclose(read(out), reference["denoised"], rtol=1e-5, atol=1e-3)

@@ -35,6 +35,7 @@ from calmdown.io import (
     same_file,
     write_atomic,
 )
+from calmdown.io.padding import Crop, crop_of, frame_shape
 from calmdown.neighbours import neighbour_numbers
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, adopt_network, iter_apply, prepare, train
@@ -60,6 +61,15 @@ Channel = Annotated[
 Roi = Annotated[
     int | None,
     typer.Option("--roi", help="Region of a ScanImage multi-ROI recording to read, from 1."),
+]
+CropOption = Annotated[
+    str | None,
+    typer.Option(
+        "--crop",
+        help="Rows and columns to read, Y0:Y1,X0:X1 (e.g. 4:508,4:508), or auto: those that "
+        "every frame measured (cuts the padding motion correction leaves at the edges). The "
+        "outputs have the crop's size.",
+    ),
 ]
 
 
@@ -355,6 +365,7 @@ def _prepare_raw(
     channel: int | None,
     plane: int | None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
 ) -> Prepared:
     """Open RAW (its channel, plane and ROI) and run the first pass; the result owns the reader.
 
@@ -363,6 +374,7 @@ def _prepare_raw(
     neighbours: list[MovieReader] = []
     readers: list[MovieReader] = []
     try:
+        n_planes = None
         if cfg.model.plane_context:
             n_planes = count_planes(raw, key=key) if isinstance(raw, (str, Path)) else None
             if plane is None or n_planes is None:
@@ -371,16 +383,22 @@ def _prepare_raw(
                     "needs a volume recording and --plane N (or denoise --plane all)",
                     path=raw if isinstance(raw, (str, Path)) else None,
                 )
+        reader = open_movie(raw, key=key, channel=channel, plane=plane, roi=roi, crop=crop)
+        readers.append(reader)
+        if plane is not None and n_planes is not None:
             opened: dict[int, MovieReader] = {}
             for number in neighbour_numbers(plane, n_planes):
                 if number not in opened:
                     opened[number] = open_movie(
-                        raw, key=key, channel=channel, plane=number, roi=roi
+                        raw,
+                        key=key,
+                        channel=channel,
+                        plane=number,
+                        roi=roi,
+                        crop=crop_of(reader),  # the plane's own crop, also when found
                     )
                     readers.append(opened[number])
                 neighbours.append(opened[number])
-        reader = open_movie(raw, key=key, channel=channel, plane=plane, roi=roi)
-        readers.append(reader)
         prep = prepare(reader, cfg, neighbours=neighbours or None)
     except BaseException:
         for opened_reader in readers:
@@ -406,11 +424,14 @@ def _write_movies(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
     samples: int = 0,
 ) -> tuple[float, int]:
     """Stream the denoised movie (intervals, samples) to files; return (seconds, frames)."""
     _check_samples(samples, cfg)
-    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
+    prep = prepared or _prepare_raw(
+        raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop
+    )
     shape = prep.reader.shape
     targets = {"denoised": out}
     if interval is not None:
@@ -467,6 +488,7 @@ def _movie_writer(
     channel: int | None,
     plane: int | None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
 ) -> Callable[..., tuple[float, int]]:
     """Pick how the movies are written: here, or on Dask (its options checked before work)."""
     if not dask and workers is None and scheduler is None:
@@ -482,7 +504,7 @@ def _movie_writer(
     check_dask_output(out, raw)
 
     def write(*args: Any, **kwargs: Any) -> tuple[float, int]:
-        kwargs = {"channel": channel, "plane": plane, "roi": roi, **kwargs}
+        kwargs = {"channel": channel, "plane": plane, "roi": roi, "crop": crop, **kwargs}
         return _write_movies_dask(*args, workers=workers, scheduler=scheduler, **kwargs)
 
     return write
@@ -502,6 +524,7 @@ def _write_movies_dask(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
     samples: int = 0,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -510,7 +533,9 @@ def _write_movies_dask(
     from calmdown.distributed import dask_apply
 
     _check_samples(samples, cfg)
-    prep = prepared or _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
+    prep = prepared or _prepare_raw(
+        raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop
+    )
     with ExitStack() as stack:
         if prepared is None:
             stack.callback(prep.close)
@@ -531,6 +556,7 @@ def _write_movies_dask(
             channel=channel,
             plane=plane,
             roi=roi,
+            crop=crop_of(prep.reader),  # found once, here, not by every task
             interval=interval,
             samples=samples,
             scheduler=scheduler,
@@ -641,6 +667,9 @@ def _recording(meta: dict[str, Any]) -> str:
         name = f" ({meta['roi_name']})" if named else ""
         of = f" of {meta['rois']}" if meta.get("rois") else ""
         bits.append(f"ROI {meta['roi']}{name}{of}")
+    if meta.get("crop") is not None:
+        (y0, y1), (x0, x1) = meta["crop"]
+        bits.append(f"rows {y0}:{y1} and columns {x0}:{x1} read")
     return f"Recording: {', '.join(bits)}." if bits else ""
 
 
@@ -674,6 +703,7 @@ def denoise(
     channel: Channel = None,
     plane: Plane = None,
     roi: Roi = None,
+    crop: CropOption = None,
     model_out: Annotated[
         Path | None, typer.Option("--model-out", help="Where to save the model.")
     ] = None,
@@ -753,11 +783,13 @@ def denoise(
             channel=channel,
             plane=None if plane == "all" else _plane_number(plane),
             roi=roi,
+            crop=crop,
         )
         options: dict[str, Any] = {
             "key": key,
             "channel": channel,
             "roi": roi,
+            "crop": crop,
             "cfg": cfg,
             "write_movies": write_movies,
             "interval": interval,
@@ -793,6 +825,7 @@ def _denoise_one(
     model_out: Path | None,
     ckpt: Checkpoint,
     roi: int | None = None,
+    crop: Crop | str | None = None,
     cfg: Config,
     write_movies: Callable[..., tuple[float, int]],
     interval: float | None,
@@ -806,7 +839,7 @@ def _denoise_one(
     Returns the summary paragraph and the model. Every file is written atomically, so an
     interrupt leaves the outputs complete or absent (and the checkpoint, to resume from).
     """
-    prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi)
+    prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop)
     with closing(prep):
         listed = prep.reader.metadata.get("files")  # the parts of a multi-file recording
         files = [str(f) for f in listed] if isinstance(listed, list) else []
@@ -838,8 +871,11 @@ def _denoise_one(
             channel=channel,
             plane=plane,
             roi=roi,
+            crop=crop,
         )
         record: dict[str, Any] = {"input": str(raw), "output": str(out)}
+        if crop_of(prep.reader) is not None:
+            record["crop"] = crop_of(prep.reader)
         if files:
             record["input_files"] = files
         record.update(extra or {})
@@ -944,6 +980,7 @@ def train_cmd(
     channel: Channel = None,
     plane: Plane = None,
     roi: Roi = None,
+    crop: CropOption = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     init: Init = None,
@@ -987,7 +1024,9 @@ def train_cmd(
         )
         cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
         _check_output(out, raw)
-        prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=_plane_number(plane), roi=roi)
+        prep = _prepare_raw(
+            raw, cfg, key=key, channel=channel, plane=_plane_number(plane), roi=roi, crop=crop
+        )
         update, bar = _train_progress(quiet, cfg)
         with closing(prep), bar:
             model = train(
@@ -1018,6 +1057,7 @@ def apply_cmd(
     channel: Channel = None,
     plane: Plane = None,
     roi: Roi = None,
+    crop: CropOption = None,
     output: Output = "posterior",
     interval: Interval = None,
     samples: Samples = 0,
@@ -1063,6 +1103,7 @@ def apply_cmd(
             channel=channel,
             plane=one_plane,
             roi=roi,
+            crop=crop,
         )
         seconds, n_frames = write_movies(
             model,
@@ -1078,6 +1119,7 @@ def apply_cmd(
             channel=channel,
             plane=one_plane,
             roi=roi,
+            crop=crop,
         )
         if not quiet:
             typer.echo(
@@ -1227,6 +1269,7 @@ def report(
         Path | None, typer.Option("--rois", help="ROIs whose traces to draw with corridors.")
     ] = None,
     key: Key = None,
+    crop: CropOption = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     movie_frames: Annotated[
@@ -1271,6 +1314,7 @@ def report(
                 model=model,
                 denoised=denoised,
                 key=key,
+                crop=crop,
                 rois=rois,
                 movie_frames=movie_frames,
                 progress=progress,
@@ -1288,6 +1332,7 @@ def report(
 def evaluate(
     raw: Annotated[Path, typer.Argument(help="Raw movie: TIFF, HDF5, Zarr or .npy (T, Y, X).")],
     key: Key = None,
+    crop: CropOption = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the estimate to this JSON file.")
     ] = None,
@@ -1323,7 +1368,7 @@ def evaluate(
         )
         if json_out is not None:
             _check_output(json_out, raw)
-        with open_raw(raw, key=key) as reader:
+        with open_raw(raw, key=key, crop=crop) as reader:
             movie = np.asarray(reader.read(0, reader.shape[0]), dtype=np.float32)
         noise = estimate_noise(
             lambda s, e: movie[s:e],
@@ -1367,6 +1412,7 @@ def traces(
         float, typer.Option("--baseline-percentile", help="Percentile of a trace taken as F0.")
     ] = 50.0,
     key: Key = None,
+    crop: CropOption = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     device: Device = "auto",
@@ -1390,9 +1436,9 @@ def traces(
             seed=seed,
         )
         _check_output(out, raw)
-        prep = prepare(raw, cfg, key=key)
+        prep = prepare(raw, cfg, key=key, crop=crop)
         with closing(prep):
-            region = read_rois(rois, prep.reader.shape[1:])
+            region = read_rois(rois, frame_shape(prep.reader), crop_of(prep.reader))
             if model_file is not None:
                 model = load_model(model_file)
             else:

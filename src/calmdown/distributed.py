@@ -40,6 +40,7 @@ from calmdown.config import Config, make_config
 from calmdown.context import MeanImage
 from calmdown.errors import CalmdownError, InputError
 from calmdown.io import open_movie, output_paths_like, same_file
+from calmdown.io.padding import Crop, crop_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare
 
@@ -361,6 +362,7 @@ def _run_block(
     channel: int | None,
     plane: int | None,
     roi: int | None,
+    crop: Crop | None,
     start: int,
     stop: int,
     interval: float | None,
@@ -385,7 +387,7 @@ def _run_block(
         if n is None or config.threads is not None
         else config.model_copy(update={"threads": n})
     )
-    reader = open_movie(source, key=movie_key, channel=channel, plane=plane, roi=roi)
+    reader = open_movie(source, key=movie_key, channel=channel, plane=plane, roi=roi, crop=crop)
     prep = Prepared(reader=reader, noise=noise, mean_image=mean_image, owns_reader=True)
     try:
         if reader.shape[0] != mean_image.n_frames:
@@ -493,6 +495,7 @@ def iter_dask_apply(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
     interval: float | None = None,
     samples: int = 0,
     client: Any = None,
@@ -548,11 +551,13 @@ def iter_dask_apply(
     t_start = time.perf_counter()
     prep = prepared
     if prep is None:
-        reader = open_movie(source, key=key, channel=channel, plane=plane, roi=roi)
+        reader = open_movie(source, key=key, channel=channel, plane=plane, roi=roi, crop=crop)
         try:
             prep = prepare(reader, cfg)
         finally:
             reader.close()
+    if crop is not None:
+        crop = crop_of(prep.reader)  # "auto" found once, here, not by every task
     shape = tuple(int(s) for s in prep.reader.shape)
     assert len(shape) == 3
     store_chunk = store_chunk_frames(shape, frames_per_task)  # type: ignore[arg-type]
@@ -603,6 +608,7 @@ def iter_dask_apply(
                     channel=channel,
                     plane=plane,
                     roi=roi,
+                    crop=crop,
                     start=start,
                     stop=stop,
                     interval=interval,
@@ -680,6 +686,7 @@ def dask_apply(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
     interval: float | None = None,
     samples: int = 0,
     client: Any = None,
@@ -706,8 +713,9 @@ def dask_apply(
     out : path
         The denoised movie, ``*.zarr`` (float32, ADU). Written under ``<out>.partial`` and
         renamed when every task has succeeded.
-    key, channel, plane, roi : optional
-        Which movie in the file, as for :func:`calmdown.io.open_movie`.
+    key, channel, plane, roi, crop : optional
+        Which movie in the file, and which rows and columns of it, as for
+        :func:`calmdown.io.open_movie`.
     interval : float, optional
         Also write the central credible interval at this level to ``<out>.lower.zarr`` and
         ``<out>.upper.zarr``.
@@ -779,6 +787,7 @@ def dask_apply(
         channel=channel,
         plane=plane,
         roi=roi,
+        crop=crop,
         interval=interval,
         samples=samples,
         client=client,

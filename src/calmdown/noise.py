@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from calmdown.errors import InputError
+from calmdown.io.padding import checked
 
 __all__ = ["NoiseModel", "estimate_noise"]
 
@@ -315,7 +316,8 @@ def estimate_noise(
     Raises
     ------
     InputError
-        If the movie has too few frames or no measurable noise (a constant movie).
+        If the movie has too few frames or no measurable noise (a constant movie), or frames
+        padded at their edges (:mod:`calmdown.io.padding`).
 
     Notes
     -----
@@ -333,6 +335,7 @@ def estimate_noise(
     .. [2] A. Foi et al., "Practical Poissonian-Gaussian noise modeling and fitting for
        single-image raw-data", IEEE TIP 17(10), 2008.
     """
+    read_frames = checked(read_frames, name)  # motion correction's padding stops here
     if n_frames < 8:
         raise InputError(
             f"only {n_frames} frames: the noise model needs at least 8; "

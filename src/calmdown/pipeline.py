@@ -50,6 +50,7 @@ from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
+from calmdown.io.padding import Crop, checked
 from calmdown.neighbours import NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
@@ -232,8 +233,11 @@ def prepare(
     key: str | None = None,
     noise: NoiseModel | None = None,
     neighbours: Sequence[MovieLike] | None = None,
+    crop: Crop | str | None = None,
 ) -> Prepared:
     """Open a movie, estimate its noise model (unless given) and its running mean image.
+
+    ``crop``: rows and columns to read, or ``"auto"`` (see :func:`calmdown.io.open_movie`).
 
     ``neighbours``: the planes above and below of a volume recording (the one neighbour twice
     at the volume's edge), for a network with plane context; each gets its own noise model
@@ -245,7 +249,7 @@ def prepare(
     """
     limit_arenas()
     owns = not isinstance(movie, MovieReader)
-    reader = open_movie(movie, key=key)
+    reader = open_movie(movie, key=key, crop=crop)
     try:
         prep = _prepare(reader, config, noise, owns)
     except BaseException:
@@ -318,7 +322,7 @@ def _prepare(reader: MovieReader, config: Config, noise: NoiseModel | None, owns
         noise = _estimate_noise(reader, config)
     h, w = reader.shape[1:]
     mean_image = compute_mean_image(
-        reader.read,
+        checked(reader.read, reader.path),  # frames the noise estimate did not read
         n_frames,
         window=config.model.mean_window,
         to_photons=noise.to_photons,

@@ -172,3 +172,21 @@ def test_errors(tmp_path: Path) -> None:
     write_stat(s2p, iscell=[0, 0, 0])
     with pytest.raises(InputError, match=r"classifies none of the 3 ROIs as a cell"):
         read_rois(s2p / "stat.npy", SHAPE)
+
+
+def test_rois_cropped_to_the_rows_and_columns_read(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    labels = np.zeros((10, 12), dtype=np.int32)
+    labels[0:2, 0:2] = 1  # wholly outside the crop: left out, with a warning
+    labels[2:5, 2:6] = 2  # partly outside
+    labels[6:8, 6:8] = 3
+    path = tmp_path / "labels.npy"
+    np.save(path, labels)
+    with caplog.at_level("WARNING"):
+        rois = read_rois(path, (10, 12), crop=((3, 9), (3, 12)))
+    assert "wholly outside" in caplog.text and "ids 1" in caplog.text
+    assert rois.ids.tolist() == [2, 3] and rois.shape == (6, 9)
+    np.testing.assert_array_equal(rois.label_image(), labels[3:9, 3:12] * (labels[3:9, 3:12] > 1))
+    with pytest.raises(InputError, match="no ROI has a pixel in the rows 8:10"):
+        read_rois(path, (10, 12), crop=((8, 10), (0, 5)))

@@ -17,6 +17,7 @@ import numpy as np
 from calmdown.errors import InputError
 from calmdown.io.base import READ_FORMATS, ArrayReader, MovieReader
 from calmdown.io.concat import ConcatReader, has_glob, multi_file_parts
+from calmdown.io.padding import Crop, CroppedReader, measured_region, parse_crop
 from calmdown.io.planes import count_planes
 from calmdown.io.sbx import is_sbx_settings
 from calmdown.io.write import (
@@ -55,6 +56,7 @@ def open_movie(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
+    crop: Crop | str | None = None,
 ) -> MovieReader:
     """Open a movie of shape ``(T, Y, X)`` for lazy, block-wise reading.
 
@@ -86,6 +88,12 @@ def open_movie(
         The imaging region (ROI) to read from a ScanImage multi-ROI recording, counted from 1
         (see :mod:`calmdown.io.scanimage`); may be left out when it has one ROI. Not accepted
         for other files.
+    crop : ((int, int), (int, int)), "auto" or None
+        Read only the rows ``y0:y1`` and columns ``x0:x1`` of every frame (``-1`` as an end is
+        the edge; see :func:`calmdown.io.padding.parse_crop`), e.g. to cut away the padding
+        that motion correction leaves at the edges; NaN there is then allowed. ``"auto"``
+        reads the movie once to find the rows and columns that every frame measured
+        (:func:`calmdown.io.padding.measured_region`); a movie without padding is read whole.
 
     Returns
     -------
@@ -107,6 +115,27 @@ def open_movie(
     ...     movie.shape, movie.read(0, 2).dtype
     ((5, 8, 8), dtype('float32'))
     """
+    if crop is not None:
+        reader = open_movie(source, key=key, channel=channel, plane=plane, roi=roi)
+        try:
+            if crop == "auto":
+                crop = measured_region(reader)
+                _, h, w = reader.shape
+                if crop == ((0, h), (0, w)):
+                    return reader
+                logger.info(
+                    "%s: reading rows %d:%d, columns %d:%d (measured in every frame)",
+                    reader.path or "the movie",
+                    *crop[0],
+                    *crop[1],
+                )
+            elif isinstance(crop, str):
+                crop = parse_crop(crop)
+            return CroppedReader(reader, crop)
+        except BaseException:
+            if reader is not source:
+                reader.close()
+            raise
     if isinstance(source, np.ndarray):
         _no_key(key, "an in-memory array")
         _no_pick(channel, plane, "an in-memory array")

@@ -228,6 +228,11 @@ def check_finite(block: np.ndarray, start: int, *, path: object | None = None) -
     finite = np.isfinite(block)
     if finite.all():
         return block
+    from calmdown.io.padding import find_padding, padding_message  # it builds on this module
+
+    padding = find_padding(block, start)
+    if padding is not None and np.isnan(padding.value):
+        raise InputError(padding_message(padding, block.shape[1:]), path=path)
     bad = int(block.size - np.count_nonzero(finite))
     t, y, x = (int(i) for i in np.argwhere(~finite)[0])
     stop = start + len(block)
@@ -291,9 +296,18 @@ class ReaderBase(ABC):
     dtype: np.dtype
     metadata: dict[str, object]
     _closed: bool = False
+    _check_values: bool = True
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def skip_value_check(self) -> None:
+        """Return NaN and infinite values instead of raising on them.
+
+        For a reader wrapped by one that checks only part of each frame (a crop that cuts the
+        NaN padding of motion correction away).
+        """
+        self._check_values = False
 
     def _repr_fields(self) -> str:
         """Return ``name=value`` text shown in the repr between the path and the shape."""
@@ -365,6 +379,8 @@ class ReaderBase(ABC):
         with np.errstate(over="ignore", invalid="ignore"):  # too large for float32: caught next
             out = np.array(block, dtype=np.float32, order="C", copy=True)
         release_mapped_pages(block)
+        if not self._check_values:
+            return out
         return check_finite(out, start, path=self.path)
 
     def close(self) -> None:

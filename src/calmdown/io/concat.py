@@ -310,6 +310,12 @@ class ConcatReader(ReaderBase):
     def _repr_fields(self) -> str:
         return f"files={len(self.readers)}"
 
+    def skip_value_check(self) -> None:
+        """As :meth:`ReaderBase.skip_value_check`, for every file."""
+        super().skip_value_check()
+        for reader in self.readers:
+            reader.skip_value_check()
+
     def _reopen_kwargs(self) -> dict[str, Any]:
         return self._args
 

@@ -90,8 +90,54 @@ class Rois:
             best[ys[better], xs[better]] = weights[better]
         return labels
 
+    def cropped(self, crop: tuple[tuple[int, int], tuple[int, int]]) -> Rois:
+        """Return the ROIs on the rows ``y0:y1`` and columns ``x0:x1`` of their frames.
 
-def read_rois(path: str | os.PathLike[str], shape: tuple[int, int]) -> Rois:
+        Pixels outside are dropped; an ROI left with none is dropped with a warning.
+
+        Raises
+        ------
+        InputError
+            When no ROI has a pixel inside the crop.
+        """
+        (y0, y1), (x0, x1) = crop
+        ids, masks, names, lost = [], [], [], []
+        for k, (roi_id, (ys, xs, weights)) in enumerate(zip(self.ids, self.masks, strict=True)):
+            inside = (ys >= y0) & (ys < y1) & (xs >= x0) & (xs < x1)
+            if not inside.any():
+                lost.append(int(roi_id))
+                continue
+            ids.append(roi_id)
+            masks.append((ys[inside] - y0, xs[inside] - x0, weights[inside]))
+            if self.names:
+                names.append(self.names[k])
+        if not ids:
+            raise InputError(
+                f"no ROI has a pixel in the rows {y0}:{y1} and columns {x0}:{x1} read; draw the "
+                "ROIs on the measured part of the frame, or widen the crop",
+                path=self.source,
+            )
+        if lost:
+            logger.warning(
+                "%d ROI(s) lie wholly outside the rows %d:%d and columns %d:%d read and are "
+                "left out: ids %s",
+                len(lost),
+                y0,
+                y1,
+                x0,
+                x1,
+                ", ".join(map(str, lost[:10])),
+            )
+        return Rois(
+            np.asarray(ids, dtype=np.int64), masks, (y1 - y0, x1 - x0), tuple(names), self.source
+        )
+
+
+def read_rois(
+    path: str | os.PathLike[str],
+    shape: tuple[int, int],
+    crop: tuple[tuple[int, int], tuple[int, int]] | None = None,
+) -> Rois:
     """Read ROIs from a label image, suite2p ``stat.npy`` or an ImageJ ROI set.
 
     Parameters
@@ -100,6 +146,9 @@ def read_rois(path: str | os.PathLike[str], shape: tuple[int, int]) -> Rois:
         The ROI file (see the module notes for the formats), or a suite2p plane folder.
     shape : tuple of int
         ``(Y, X)`` of the movie's frames; the ROIs must fit them.
+    crop : ((int, int), (int, int)), optional
+        The rows and columns of those frames that the movie is read in (see
+        :func:`calmdown.io.open_movie`): the ROIs are returned on them (:meth:`Rois.cropped`).
 
     Returns
     -------
@@ -121,8 +170,11 @@ def read_rois(path: str | os.PathLike[str], shape: tuple[int, int]) -> Rois:
     >>> rois.ids.tolist(), [len(ys) for ys, _, _ in rois.masks]
     ([3, 5], [2, 1])
     """
-    path = Path(path).expanduser()
-    shape = (int(shape[0]), int(shape[1]))
+    rois = _read_rois(Path(path).expanduser(), (int(shape[0]), int(shape[1])))
+    return rois if crop is None else rois.cropped(crop)
+
+
+def _read_rois(path: Path, shape: tuple[int, int]) -> Rois:
     if not path.exists():
         raise InputError("no such ROI file; check the path", path=path)
     if path.is_dir():

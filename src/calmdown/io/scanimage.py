@@ -785,7 +785,7 @@ class ScanImageReader(ReaderBase):
                 f"cannot read frames {start}:{stop} ({type(err).__name__}: {err}); {_FIX}",
                 path=self.path,
             ) from err
-        return check_finite(out, start, path=self.path)
+        return check_finite(out, start, path=self.path) if self._check_values else out
 
     def close(self) -> None:
         """Close the file; reading afterwards raises ValueError."""

@@ -19,6 +19,7 @@ from calmdown import __version__
 from calmdown.config import Config, make_config
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie, write_atomic
+from calmdown.io.padding import crop_of, frame_shape
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.report import figures
@@ -507,7 +508,7 @@ def _roi_section(
     from calmdown.io.rois import read_rois
     from calmdown.traces import plot_traces, roi_traces
 
-    region = read_rois(rois, prepared.reader.shape[1:])
+    region = read_rois(rois, frame_shape(prepared.reader), crop_of(prepared.reader))
     tr = roi_traces(
         model, prepared.reader, region, samples=32, prepared=prepared, device=config.device
     )
@@ -540,6 +541,7 @@ def make_report(
     denoised: Any | None = None,
     key: str | None = None,
     denoised_key: str | None = None,
+    crop: Any | None = None,
     rois: Any | None = None,
     config: Config | None = None,
     progress: Progress | None = None,
@@ -562,6 +564,9 @@ def make_report(
         denoiser's output); the intervals, prior and surprise still come from ``model``.
     key, denoised_key : str, optional
         Datasets inside HDF5 or Zarr files.
+    crop : ((int, int), (int, int)), str or None
+        Rows and columns of RAW to read, or ``"auto"`` (see :func:`calmdown.io.open_movie`);
+        ``denoised`` must then have the crop's shape, and ``rois`` are drawn on RAW's frames.
     rois : path or array, optional
         ROIs whose traces are drawn with credible corridors.
     config : Config, optional
@@ -595,13 +600,13 @@ def make_report(
     cfg = make_config(
         config if config is not None else (model.config if model else None), **options
     )
-    prep = prepare(raw, cfg, key=key)
+    prep = prepare(raw, cfg, key=key, crop=crop)
     den_reader: MovieReader | None = None
     try:
         if rois is not None:  # fail before the long pass when the ROIs don't fit
             from calmdown.io.rois import read_rois
 
-            read_rois(rois, prep.reader.shape[1:])
+            read_rois(rois, frame_shape(prep.reader), crop_of(prep.reader))
         if model is None:
             model = train(
                 raw,
