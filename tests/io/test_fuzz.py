@@ -79,7 +79,8 @@ def expected(data: np.ndarray) -> np.ndarray | None:
         squeezed = np.squeeze(squeezed, axis=squeezed.shape.index(1))
     if squeezed.ndim != 3:
         return None
-    as_float = squeezed.astype(np.float32)
+    with np.errstate(over="ignore"):  # beyond float32's range: infinite, to be refused
+        as_float = squeezed.astype(np.float32)
     if not np.all(np.isfinite(as_float)):
         return None
     return as_float
