@@ -118,3 +118,32 @@ def test_the_movie_is_read_in_small_pieces_with_the_same_result():
         noise._PIECE = whole
     assert model.gain == pytest.approx(reference.gain, rel=1e-9)
     assert model.read_noise == pytest.approx(reference.read_noise, rel=1e-9)
+
+
+def test_a_saturation_ceiling_is_named_and_left_out_of_the_fit():
+    raw = simulate("dense", photons=4.0, shape=(300, 128, 128), seed=1).raw.astype(np.float32)
+    plain = _estimate(raw)
+    ceiling = np.percentile(raw, 95)  # 5 % of the values clipped
+    with pytest.warns(UserWarning, match=r"4\.9\d% of the values sit at 187 ADU, a ceiling"):
+        clipped = _estimate(np.minimum(raw, ceiling))
+    # Left in the fit, the clipped pixels read the gain 22 % low; left out, 4.4 %.
+    assert clipped.gain == pytest.approx(plain.gain, rel=0.06)
+    assert clipped.offset == pytest.approx(plain.offset, abs=1.0)
+
+
+def test_the_top_of_the_noise_is_not_a_ceiling(recwarn):
+    raw = simulate("dense", photons=0.5, shape=(200, 64, 64), seed=0).raw  # integer ADU
+    _estimate(raw)
+    assert not [w for w in recwarn if "ceiling" in str(w.message)]
+
+
+@pytest.mark.parametrize("scale", [1e-3, 37.0])
+def test_the_noise_model_scales_with_the_movie(scale):
+    raw = simulate("dense", photons=2.0, shape=(300, 64, 64), seed=1).raw.astype(np.float32)
+    plain = _estimate(raw)
+    scaled = _estimate((raw * scale).astype(np.float32))
+    # A floor of one ADU on the read noise read a movie divided by 1000 with offset 1768 (100).
+    assert scaled.gain / scale == pytest.approx(plain.gain, rel=1e-3)
+    assert scaled.offset / scale == pytest.approx(plain.offset, rel=1e-3)
+    assert scaled.read_noise / scale == pytest.approx(plain.read_noise, rel=1e-2)
+    assert scaled.photons_per_pixel == pytest.approx(plain.photons_per_pixel, rel=1e-3)
