@@ -161,7 +161,7 @@ def test_finished_checkpoint_resumes_without_training(
     again = train(
         movie.raw,
         checkpoint=Checkpoint(path, resume=True, remove_when_done=False),
-        progress=lambda info: seen.append(info.step),
+        progress=lambda info: seen.append(info.step) if info.phase == "training" else None,
         **OPTIONS,
     )
     assert seen == [OPTIONS["max_steps"]]  # told where it stands, no step taken

@@ -186,3 +186,11 @@ def test_large_frames_are_calibrated_in_windows(monkeypatch):
     upper = np.concatenate([c.upper for c in chunks])
     inside = (sim.clean >= lower) & (sim.clean <= upper)
     assert 0.85 <= inside.mean() <= 0.95, inside.mean()
+
+
+def test_progress_says_when_the_calibration_begins():
+    sim = calmdown.simulate("dense", photons=2.0, shape=(60, 32, 32), seed=0)
+    seen = []
+    calmdown.train(sim.raw, max_steps=20, val_every=10, seed=0, progress=seen.append)
+    assert [info.phase for info in seen] == ["training", "training", "calibrating"]
+    assert seen[-1].step == 20 and seen[-1].best_val_loss == min(i.val_loss for i in seen[:-1])

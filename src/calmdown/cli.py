@@ -321,6 +321,11 @@ def _train_progress(quiet: bool, cfg: Config) -> tuple[Callable[[TrainProgress],
     )
 
     def update(info: TrainProgress) -> None:
+        if info.phase == "calibrating":
+            bar.total = bar.n  # the loop is over: no estimate of steps to come
+            bar.set_description("training done; calibrating on held-out frames")
+            bar.refresh()
+            return
         bar.update(info.step - bar.n)
         extra = f"/{budget:.0f}s" if budget else "s"
         bar.set_postfix_str(
@@ -600,7 +605,13 @@ def _summary(
             else ""
         )
         + ".",
-        f"Training: {t['steps']} steps in {t['seconds']:.1f} s on {t['device']}"
+        f"Training: {t['steps']} steps in {t.get('loop_seconds', t['seconds']):.1f} s"
+        + (
+            f" and {t['seconds'] - t['loop_seconds']:.1f} s calibrating on held-out frames"
+            if "loop_seconds" in t
+            else ""
+        )
+        + f" on {t['device']}"
         f"{' (inference: ' + t['runtime'] + ')' if 'runtime' in t else ''} "
         f"(stopped: {t['stopped_because'].replace('_', ' ')}), held-out loss "
         f"{t['best_val_loss']:.4f}"

@@ -1193,7 +1193,8 @@ def train(
     key : str, optional
         Dataset inside an HDF5 or Zarr file.
     progress : callable, optional
-        Called with a :class:`~calmdown.train.TrainProgress` after every held-out evaluation.
+        Called with a :class:`~calmdown.train.TrainProgress` after every held-out evaluation,
+        and once more (``phase="calibrating"``) when the calibration on held-out frames begins.
     prepared : Prepared, optional
         A first pass already made by :func:`prepare`.
     checkpoint : Checkpoint or path, optional
@@ -1364,6 +1365,18 @@ def _train(
     result = run_training(
         trainer, progress=progress, checkpoint=checkpoint, config=cfg, data_hash=_data_hash(prep)
     )
+    if progress is not None:
+        progress(
+            TrainProgress(
+                step=result.steps,
+                max_steps=cfg.train.max_steps,
+                seconds=result.seconds,
+                train_loss=float("nan"),
+                val_loss=result.best_val_loss,
+                best_val_loss=result.best_val_loss,
+                phase="calibrating",
+            )
+        )
     # Calibrated as inference will run the network (ONNX Runtime or PyTorch, see runtime.py).
     runner = inference_network(trainer.net.eval(), device, cfg.inference.runtime)
     with large_arrays():

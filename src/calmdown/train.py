@@ -111,6 +111,9 @@ class TrainProgress:
     train_loss: float
     val_loss: float
     best_val_loss: float
+    phase: str = "training"
+    """``"training"``, or ``"calibrating"``: sent once when the loop has ended and the fit of
+    the intervals on held-out frames begins (it takes a while at large frames)."""
 
 
 @dataclass

@@ -279,7 +279,7 @@ def _train_with_progress(
             if item is not None:
                 last_step = item.step
                 out_of_time = budget is not None and item.seconds >= budget
-                if item.step >= max_steps or out_of_time:
+                if item.phase == "calibrating" or item.step >= max_steps or out_of_time:
                     final_at = now
             if final_at is not None:
                 # Training is over; the helper fits the calibration (duration unknown).
