@@ -19,6 +19,7 @@ movie).
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ import numpy as np
 
 from calmdown.errors import InputError
 from calmdown.io.base import MovieReader, ReaderBase, check_finite
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHANCE",
@@ -168,7 +171,7 @@ def find_padding(block: np.ndarray, start: int = 0) -> EdgePadding | None:
     return None
 
 
-def measured_region(reader: MovieReader, *, chunk_frames: int = 64) -> Crop:
+def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Crop:
     """Return the rows and columns that every frame of ``reader`` measured (one pass).
 
     The largest padding (:func:`find_padding`) at each edge over all frames is cut away.
@@ -179,6 +182,12 @@ def measured_region(reader: MovieReader, *, chunk_frames: int = 64) -> Crop:
         When no pixel was measured in every frame.
     """
     n, h, w = reader.shape
+    chunk_frames = max(1, min(n, chunk_pixels // max(h * w, 1)))  # 16 MB of float32 at a time
+    logger.info(
+        "%s: one pass over %d frames for the rows and columns every frame measured",
+        reader.path or "the movie",
+        n,
+    )
     depth = dict.fromkeys(("top", "bottom", "left", "right"), 0)
     checked = isinstance(reader, ReaderBase) and reader._check_values
     if checked:
