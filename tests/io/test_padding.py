@@ -165,13 +165,17 @@ def test_cli_traces_with_the_automatic_crop_keep_rois_drawn_on_the_whole_frame(
 
 
 @pytest.mark.parametrize(
-    ("frames", "named"), [(slice(0, 10), "frames 0-9 of frames 0:"), (150, "frame 150 of")]
+    ("frames", "named", "cut"),
+    [
+        (slice(0, 10), "frames 0-9 of frames 0:", "movie[10:]"),
+        (150, "frame 150 of", "movie[:150] and movie[151:]"),
+    ],
 )
-def test_blank_frames_are_refused_by_number(frames: slice | int, named: str) -> None:
+def test_blank_frames_are_refused_by_number(frames: slice | int, named: str, cut: str) -> None:
     movie = simulate("dense", photons=2.0, shape=(300, 32, 32), seed=0).raw.astype(np.float32)
     movie[frames] = 0.0
     with pytest.raises(InputError) as err:
         prepare(movie, calmdown.make_config())
     text = str(err.value)
-    for words in (named, "one value in every pixel (0)", "blank frames", "cut them out"):
+    for words in (named, "one value in every pixel (0)", "blank frames", f"e.g. {cut} in"):
         assert words in text, (words, text)

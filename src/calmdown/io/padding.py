@@ -357,12 +357,19 @@ def checked(
         blank = blank_frames(block)
         if blank.size:
             value = float(block[blank[0]].flat[0])
+            frames = blank + start
+            first_run = frames[: int(np.argmax(np.diff(frames, append=frames[-1] + 2) > 1)) + 1]
+            example = (
+                f"movie[{first_run[-1] + 1}:]"
+                if first_run[0] == 0
+                else f"movie[:{first_run[0]}] and movie[{first_run[-1] + 1}:]"
+            )
             raise InputError(
                 f"frame{'s' if blank.size > 1 else ''} {_runs(blank + start)} of frames "
                 f"{start}:{stop} hold{'' if blank.size > 1 else 's'} one value in every pixel "
                 f"({value:g}): blank frames (a closed shutter, frames the acquisition dropped) "
                 "measured nothing, and they ruin the noise model (one zero frame in 300 read the "
-                "gain 3.5 times too high); cut them out of the movie (e.g. movie[10:] in Python, "
+                f"gain 3.5 times too high); cut them out of the movie (e.g. {example} in Python, "
                 "Image > Stacks > Tools > Slice Remover in Fiji), or split the recording at them",
                 path=name,
             )
