@@ -35,7 +35,7 @@ from calmdown.io import (
     same_file,
     write_atomic,
 )
-from calmdown.io.padding import Crop, crop_of, frame_shape
+from calmdown.io.padding import Crop, Region, crop_of, frame_shape, region_of
 from calmdown.neighbours import neighbour_numbers
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, adopt_network, iter_apply, prepare, train
@@ -66,9 +66,10 @@ CropOption = Annotated[
     str | None,
     typer.Option(
         "--crop",
-        help="Rows and columns to read, Y0:Y1,X0:X1 (e.g. 4:508,4:508), or auto: those that "
-        "every frame measured (cuts the padding motion correction leaves at the edges). The "
-        "outputs have the crop's size.",
+        help="Rows and columns to read, Y0:Y1,X0:X1 (e.g. 4:508,4:508), frames too as "
+        "T0:T1,Y0:Y1,X0:X1, or auto: what was measured throughout (cuts the padding motion "
+        "correction leaves at the edges, and blank frames at the start and end). The outputs "
+        "have the crop's size.",
     ),
 ]
 
@@ -370,7 +371,7 @@ def _prepare_raw(
     channel: int | None,
     plane: int | None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
 ) -> Prepared:
     """Open RAW (its channel, plane and ROI) and run the first pass; the result owns the reader.
 
@@ -400,7 +401,7 @@ def _prepare_raw(
                         channel=channel,
                         plane=number,
                         roi=roi,
-                        crop=crop_of(reader),  # the plane's own crop, also when found
+                        crop=region_of(reader),  # the plane's own crop, also when found
                     )
                     readers.append(opened[number])
                 neighbours.append(opened[number])
@@ -429,7 +430,7 @@ def _write_movies(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
     samples: int = 0,
 ) -> tuple[float, int]:
     """Stream the denoised movie (intervals, samples) to files; return (seconds, frames)."""
@@ -493,7 +494,7 @@ def _movie_writer(
     channel: int | None,
     plane: int | None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
 ) -> Callable[..., tuple[float, int]]:
     """Pick how the movies are written: here, or on Dask (its options checked before work)."""
     if not dask and workers is None and scheduler is None:
@@ -529,7 +530,7 @@ def _write_movies_dask(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
     samples: int = 0,
     workers: int | None = None,
     scheduler: str | None = None,
@@ -561,7 +562,7 @@ def _write_movies_dask(
             channel=channel,
             plane=plane,
             roi=roi,
-            crop=crop_of(prep.reader),  # found once, here, not by every task
+            crop=region_of(prep.reader),  # found once, here, not by every task
             interval=interval,
             samples=samples,
             scheduler=scheduler,
@@ -678,6 +679,8 @@ def _recording(meta: dict[str, Any]) -> str:
         name = f" ({meta['roi_name']})" if named else ""
         of = f" of {meta['rois']}" if meta.get("rois") else ""
         bits.append(f"ROI {meta['roi']}{name}{of}")
+    if meta.get("frames_read") is not None:
+        bits.append("frames {}:{}".format(*meta["frames_read"]))
     if meta.get("crop") is not None:
         (y0, y1), (x0, x1) = meta["crop"]
         bits.append(f"rows {y0}:{y1} and columns {x0}:{x1} read")
@@ -836,7 +839,7 @@ def _denoise_one(
     model_out: Path | None,
     ckpt: Checkpoint,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
     cfg: Config,
     write_movies: Callable[..., tuple[float, int]],
     interval: float | None,
@@ -885,8 +888,8 @@ def _denoise_one(
             crop=crop,
         )
         record: dict[str, Any] = {"input": str(raw), "output": str(out)}
-        if crop_of(prep.reader) is not None:
-            record["crop"] = crop_of(prep.reader)
+        if region_of(prep.reader) is not None:
+            record["crop"] = region_of(prep.reader)  # frames, rows, columns
         if files:
             record["input_files"] = files
         record.update(extra or {})

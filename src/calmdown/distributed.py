@@ -40,7 +40,7 @@ from calmdown.config import Config, make_config
 from calmdown.context import MeanImage
 from calmdown.errors import CalmdownError, InputError
 from calmdown.io import open_movie, output_paths_like, same_file
-from calmdown.io.padding import Crop, crop_of
+from calmdown.io.padding import Crop, Region, region_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare
 
@@ -362,7 +362,7 @@ def _run_block(
     channel: int | None,
     plane: int | None,
     roi: int | None,
-    crop: Crop | None,
+    crop: Crop | Region | None,
     start: int,
     stop: int,
     interval: float | None,
@@ -495,7 +495,7 @@ def iter_dask_apply(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
     interval: float | None = None,
     samples: int = 0,
     client: Any = None,
@@ -557,7 +557,7 @@ def iter_dask_apply(
         finally:
             reader.close()
     if crop is not None:
-        crop = crop_of(prep.reader)  # "auto" found once, here, not by every task
+        crop = region_of(prep.reader)  # "auto" found once, here, not by every task
     shape = tuple(int(s) for s in prep.reader.shape)
     assert len(shape) == 3
     store_chunk = store_chunk_frames(shape, frames_per_task)  # type: ignore[arg-type]
@@ -686,7 +686,7 @@ def dask_apply(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
     interval: float | None = None,
     samples: int = 0,
     client: Any = None,

@@ -50,7 +50,7 @@ from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
-from calmdown.io.padding import Crop, checked
+from calmdown.io.padding import Crop, checked_reader
 from calmdown.neighbours import NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
@@ -297,7 +297,7 @@ def _prepare_neighbours(
 def _estimate_noise(reader: MovieReader, config: Config) -> NoiseModel:
     nc = config.noise
     return estimate_noise(
-        reader.read,
+        checked_reader(reader),  # padded or blank frames named as the file numbers them
         reader.shape[0],
         gain=nc.gain,
         offset=nc.offset,
@@ -322,7 +322,7 @@ def _prepare(reader: MovieReader, config: Config, noise: NoiseModel | None, owns
         noise = _estimate_noise(reader, config)
     h, w = reader.shape[1:]
     mean_image = compute_mean_image(
-        checked(reader.read, reader.path),  # frames the noise estimate did not read
+        checked_reader(reader),  # frames the noise estimate did not read
         n_frames,
         window=config.model.mean_window,
         to_photons=noise.to_photons,

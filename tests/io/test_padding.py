@@ -48,8 +48,12 @@ def test_padding_is_found_with_its_depth_at_each_edge(fill: float) -> None:
     assert padding is not None
     assert (padding.top, padding.bottom, padding.left, padding.right) == (SHIFT, 0, 0, SHIFT)
     assert np.isnan(padding.value) if np.isnan(fill) else padding.value == fill
-    size = movie.shape[1]
-    assert measured_region(open_movie(movie)) == ((SHIFT, size - SHIFT), (SHIFT, size - SHIFT))
+    n, size = movie.shape[:2]
+    assert measured_region(open_movie(movie)) == (
+        (0, n),
+        (SHIFT, size - SHIFT),
+        (SHIFT, size - SHIFT),
+    )
 
 
 def test_unpadded_movies_and_dark_photon_counts_are_not_padding() -> None:
@@ -69,8 +73,8 @@ def test_real_recordings_have_no_padding(shared_data: Path) -> None:
         ("optinist-mouse2p-top-2000x64x128.tif", None),
     ):
         with open_movie(shared_data / name, key=key) as reader:
-            _, h, w = reader.shape
-            assert measured_region(reader) == ((0, h), (0, w)), name
+            n, h, w = reader.shape
+            assert measured_region(reader) == ((0, n), (0, h), (0, w)), name
 
 
 @pytest.mark.parametrize("fill", [0.0, np.nan])
@@ -106,7 +110,7 @@ def test_explicit_crops_and_their_errors() -> None:
         open_movie(movie, crop="0:45,3:45").read(0, 1)
     with pytest.raises(InputError, match="Y0:Y1,X0:X1"):
         parse_crop("3-45")
-    with pytest.raises(InputError, match="not within the frames, which have 48 rows"):
+    with pytest.raises(InputError, match="not within the movie, which has 200 frames of 48 rows"):
         open_movie(movie, crop=((0, 60), (0, 10)))
     # A movie without padding is read whole by the automatic crop.
     plain = simulate("dense", photons=2.0, shape=(20, 16, 16), seed=0).raw
@@ -179,3 +183,22 @@ def test_blank_frames_are_refused_by_number(frames: slice | int, named: str, cut
     text = str(err.value)
     for words in (named, "one value in every pixel (0)", "blank frames", f"e.g. {cut} in"):
         assert words in text, (words, text)
+
+
+def test_the_automatic_crop_cuts_blank_frames_at_the_start_and_the_end() -> None:
+    movie = registered(np.nan, frames=120, size=32)
+    movie[:7] = 0.0  # the shutter opened late
+    movie[-3:] = np.nan  # and the last frames were dropped
+    reader = open_movie(movie, crop="auto")
+    assert reader.region == ((7, 117), (SHIFT, 32 - SHIFT), (SHIFT, 32 - SHIFT))
+    np.testing.assert_array_equal(reader.read(0, 2), movie[7:9, SHIFT:-SHIFT, SHIFT:-SHIFT])
+    assert prepare(reader, calmdown.make_config()).reader.shape == (110, 26, 26)
+    explicit = open_movie(movie, crop="7:117,3:29,3:29")
+    assert explicit.region == reader.region
+    np.testing.assert_array_equal(explicit.read(100, 110), reader.read(100, 110))
+    with pytest.raises(InputError, match="not within the movie, which has 120 frames"):
+        open_movie(movie, crop="7:130,3:29,3:29")
+    movie[50] = 0.0  # one between measured frames: still refused, by number
+    named = r"frame 50 of frames \d+:\d+ holds.*movie\[:50\] and movie\[51:\]"
+    with pytest.raises(InputError, match=named):
+        prepare(open_movie(movie, crop="auto"), calmdown.make_config())

@@ -17,7 +17,7 @@ import numpy as np
 from calmdown.errors import InputError
 from calmdown.io.base import READ_FORMATS, ArrayReader, MovieReader
 from calmdown.io.concat import ConcatReader, has_glob, multi_file_parts
-from calmdown.io.padding import Crop, CroppedReader, measured_region, parse_crop
+from calmdown.io.padding import Crop, CroppedReader, Region, measured_region, parse_crop
 from calmdown.io.planes import count_planes
 from calmdown.io.sbx import is_sbx_settings
 from calmdown.io.write import (
@@ -56,7 +56,7 @@ def open_movie(
     channel: int | None = None,
     plane: int | None = None,
     roi: int | None = None,
-    crop: Crop | str | None = None,
+    crop: Crop | Region | str | None = None,
 ) -> MovieReader:
     """Open a movie of shape ``(T, Y, X)`` for lazy, block-wise reading.
 
@@ -88,12 +88,14 @@ def open_movie(
         The imaging region (ROI) to read from a ScanImage multi-ROI recording, counted from 1
         (see :mod:`calmdown.io.scanimage`); may be left out when it has one ROI. Not accepted
         for other files.
-    crop : ((int, int), (int, int)), "auto" or None
-        Read only the rows ``y0:y1`` and columns ``x0:x1`` of every frame (``-1`` as an end is
-        the edge; see :func:`calmdown.io.padding.parse_crop`), e.g. to cut away the padding
-        that motion correction leaves at the edges; NaN there is then allowed. ``"auto"``
-        reads the movie once to find the rows and columns that every frame measured
-        (:func:`calmdown.io.padding.measured_region`); a movie without padding is read whole.
+    crop : ((int, int), (int, int)), ((int, int), (int, int), (int, int)), str or None
+        Read only the rows ``y0:y1`` and columns ``x0:x1`` of every frame, after the frames
+        ``t0:t1`` if given (``-1`` as an end is the edge; a string as
+        :func:`calmdown.io.padding.parse_crop` reads), e.g. to cut away the padding that motion
+        correction leaves at the edges (NaN there is then allowed). ``"auto"`` reads the movie
+        once to find the frames, rows and columns measured throughout: padding and blank frames
+        at the start and end cut (:func:`calmdown.io.padding.measured_region`); a movie
+        without either is read whole.
 
     Returns
     -------
@@ -120,14 +122,15 @@ def open_movie(
         try:
             if crop == "auto":
                 crop = measured_region(reader)
-                _, h, w = reader.shape
-                if crop == ((0, h), (0, w)):
+                n, h, w = reader.shape
+                if crop == ((0, n), (0, h), (0, w)):
                     return reader
                 logger.info(
-                    "%s: reading rows %d:%d, columns %d:%d (measured in every frame)",
+                    "%s: reading frames %d:%d, rows %d:%d, columns %d:%d (measured throughout)",
                     reader.path or "the movie",
                     *crop[0],
                     *crop[1],
+                    *crop[2],
                 )
             elif isinstance(crop, str):
                 crop = parse_crop(crop)

@@ -38,12 +38,14 @@ __all__ = [
     "EdgePadding",
     "blank_frames",
     "checked",
+    "checked_reader",
     "crop_of",
     "find_padding",
     "frame_shape",
     "measured_region",
     "padding_message",
     "parse_crop",
+    "region_of",
 ]
 
 CHANCE = 1e-6
@@ -171,38 +173,54 @@ def find_padding(block: np.ndarray, start: int = 0) -> EdgePadding | None:
     return None
 
 
-def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Crop:
-    """Return the rows and columns that every frame of ``reader`` measured (one pass).
+def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Region:
+    """Return the frames, rows and columns that ``reader`` measured throughout (one pass).
 
-    The largest padding (:func:`find_padding`) at each edge over all frames is cut away.
+    The largest padding (:func:`find_padding`) at each edge over all frames is cut away, and
+    so are blank frames (:func:`blank_frames`) at the start and the end of the movie (a
+    shutter that opened late, closed early); blank frames between measured ones are left for
+    the first pass to refuse by number.
 
     Raises
     ------
     InputError
-        When no pixel was measured in every frame.
+        When no pixel was measured in every frame, or every frame is blank.
     """
     n, h, w = reader.shape
     chunk_frames = max(1, min(n, chunk_pixels // max(h * w, 1)))  # 16 MB of float32 at a time
     logger.info(
-        "%s: one pass over %d frames for the rows and columns every frame measured",
+        "%s: one pass over %d frames for the frames, rows and columns measured throughout",
         reader.path or "the movie",
         n,
     )
     depth = dict.fromkeys(("top", "bottom", "left", "right"), 0)
+    first, last = n, -1  # the first and last frames that are not blank
     checked = isinstance(reader, ReaderBase) and reader._check_values
     if checked:
         reader.skip_value_check()
     try:
         for a in range(0, n, chunk_frames):
             block = reader.read(a, min(n, a + chunk_frames))
+            flat = block.reshape(len(block), -1)
+            with np.errstate(invalid="ignore"):
+                blank = (flat == flat[:, :1]).all(axis=1) | (~np.isfinite(flat)).all(axis=1)
+            seen = np.flatnonzero(~blank)
+            if seen.size:
+                first, last = min(first, a + int(seen[0])), a + int(seen[-1])
             for t in _candidates(block):
-                found = _frame_padding(block[t])
+                found = None if blank[t] else _frame_padding(block[t])
                 if found is not None:
                     for side, d in found[1].items():
                         depth[side] = max(depth[side], d)
     finally:
         if checked:
             reader._check_values = True
+    if last < 0:
+        raise InputError(
+            "every frame holds one value in every pixel: nothing was measured; check that "
+            "this is the recording you meant",
+            path=reader.path,
+        )
     y0, y1, x0, x1 = depth["top"], h - depth["bottom"], depth["left"], w - depth["right"]
     if y0 >= y1 or x0 >= x1:
         raise InputError(
@@ -212,7 +230,7 @@ def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Crop
             f"{h} x {w} frames; register the movie again, or cut out the frames that moved most",
             path=reader.path,
         )
-    return ((y0, y1), (x0, x1))
+    return ((first, last + 1), (y0, y1), (x0, x1))
 
 
 def padding_message(padding: EdgePadding, shape: tuple[int, int]) -> str:
@@ -230,32 +248,41 @@ def padding_message(padding: EdgePadding, shape: tuple[int, int]) -> str:
 Crop = tuple[tuple[int, int], tuple[int, int]]
 """``((y0, y1), (x0, x1))``: the rows ``y0:y1`` and columns ``x0:x1`` kept."""
 
-_CROP = re.compile(r"^\s*(\d*)\s*:\s*(\d*)\s*,\s*(\d*)\s*:\s*(\d*)\s*$")
+Region = tuple[tuple[int, int], tuple[int, int], tuple[int, int]]
+"""``((t0, t1), (y0, y1), (x0, x1))``: the frames ``t0:t1`` too."""
+
+_RANGE = r"\s*(\d*)\s*:\s*(\d*)\s*"
+_CROP = re.compile(rf"^(?:{_RANGE},)?{_RANGE},{_RANGE}$")
 
 
-def parse_crop(text: str) -> Crop:
-    """Parse ``"Y0:Y1,X0:X1"`` (Python slices of rows and columns; an empty bound is the edge).
+def parse_crop(text: str) -> Crop | Region:
+    """Parse ``"Y0:Y1,X0:X1"`` or ``"T0:T1,Y0:Y1,X0:X1"`` (Python slices; empty: the edge).
 
-    Negative bounds are not taken: count from the top and the left. The frame's size is
-    checked when the crop is applied (:class:`CroppedReader`).
+    Negative bounds are not taken: count from the start. The movie's size is checked when the
+    crop is applied (:class:`CroppedReader`); ``-1`` as an end stands for the edge.
 
     Examples
     --------
     >>> parse_crop("4:60,3:")
     ((4, 60), (3, -1))
+    >>> parse_crop("10:,:,:")
+    ((10, -1), (0, -1), (0, -1))
     """
     match = _CROP.match(text)
     if match is None:
         raise InputError(
-            f"--crop takes the rows and columns to keep as Y0:Y1,X0:X1 (e.g. 4:508,4:508; a "
-            f"bound left out is the frame's edge), got {text!r}"
+            "--crop takes the rows and columns to keep as Y0:Y1,X0:X1 (e.g. 4:508,4:508), and "
+            "the frames too as T0:T1,Y0:Y1,X0:X1 (e.g. 10:,:,:); a bound left out is the "
+            f"edge; or auto. Got {text!r}"
         )
-    y0, y1, x0, x1 = (int(v) if v else None for v in match.groups())
-    return ((y0 or 0, -1 if y1 is None else y1), (x0 or 0, -1 if x1 is None else x1))
+    given = match.groups() if match.group(1) is not None else match.groups()[2:]
+    bounds = [int(v) if v else None for v in given]
+    pairs = zip(bounds[::2], bounds[1::2], strict=True)
+    return tuple((lo or 0, -1 if hi is None else hi) for lo, hi in pairs)  # type: ignore[return-value]
 
 
 class CroppedReader(ReaderBase):
-    """The rows ``y0:y1`` and columns ``x0:x1`` of every frame of another reader.
+    """Frames ``t0:t1``, rows ``y0:y1`` and columns ``x0:x1`` of another reader.
 
     NaN or infinite values outside the crop are allowed (the padding it cuts away); inside it
     they raise as with any reader. Closing closes the reader wrapped.
@@ -264,33 +291,40 @@ class CroppedReader(ReaderBase):
     ----------
     reader : MovieReader
         The whole movie (a :class:`ReaderBase`).
-    crop : Crop
-        Rows and columns kept; ``-1`` as an end is the frame's edge.
+    crop : Crop or Region
+        Rows and columns kept, after the frames kept if given; ``-1`` as an end is the edge.
     """
 
-    def __init__(self, reader: MovieReader, crop: Crop) -> None:
+    def __init__(self, reader: MovieReader, crop: Crop | Region) -> None:
         n, h, w = reader.shape
-        (y0, y1), (x0, x1) = crop
-        y1, x1 = h if y1 == -1 else y1, w if x1 == -1 else x1
-        if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        (t0, t1), (y0, y1), (x0, x1) = crop if len(crop) == 3 else ((0, -1), *crop)
+        t1, y1, x1 = n if t1 == -1 else t1, h if y1 == -1 else y1, w if x1 == -1 else x1
+        if not (0 <= t0 < t1 <= n and 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
             raise InputError(
-                f"--crop {y0}:{y1},{x0}:{x1} is not within the frames, which have {h} rows and "
-                f"{w} columns; give rows Y0:Y1 with 0 <= Y0 < Y1 <= {h} and columns X0:X1 with "
-                f"0 <= X0 < X1 <= {w}",
+                f"--crop {t0}:{t1},{y0}:{y1},{x0}:{x1} (frames, rows, columns) is not within "
+                f"the movie, which has {n} frames of {h} rows and {w} columns",
                 path=reader.path,
             )
         self.reader = reader
+        self.frames = (t0, t1)
         self.crop: Crop = ((y0, y1), (x0, x1))
         self.path = reader.path
-        self.shape = (n, y1 - y0, x1 - x0)
+        self.shape = (t1 - t0, y1 - y0, x1 - x0)
         self.dtype = reader.dtype
         self.metadata = dict(reader.metadata, crop=[[y0, y1], [x0, x1]])
+        if (t0, t1) != (0, n):
+            self.metadata["frames_read"] = [t0, t1]
         if isinstance(reader, ReaderBase):
             reader.skip_value_check()
 
+    @property
+    def region(self) -> Region:
+        """The frames, rows and columns read."""
+        return (self.frames, *self.crop)
+
     def _repr_fields(self) -> str:
-        (y0, y1), (x0, x1) = self.crop
-        return f"crop={y0}:{y1},{x0}:{x1}"
+        (t0, t1), (y0, y1), (x0, x1) = self.region
+        return f"crop={t0}:{t1},{y0}:{y1},{x0}:{x1}"
 
     def _reopen_kwargs(self) -> dict[str, Any] | None:
         return None  # pickled with the reader it wraps (which reopens its file)
@@ -299,7 +333,8 @@ class CroppedReader(ReaderBase):
         (y0, y1), (x0, x1) = self.crop
         if isinstance(self.reader, ReaderBase) and self.reader._check_values:
             self.reader.skip_value_check()  # again after unpickling, which reopens the file
-        block = self.reader.read(start, stop)
+        t0 = self.frames[0]
+        block = self.reader.read(t0 + start, t0 + stop)
         out = np.ascontiguousarray(block[:, y0:y1, x0:x1])
         return check_finite(out, start, path=self.path) if self._check_values else out
 
@@ -310,8 +345,13 @@ class CroppedReader(ReaderBase):
 
 
 def crop_of(reader: MovieReader) -> Crop | None:
-    """Return the crop ``reader`` reads (None for a whole movie)."""
+    """Return the rows and columns ``reader`` reads (None for whole frames)."""
     return reader.crop if isinstance(reader, CroppedReader) else None
+
+
+def region_of(reader: MovieReader) -> Region | None:
+    """Return the frames, rows and columns ``reader`` reads (None for a whole movie)."""
+    return reader.region if isinstance(reader, CroppedReader) else None
 
 
 def frame_shape(reader: MovieReader) -> tuple[int, int]:
@@ -348,12 +388,17 @@ def _runs(frames: np.ndarray) -> str:
 
 
 def checked(
-    read_frames: Callable[[int, int], np.ndarray], name: object | None = None
+    read_frames: Callable[[int, int], np.ndarray], name: object | None = None, first: int = 0
 ) -> Callable[[int, int], np.ndarray]:
-    """Return ``read_frames`` stopping with :class:`InputError` at padded or blank frames."""
+    """Return ``read_frames`` stopping with :class:`InputError` at padded or blank frames.
+
+    ``first``: the file's number of frame 0 of ``read_frames`` (frames are named in the file's
+    numbering when a crop cut frames off its start).
+    """
 
     def read(start: int, stop: int) -> np.ndarray:
         block = read_frames(start, stop)
+        start, stop = start + first, stop + first
         blank = blank_frames(block)
         if blank.size:
             value = float(block[blank[0]].flat[0])
@@ -369,7 +414,8 @@ def checked(
                 f"{start}:{stop} hold{'' if blank.size > 1 else 's'} one value in every pixel "
                 f"({value:g}): blank frames (a closed shutter, frames the acquisition dropped) "
                 "measured nothing, and they ruin the noise model (one zero frame in 300 read the "
-                f"gain 3.5 times too high); cut them out of the movie (e.g. {example} in Python, "
+                "gain 3.5 times too high); cut them out of the movie (--crop auto cuts those at "
+                f"the start and the end; e.g. {example} in Python, "
                 "Image > Stacks > Tools > Slice Remover in Fiji), or split the recording at them",
                 path=name,
             )
@@ -379,3 +425,9 @@ def checked(
         return block
 
     return read
+
+
+def checked_reader(reader: MovieReader) -> Callable[[int, int], np.ndarray]:
+    """Return :func:`checked` ``reader.read``, naming frames as the file numbers them."""
+    region = region_of(reader)
+    return checked(reader.read, reader.path, first=0 if region is None else region[0][0])
