@@ -201,9 +201,7 @@ def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Regi
     try:
         for a in range(0, n, chunk_frames):
             block = reader.read(a, min(n, a + chunk_frames))
-            flat = block.reshape(len(block), -1)
-            with np.errstate(invalid="ignore"):
-                blank = (flat == flat[:, :1]).all(axis=1) | (~np.isfinite(flat)).all(axis=1)
+            blank = _blank(block)
             seen = np.flatnonzero(~blank)
             if seen.size:
                 first, last = min(first, a + int(seen[0])), a + int(seen[-1])
@@ -367,12 +365,26 @@ def blank_frames(block: np.ndarray) -> np.ndarray:
     acquisition dropped and filled. (A block of nothing else is left to the checks that name
     a constant movie.)
     """
-    flat = block.reshape(len(block), -1)
-    if flat.shape[1] < 2:
-        return np.zeros(0, dtype=np.intp)
-    with np.errstate(invalid="ignore"):
-        blank = (flat == flat[:, :1]).all(axis=1) | (~np.isfinite(flat)).all(axis=1)
+    blank = _blank(block)
     return np.zeros(0, dtype=np.intp) if blank.all() else np.flatnonzero(blank)
+
+
+def _blank(block: np.ndarray) -> np.ndarray:
+    """Return whether each frame of ``block`` holds one value (or none finite) everywhere.
+
+    Only frames whose first row is so are compared in full: a pass over the movie costs a
+    row per frame.
+    """
+    flat = block.reshape(len(block), -1)
+    out = np.zeros(len(block), dtype=bool)
+    if flat.shape[1] < 2:
+        return out
+    row = flat[:, : block.shape[-1]]
+    with np.errstate(invalid="ignore"):
+        maybe = np.flatnonzero((row == row[:, :1]).all(axis=1) | ~np.isfinite(row[:, 0]))
+        for t in maybe:
+            out[t] = bool((flat[t] == flat[t, 0]).all() or (~np.isfinite(flat[t])).all())
+    return out
 
 
 def _runs(frames: np.ndarray) -> str:
