@@ -127,6 +127,20 @@ def test_cli_writes_json(tmp_path):
     assert data["method"] == "binomial"
     assert "half the photons" in res.output
     assert not list(tmp_path.glob("*.partial"))
+    assert data["frames"] == [0, 60] and data["n_frames"] == 60
+
+
+def test_cli_evaluates_the_middle_of_a_long_movie(tmp_path):
+    sim = simulate("dense", photons=2.0, shape=(100, 32, 32), seed=0)
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, sim.raw.astype(np.uint16))
+    out = tmp_path / "gain.json"
+    args = ["evaluate", str(raw), "--json", str(out), "--max-steps", "2", "--max-frames", "40"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["frames"] == [30, 70] and data["n_frames"] == 40
+    assert "Frames 30:70 of 100, from the middle of the movie" in res.output
 
 
 def test_raw_half_has_the_noise_of_a_recording_with_half_the_photons():

@@ -62,6 +62,11 @@ Roi = Annotated[
     int | None,
     typer.Option("--roi", help="Region of a ScanImage multi-ROI recording to read, from 1."),
 ]
+EVALUATE_PIXELS = 1 << 25
+"""Pixels (frames x rows x columns) that ``evaluate`` reads by default: its photon split, the
+denoiser's input and output and their scores take about 100 bytes per pixel (2.7 GB for 400
+frames of 256 x 256), so a whole 512 x 512 x 10000 movie would need some 260 GB."""
+
 CropOption = Annotated[
     str | None,
     typer.Option(
@@ -1350,6 +1355,15 @@ def evaluate(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the estimate to this JSON file.")
     ] = None,
+    max_frames: Annotated[
+        int | None,
+        typer.Option(
+            "--max-frames",
+            help="Evaluate at most this many frames, from the middle of the movie (default: "
+            f"{EVALUATE_PIXELS // 2**20} M pixels' worth, about 3 GB of memory; the split "
+            "holds several copies of the movie).",
+        ),
+    ] = None,
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     gain: Gain = None,
@@ -1383,7 +1397,12 @@ def evaluate(
         if json_out is not None:
             _check_output(json_out, raw)
         with open_raw(raw, key=key, crop=crop) as reader:
-            movie = np.asarray(reader.read(0, reader.shape[0]), dtype=np.float32)
+            n, h, w = reader.shape
+            if max_frames is not None and max_frames < 8:
+                raise InputError(f"--max-frames must be at least 8, got {max_frames}")
+            keep = min(n, max_frames or max(64, EVALUATE_PIXELS // (h * w)))
+            first = (n - keep) // 2
+            movie = np.asarray(reader.read(first, first + keep), dtype=np.float32)
         noise = estimate_noise(
             lambda s, e: movie[s:e],
             movie.shape[0],
@@ -1396,11 +1415,22 @@ def evaluate(
         with bar:
             result = estimate_gain(movie, noise=noise, seed=seed, config=cfg, progress=update)
         if json_out is not None:
-            data = {"calmdown_version": __version__, "input": str(raw), **result.to_dict()}
+            data = {
+                "calmdown_version": __version__,
+                "input": str(raw),
+                "frames": [first, first + keep],
+                **result.to_dict(),
+            }
             text = json.dumps(data, indent=2, default=str)
             write_atomic(json_out, lambda p: p.write_text(text), "estimate")
+        clip = (
+            f" Frames {first}:{first + keep} of {n}, from the middle of the movie (--max-frames;"
+            " the split holds several copies of what it evaluates in memory)."
+            if keep < n
+            else ""
+        )
         if not quiet:
-            typer.echo(result.summary() + (f" Written to {json_out}." if json_out else ""))
+            typer.echo(result.summary() + clip + (f" Written to {json_out}." if json_out else ""))
 
 
 @app.command()
