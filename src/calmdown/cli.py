@@ -1400,7 +1400,7 @@ def evaluate(
             n, h, w = reader.shape
             if max_frames is not None and max_frames < 8:
                 raise InputError(f"--max-frames must be at least 8, got {max_frames}")
-            keep = min(n, max_frames or max(64, EVALUATE_PIXELS // (h * w)))
+            keep = min(n, max_frames or max(32, EVALUATE_PIXELS // (h * w)))
             first = (n - keep) // 2
             movie = np.asarray(reader.read(first, first + keep), dtype=np.float32)
         noise = estimate_noise(
