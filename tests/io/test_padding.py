@@ -196,6 +196,10 @@ def test_the_automatic_crop_cuts_blank_frames_at_the_start_and_the_end() -> None
     explicit = open_movie(movie, crop="7:117,3:29,3:29")
     assert explicit.region == reader.region
     np.testing.assert_array_equal(explicit.read(100, 110), reader.read(100, 110))
+    nan_inside = movie.copy()
+    nan_inside[60, 10, 10] = np.nan
+    with pytest.raises(InputError, match="the first at frame 60, "):
+        open_movie(nan_inside, crop="7:117,3:29,3:29").read(50, 60)  # numbered as in the file
     with pytest.raises(InputError, match="not within the movie, which has 120 frames"):
         open_movie(movie, crop="7:130,3:29,3:29")
     movie[50] = 0.0  # one between measured frames: still refused, by number

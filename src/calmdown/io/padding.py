@@ -334,7 +334,8 @@ class CroppedReader(ReaderBase):
         t0 = self.frames[0]
         block = self.reader.read(t0 + start, t0 + stop)
         out = np.ascontiguousarray(block[:, y0:y1, x0:x1])
-        return check_finite(out, start, path=self.path) if self._check_values else out
+        # Named as the file numbers its frames.
+        return check_finite(out, t0 + start, path=self.path) if self._check_values else out
 
     def close(self) -> None:
         """Close the reader wrapped."""
