@@ -16,7 +16,7 @@ from calmdown.cli import app
 from calmdown.errors import InputError
 from calmdown.io import save_array
 from calmdown.persist import save_model
-from calmdown.report import build_report, write_report
+from calmdown.report import build_report, make_report, write_report
 
 FAST = {
     "time_budget_s": 8,
@@ -283,3 +283,14 @@ def test_event_finder_sees_a_region_across_chunks_once():
     assert event.z == pytest.approx(5.0 * 135 / np.sqrt(135))
     assert top[0].crops["raw"].shape[1:] == (24, 24)
     assert top[0].frames[0] == 92
+
+
+def test_first_pass_notices_and_the_crop_are_in_the_noise_section():
+    raw = calmdown.simulate("dense", photons=4.0, shape=(80, 40, 40), seed=1).raw
+    raw = raw.astype(np.float32)
+    raw = np.minimum(raw, np.percentile(raw, 97))  # a saturation ceiling
+    raw[:, :2] = 0.0  # padded rows at the top of every frame
+    with pytest.warns(UserWarning, match="a ceiling"):
+        report = make_report(raw, crop="auto", movie_frames=10, **FAST)
+    assert "First pass: " in report.html and "a ceiling (saturation)" in report.html
+    assert "frames 0:80, rows 2:40, columns 0:40" in report.html

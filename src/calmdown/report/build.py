@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ from calmdown import __version__
 from calmdown.config import Config, make_config
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie, write_atomic
-from calmdown.io.padding import crop_of, frame_shape
+from calmdown.io.padding import crop_of, frame_shape, region_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
 from calmdown.report import figures
@@ -214,7 +215,9 @@ def _mean_section(c: _Collected) -> str:
     )
 
 
-def _noise_section(noise: NoiseModel) -> str:
+def _noise_section(
+    noise: NoiseModel, notices: list[str] | None = None, region: Any | None = None
+) -> str:
     rows = [
         ("gain", f"{noise.gain:.4g} ADU per detected photon"),
         ("offset", f"{noise.offset:.5g} ADU"),
@@ -227,9 +230,12 @@ def _noise_section(noise: NoiseModel) -> str:
         ("per-pixel variance ratio", f"{noise.variance_ratio:.3f}"),
         ("source", noise.source),
     ]
-    note = ""
+    if region is not None:
+        (t0, t1), (y0, y1), (x0, x1) = region
+        rows.append(("read (--crop)", f"frames {t0}:{t1}, rows {y0}:{y1}, columns {x0}:{x1}"))
+    note = "".join(_p("First pass: " + html.escape(text)) for text in notices or [])
     if noise.variance_ratio < 0.95:
-        note = _p(
+        note += _p(
             "The noise of neighbouring pixels is correlated and each pixel shows "
             f"{noise.variance_ratio:.2f} of the variance its photon count implies: the movie "
             "looks interpolated (motion-corrected). The photon-transfer points sum the noise "
@@ -600,7 +606,14 @@ def make_report(
     cfg = make_config(
         config if config is not None else (model.config if model else None), **options
     )
-    prep = prepare(raw, cfg, key=key, crop=crop)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prep = prepare(raw, cfg, key=key, crop=crop)
+    notices = []
+    for w in caught:  # shown in the report, and passed on as they came
+        if issubclass(w.category, UserWarning):
+            notices.append(str(w.message))
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     den_reader: MovieReader | None = None
     try:
         if rois is not None:  # fail before the long pass when the ROIs don't fit
@@ -635,7 +648,7 @@ def make_report(
         sections = [
             ("movie", "Side by side", _movie_section(c, fps)),
             ("mean-images", "Mean images", _mean_section(c)),
-            ("noise-model", "Noise model", _noise_section(noise)),
+            ("noise-model", "Noise model", _noise_section(noise, notices, region_of(prep.reader))),
             ("calibration", "Calibration", _calibration_section(model)),
             ("hallucination", "Hallucination check", _hallucination_section(c, quiet, activity)),
             ("wobble", "Wobble", _wobble_section(c, quiet)),
