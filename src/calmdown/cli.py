@@ -35,7 +35,7 @@ from calmdown.io import (
     same_file,
     write_atomic,
 )
-from calmdown.io.padding import Crop, Region, crop_of, frame_shape, region_of
+from calmdown.io.padding import Crop, CroppedReader, Region, crop_of, frame_shape, region_of
 from calmdown.neighbours import neighbour_numbers
 from calmdown.persist import load_model, save_model
 from calmdown.pipeline import Prepared, TrainedModel, adopt_network, iter_apply, prepare, train
@@ -1403,6 +1403,9 @@ def evaluate(
             keep = min(n, max_frames or max(32, EVALUATE_PIXELS // (h * w)))
             first = (n - keep) // 2
             movie = np.asarray(reader.read(first, first + keep), dtype=np.float32)
+            region = region_of(reader)  # frames named as the file numbers them
+            first += 0 if region is None else region[0][0]
+            n_file = len(reader.reader) if isinstance(reader, CroppedReader) else n
         noise = estimate_noise(
             lambda s, e: movie[s:e],
             movie.shape[0],
@@ -1424,8 +1427,8 @@ def evaluate(
             text = json.dumps(data, indent=2, default=str)
             write_atomic(json_out, lambda p: p.write_text(text), "estimate")
         clip = (
-            f" Frames {first}:{first + keep} of {n}, from the middle of the movie (--max-frames;"
-            " the split holds several copies of what it evaluates in memory)."
+            f" Frames {first}:{first + keep} of {n_file}, from the middle of the movie "
+            "(--max-frames; the split holds several copies of what it evaluates in memory)."
             if keep < n
             else ""
         )

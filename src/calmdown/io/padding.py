@@ -107,7 +107,8 @@ def _fill_depth(stack: np.ndarray) -> tuple[int, float]:
     if not np.isfinite(first):
         if not (~np.isfinite(line)).all():
             return 0, first
-        return _depth(stack, float("nan")), float("nan")
+        depth = _depth(stack, float("nan"))
+        return (0 if depth == len(stack) else depth), float("nan")  # a frame of NaN: blank
     if line.size < MIN_LINE or not (line == first).all():
         return 0, first
     depth = _depth(stack, first)
@@ -406,8 +407,11 @@ def checked(
     """Return ``read_frames`` stopping with :class:`InputError` at padded or blank frames.
 
     ``first``: the file's number of frame 0 of ``read_frames`` (frames are named in the file's
-    numbering when a crop cut frames off its start).
+    numbering when a crop cut frames off its start). A ``read_frames`` that is checked already
+    is returned as it is: its blocks are not checked twice.
     """
+    if getattr(read_frames, "checked", False):
+        return read_frames
 
     def read(start: int, stop: int) -> np.ndarray:
         block = read_frames(start, stop)
@@ -416,14 +420,15 @@ def checked(
         if blank.size:
             value = float(block[blank[0]].flat[0])
             frames = blank + start
-            first_run = frames[: int(np.argmax(np.diff(frames, append=frames[-1] + 2) > 1)) + 1]
+            gaps = np.flatnonzero(np.diff(frames) > 1)
+            run_start, run_end = frames[0], frames[gaps[0] if gaps.size else -1]  # the first run
             example = (
-                f"movie[{first_run[-1] + 1}:]"
-                if first_run[0] == 0
-                else f"movie[:{first_run[0]}] and movie[{first_run[-1] + 1}:]"
+                f"movie[{run_end + 1}:]"
+                if run_start == 0
+                else f"movie[:{run_start}] and movie[{run_end + 1}:]"
             )
             raise InputError(
-                f"frame{'s' if blank.size > 1 else ''} {_runs(blank + start)} of frames "
+                f"frame{'s' if blank.size > 1 else ''} {_runs(frames)} of frames "
                 f"{start}:{stop} hold{'' if blank.size > 1 else 's'} one value in every pixel "
                 f"({value:g}): blank frames (a closed shutter, frames the acquisition dropped) "
                 "measured nothing, and they ruin the noise model (one zero frame in 300 read the "
@@ -437,6 +442,7 @@ def checked(
             raise InputError(padding_message(padding, block.shape[1:]), path=name)
         return block
 
+    read.checked = True  # type: ignore[attr-defined]
     return read
 
 
