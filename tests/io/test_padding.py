@@ -86,6 +86,14 @@ def test_a_padded_movie_is_refused_with_the_fix(fill: float) -> None:
         assert words in text, (words, text)
 
 
+def test_nan_padding_after_a_zero_padded_frame_is_named_as_padding() -> None:
+    nan_filled = registered(np.nan)
+    zero_filled = registered(0.0)[:1]  # an earlier frame zero-filled (another tool's)
+    movie = np.concatenate([zero_filled, nan_filled])
+    with pytest.raises(InputError, match=r"frame 1 has 3 rows at the top.* filled with NaN"):
+        open_movie(movie).read(0, 50)
+
+
 def test_the_crop_auto_gives_the_noise_model_of_the_unpadded_movie() -> None:
     size = 48
     clean = simulate("dense", photons=2.0, shape=(200, size, size), seed=1).raw

@@ -148,6 +148,35 @@ def test_run_calmdown_returns_outputs_of_the_input_shape(sim: SimulatedMovie) ->
     assert [r.stage for r in reports][-1] == "done"
 
 
+def _padded(sim: SimulatedMovie) -> np.ndarray:
+    """Return the movie as motion correction leaves it: zero and NaN edges, a blank start."""
+    movie = sim.raw.astype(np.float32)
+    movie[0] = 0.0  # the shutter opened late
+    movie[5, :2] = 0.0  # moved down by 2 rows, zero fill
+    movie[9, :, -1] = np.nan  # moved left by a column, NaN fill
+    return movie
+
+
+def test_run_calmdown_cuts_padding_and_leaves_it_nan(sim: SimulatedMovie) -> None:
+    movie = _padded(sim)
+    reports: list = []
+    out = run_calmdown(movie, FAST, progress=reports.append)
+    measured = np.zeros(movie.shape, bool)
+    measured[1:, 2:, :-1] = True
+    for arr in out.values():
+        assert arr.shape == movie.shape
+        assert np.isfinite(arr[measured]).all()
+        assert np.isnan(arr[~measured]).all()
+    assert "frames 1:60, rows 2:32, columns 0:31" in reports[-1].message
+
+
+def test_run_calmdown_without_cutting_names_the_padding(sim: SimulatedMovie) -> None:
+    settings = RunSettings(**{**FAST.__dict__, "cut_padding": False})
+    named = "frame 9 has 1 column at the right filled with NaN"
+    with pytest.raises(calmdown.InputError, match=named):
+        run_calmdown(_padded(sim), settings)
+
+
 def test_run_calmdown_rejects_2d_data() -> None:
     with pytest.raises(calmdown.InputError, match=r"2-D image of shape \(16, 20\)"):
         run_calmdown(_movie()[0], FAST)
@@ -192,6 +221,31 @@ def test_widget_adds_three_layers_with_the_input_placement(sim: SimulatedMovie) 
     assert viewer.layers["raw denoised"].visible
     assert widget.progress.value == widget.progress.max
     assert widget.status.value.startswith("done")
+
+
+def test_widget_cut_padding_checkbox_sets_the_run(
+    sim: SimulatedMovie, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors: list[str] = []
+    monkeypatch.setattr(_widget, "show_error", errors.append)
+    viewer = ViewerModel()
+    viewer.add_image(_padded(sim), name="registered")
+    widget = CalmdownWidget(viewer)
+    assert widget.cut_padding.value and widget.settings().cut_padding
+    widget.cut_padding.value = False
+    widget.time_budget.value, widget.max_steps.value = FAST.time_budget_s, FAST.max_steps
+    assert not widget.settings().cut_padding
+    assert widget.run() is not None
+    _wait(widget)
+    assert len(errors) == 1 and ("padding" in errors[0] or "blank" in errors[0])
+    assert len(viewer.layers) == 1
+    widget.cut_padding.value = True
+    assert widget.run() is not None
+    _wait(widget)
+    denoised = viewer.layers["registered denoised"]
+    assert np.isnan(denoised.data[0]).all() and np.isfinite(denoised.data[1:, 2:, :-1]).all()
+    assert denoised.metadata["calmdown"]["cut_padding"] is True
+    assert "measured in every frame" in widget.status.value
 
 
 def test_widget_reports_bad_input_without_starting(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -230,11 +230,13 @@ def check_finite(block: np.ndarray, start: int, *, path: object | None = None) -
         return block
     from calmdown.io.padding import find_padding, padding_message  # it builds on this module
 
-    padding = find_padding(block, start)
-    if padding is not None and np.isnan(padding.value):
-        raise InputError(padding_message(padding, block.shape[1:]), path=path)
     bad = int(block.size - np.count_nonzero(finite))
     t, y, x = (int(i) for i in np.argwhere(~finite)[0])
+    # The first frame with bad values: NaN padding there gets the crop as its fix (a frame
+    # before it may hold padding of another fill, which is not what stops this read).
+    padding = find_padding(block[t : t + 1], start + t)
+    if padding is not None and np.isnan(padding.value):
+        raise InputError(padding_message(padding, block.shape[1:]), path=path)
     stop = start + len(block)
     raise InputError(
         f"frames {start}:{stop} hold {bad} NaN or infinite value{'s' if bad > 1 else ''} (the "

@@ -21,6 +21,7 @@ import numpy as np
 
 import calmdown
 from calmdown.errors import CalmdownError, InputError
+from calmdown.io.padding import region_of
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,11 @@ class RunSettings:
         Upper bound on optimisation steps (None: calmdown's default).
     device : str
         ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+    cut_padding : bool
+        Denoise only the frames, rows and columns measured in every frame: cut away the
+        constant or NaN edges that motion correction fills in, and blank frames at the start
+        and end (:func:`calmdown.io.padding.measured_region`). The outputs keep the movie's
+        shape, NaN where it was cut. Off: such a movie is refused, with the padding named.
     """
 
     time_budget_s: float = 60.0
@@ -74,6 +80,7 @@ class RunSettings:
     seed: int = 0
     max_steps: int | None = None
     device: str = "auto"
+    cut_padding: bool = True
 
     def options(self) -> dict[str, Any]:
         """Return the flat options passed to :func:`calmdown.make_config`."""
@@ -177,7 +184,8 @@ def iter_calmdown(
         float32 arrays of the input's shape: ``denoised`` (posterior mean, ADU),
         ``interval_width`` (upper minus lower bound of the central credible interval at
         ``settings.interval``, ADU) and ``p_surprise`` (probability that the context
-        network's prediction missed a real event, 0 to 1).
+        network's prediction missed a real event, 0 to 1); NaN in what
+        ``settings.cut_padding`` cut away.
 
     Raises
     ------
@@ -203,27 +211,32 @@ def iter_calmdown(
     yield RunProgress("preparing", 0.0, "estimating the noise model and mean image…")
     if stop.is_set():
         raise RunCancelled("cancelled before starting")
-    prepared = calmdown.prepare(data, config)
+    prepared = calmdown.prepare(data, config, crop="auto" if settings.cut_padding else None)
     try:
+        region = region_of(prepared.reader)
+        (t0, t1), (y0, y1), (x0, x1) = region or ((0, n_frames), (0, h), (0, w))
         if stop.is_set():
             raise RunCancelled("cancelled while preparing")
-        model = yield from _train_with_progress(data, config, prepared, stop)
-        outputs = {key: np.empty((n_frames, h, w), np.float32) for key in OUTPUTS}
-        chunks = calmdown.iter_apply(model, data, interval=settings.interval, prepared=prepared)
+        model = yield from _train_with_progress(prepared.reader, config, prepared, stop)
+        # What was cut away holds no estimate: NaN, so the layers still overlay the movie.
+        outputs = {key: np.full((n_frames, h, w), np.nan, np.float32) for key in OUTPUTS}
+        chunks = calmdown.iter_apply(
+            model, prepared.reader, interval=settings.interval, prepared=prepared
+        )
         try:
             for chunk in chunks:
                 if stop.is_set():
                     raise RunCancelled("cancelled while denoising")
-                rows = slice(chunk.start, chunk.stop)
-                outputs["denoised"][rows] = chunk.denoised
+                where = (slice(t0 + chunk.start, t0 + chunk.stop), slice(y0, y1), slice(x0, x1))
+                outputs["denoised"][where] = chunk.denoised
                 if chunk.lower is None or chunk.upper is None or chunk.p_surprise is None:
                     raise CalmdownError("iter_apply returned no interval; report this bug")
-                outputs["interval_width"][rows] = chunk.upper - chunk.lower
-                outputs["p_surprise"][rows] = chunk.p_surprise
+                outputs["interval_width"][where] = chunk.upper - chunk.lower
+                outputs["p_surprise"][where] = chunk.p_surprise
                 yield RunProgress(
                     "denoising",
-                    _at("denoising", chunk.stop / n_frames),
-                    f"denoised frames {chunk.stop} / {n_frames}",
+                    _at("denoising", (t0 + chunk.stop) / n_frames),
+                    f"denoised frames {t0 + chunk.stop} / {n_frames}",
                 )
         finally:
             chunks.close()
@@ -231,7 +244,13 @@ def iter_calmdown(
         prepared.close()
     steps = model.training["steps"]
     seconds = model.training["seconds"]
-    yield RunProgress("done", 1.0, f"done: {steps} training steps in {seconds:.0f} s")
+    message = f"done: {steps} training steps in {seconds:.0f} s"
+    if region is not None:
+        message += (
+            f"; denoised frames {t0}:{t1}, rows {y0}:{y1}, columns {x0}:{x1}, the part measured "
+            "in every frame (the rest, motion correction's padding or blank frames, is NaN)"
+        )
+    yield RunProgress("done", 1.0, message)
     return outputs
 
 

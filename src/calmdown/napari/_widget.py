@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FloatSpinBox,
@@ -123,6 +124,13 @@ class CalmdownWidget(Container):
             label="interval level", value=0.9, min=0.5, max=0.999, step=0.05
         )
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.cut_padding = CheckBox(
+            text="cut padded edges",
+            value=RunSettings.cut_padding,
+            tooltip="denoise only the rows, columns and frames measured in every frame: motion "
+            "correction's constant or NaN edges, and blank frames at the start and end, are "
+            "left out (NaN in the results); off, such a movie is refused",
+        )
         self.run_button = PushButton(text="Denoise")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=_PROGRESS_STEPS, value=0)
@@ -140,6 +148,7 @@ class CalmdownWidget(Container):
                 self.max_steps,
                 self.interval,
                 self.seed,
+                self.cut_padding,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -178,6 +187,7 @@ class CalmdownWidget(Container):
             interval=float(self.interval.value),
             seed=int(self.seed.value),
             max_steps=int(self.max_steps.value),
+            cut_padding=bool(self.cut_padding.value),
         )
 
     # -- actions -------------------------------------------------------------------------
@@ -269,7 +279,14 @@ class CalmdownWidget(Container):
         placement: dict[str, Any],
     ) -> None:
         level = f"{100 * settings.interval:g}%"
-        meta = {"calmdown": {"source_layer": name, **settings.options(), "interval": level}}
+        meta = {
+            "calmdown": {
+                "source_layer": name,
+                **settings.options(),
+                "interval": level,
+                "cut_padding": settings.cut_padding,
+            }
+        }
         styles = {
             "denoised": (
                 f"{name} denoised",
@@ -325,5 +342,8 @@ def _check_layer(layer: Image) -> None:
 def _robust_limits(data: np.ndarray) -> tuple[float, float]:
     """Contrast limits from the 0.5th and 99.5th percentiles of a subsample."""
     sample = np.asarray(data[:: max(1, data.shape[0] // 50)], dtype=np.float32)
+    sample = sample[np.isfinite(sample)]  # NaN where padding was cut away
+    if not sample.size:
+        return (0.0, 1.0)
     lo, hi = np.percentile(sample, [0.5, 99.5])
     return (float(lo), float(hi) if hi > lo else float(lo) + 1.0)
