@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 import calmdown
+from calmdown.device import training_dtype
 from calmdown.pipeline import Prepared, make_trainer, prepare
 from calmdown.simulate import simulate
 from calmdown.train import TrainProgress
@@ -98,6 +99,12 @@ def main() -> None:
         default=[120.0, 300.0],
         help="time budgets of the runs fine-tuned from that model (with --init-budget)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16"],
+        default="auto",
+        help="arithmetic of the training steps (TrainConfig.precision)",
+    )
     parser.add_argument("--eval-frames", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -120,7 +127,7 @@ def main() -> None:
             "patience": 10_000,
         }
     results = {}
-    config = calmdown.make_config(seed=args.seed)
+    config = calmdown.make_config(seed=args.seed, precision=args.precision)
     init = None
     init_info: dict = {}
     if args.init_budget is not None:
@@ -182,7 +189,9 @@ def main() -> None:
         print(f"# long run's best held-out loss from {args.reference}")
     print(
         f"# {args.size} x {args.size} x {args.frames}, dense, {args.photons:g} photons, "
-        f"{torch.get_num_threads()} threads; untrained held-out loss {initial:.5f}, "
+        f"{torch.get_num_threads()} threads, training precision {args.precision} "
+        f"({training_dtype(torch.device('cpu'), args.precision) or torch.float32}); untrained "
+        f"held-out loss {initial:.5f}, "
         f"best {best:.5f}"
     )
     print(f"# first pass (noise model, mean image) {prepare_s:.0f} s, counted in 'total s'")
@@ -212,6 +221,7 @@ def main() -> None:
     args.out.write_text(
         json.dumps(
             {
+                "precision": args.precision,
                 "initial_val_loss": initial,
                 "best_val_loss": best,
                 "init_model": init_info,

@@ -217,3 +217,21 @@ def test_samples_with_the_prior_alone_is_refused_before_training(tmp_path: Path,
     assert "--samples" in res.output and "--output prior" in res.output
     assert "Traceback" not in res.output
     assert not list(tmp_path.glob("o*"))
+
+
+@pytest.mark.parametrize("command", ["denoise", "train"])
+def test_emulated_bfloat16_is_refused_before_the_movie_is_read(
+    tmp_path: Path, raw: Path, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from calmdown import device as device_module
+
+    monkeypatch.setattr(device_module, "native_bfloat16", lambda device: False)
+    out = tmp_path / ("o.tif" if command == "denoise" else "m.pt")
+    code, output = run([command, str(raw), "-o", str(out), "--precision", "bfloat16", *FAST])
+    assert_refused(code, output, out, "no native bfloat16", "--precision auto or float32")
+
+
+def test_an_unknown_precision_is_refused(tmp_path: Path, raw: Path) -> None:
+    out = tmp_path / "m.pt"
+    code, output = run(["train", str(raw), "-o", str(out), "--precision", "fp16", *FAST])
+    assert_refused(code, output, out, "precision", "fp16")

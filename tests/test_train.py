@@ -121,3 +121,28 @@ def test_fine_tuning_starts_from_the_given_network_and_gets_further(small_model)
     assert start_tuned < start_scratch - 0.5 * (start_scratch - end_scratch)
     # ... and 50 steps from it end below 50 steps from scratch.
     assert end_tuned < end_scratch, (end_tuned, end_scratch)
+
+
+def test_bfloat16_steps_train_float32_weights_judged_in_float32(small_sim, monkeypatch):
+    # Forced on (emulated where the CPU lacks it: slow, so a few small steps).
+    from calmdown import device as device_module
+
+    monkeypatch.setattr(device_module, "native_bfloat16", lambda device: True)
+    small = {"batch_size": 4, "patch_size": 32, "max_steps": 6}
+    half = _trainer(small_sim, precision="bfloat16", **small)
+    full = _trainer(small_sim, precision="float32", **small)
+    full.net.load_state_dict(half.net.state_dict())
+    batch = half._batch(half._random_picks(4))
+    half.net.train()
+    full.net.train()
+    with torch.no_grad():
+        step_half, step_full = float(half._loss(*batch)), float(full._loss(*batch))
+    # The steps run in bfloat16 (8 significant bits), close to but not the float32 loss ...
+    assert step_half != step_full
+    assert abs(step_half - step_full) < 1e-2 * abs(step_full)
+    # ... and the held-out evaluations, which pick the weights kept, in float32.
+    assert half.validate() == full.validate()
+    start = half.validate()
+    result = half.run()
+    assert all(v.dtype == torch.float32 for v in result.state_dict.values())
+    assert result.best_val_loss < start

@@ -125,6 +125,14 @@ RuntimeOption = Annotated[
         "onnxruntime (pip install 'calmdown[onnx]') or torch.",
     ),
 ]
+PrecisionOption = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Arithmetic of the training steps: auto (bfloat16 where the CPU or GPU has it "
+        "natively, about 1.8x faster steps; else float32), float32 or bfloat16.",
+    ),
+]
 Seed = Annotated[
     int,
     typer.Option(
@@ -618,6 +626,7 @@ def _summary(
             else ""
         )
         + f" on {t['device']}"
+        f"{' in ' + t['precision'] if 'precision' in t else ''}"
         f"{' (inference: ' + t['runtime'] + ')' if 'runtime' in t else ''} "
         f"(stopped: {t['stopped_because'].replace('_', ' ')}), held-out loss "
         f"{t['best_val_loss']:.4f}"
@@ -745,6 +754,7 @@ def denoise(
     device: Device = "auto",
     threads: Threads = None,
     runtime: RuntimeOption = None,
+    precision: PrecisionOption = None,
     seed: Seed = 0,
     resume: Resume = False,
     checkpoint_every: CheckpointEvery = 30.0,
@@ -783,6 +793,7 @@ def denoise(
             device=device,
             threads=threads,
             runtime=runtime,
+            precision=precision,
             seed=seed,
         )
         cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
@@ -1011,6 +1022,7 @@ def train_cmd(
     read_noise: ReadNoise = None,
     device: Device = "auto",
     threads: Threads = None,
+    precision: PrecisionOption = None,
     seed: Seed = 0,
     resume: Resume = False,
     checkpoint_every: CheckpointEvery = 30.0,
@@ -1039,6 +1051,7 @@ def train_cmd(
             read_noise=read_noise,
             device=device,
             threads=threads,
+            precision=precision,
             seed=seed,
         )
         cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)

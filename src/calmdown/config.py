@@ -113,6 +113,12 @@ class TrainConfig(_Strict):
     patience: int = Field(default=8, ge=1)
     """Stop after this many held-out evaluations without improvement."""
 
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Arithmetic of the training steps' convolutions: ``bfloat16`` (PyTorch autocast; the
+    loss, the held-out evaluations and the weights stay float32) where the device computes it
+    natively, an AVX512-BF16 or AMX CPU or an Ampere or later GPU, else ``float32``
+    (``auto``). Inference is float32 either way. See :func:`calmdown.device.training_dtype`."""
+
     max_train_frames: int = Field(default=4000, ge=16)
     """At most this many frames are loaded into memory for training."""
 
@@ -346,4 +352,6 @@ def make_config(base: Config | None = None, **flat: Any) -> Config:
     except ValidationError as err:
         first = err.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise InputError(f"invalid option {where}: {first['msg']}") from err
+        value = first.get("input")
+        given = "" if isinstance(value, dict) or value is None else f" (given: {value!r})"
+        raise InputError(f"invalid option {where}{given}: {first['msg']}") from err

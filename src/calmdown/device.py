@@ -6,7 +6,7 @@ import torch
 
 from calmdown.errors import InputError
 
-__all__ = ["resolve_device"]
+__all__ = ["native_bfloat16", "resolve_device", "training_dtype"]
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -43,3 +43,48 @@ def resolve_device(device: str = "auto") -> torch.device:
             "use --device cpu or --device auto"
         )
     return dev
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 convolutions natively (not emulated).
+
+    CUDA GPUs from Ampere on, and CPUs with AVX512-BF16 or AMX (oneDNN's test). On a CPU
+    without them bfloat16 is emulated, about a hundred times slower than float32
+    (``benchmarks/network_speed.py`` on an AVX2 machine).
+    """
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        try:  # a private test of oneDNN's; absent or failing means no
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def training_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Return the dtype training's convolutions autocast to (``None``: plain float32).
+
+    Parameters
+    ----------
+    device : torch.device
+        Where training runs.
+    precision : {"auto", "float32", "bfloat16"}
+        ``"auto"``: bfloat16 where the device computes it natively
+        (:func:`native_bfloat16`), else float32.
+
+    Raises
+    ------
+    InputError
+        If bfloat16 is asked for on a device that would emulate it.
+    """
+    if precision == "float32":
+        return None
+    native = native_bfloat16(device)
+    if precision == "bfloat16" and not native:
+        raise InputError(
+            f"--precision bfloat16 was asked for, but {device} has no native bfloat16 "
+            "(a CPU needs AVX512-BF16 or AMX, a GPU Ampere or later) and would emulate it "
+            "very slowly; use --precision auto or float32"
+        )
+    return torch.bfloat16 if native else None

@@ -47,7 +47,7 @@ from calmdown.context import (
     min_frames,
 )
 from calmdown.correction import ResidualCorrection, fit_correction
-from calmdown.device import resolve_device
+from calmdown.device import resolve_device, training_dtype
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
 from calmdown.io.padding import Crop, checked_reader
@@ -1228,6 +1228,7 @@ def train(
     cfg = _run_config(config, options, neighbours, prepared, start)
     _set_threads(cfg)
     device = resolve_device(cfg.device)
+    training_dtype(device, cfg.train.precision)  # refused before the movie is read
     ckpt = Checkpoint.coerce(checkpoint)
     prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
@@ -1407,6 +1408,7 @@ def _train(
             "stopped_because": result.stopped_because,
             "recoveries": result.recoveries,
             "device": str(device),
+            "precision": trainer.precision,
             "runtime": getattr(runner, "name", "torch"),
             "init": _init_source(init),
             "start_val_loss": trainer.start_val_loss,

@@ -42,6 +42,7 @@ import torch
 from calmdown.checkpoint import defer_interrupts
 from calmdown.config import ModelConfig, TrainConfig
 from calmdown.context import MeanImage, context_indices
+from calmdown.device import training_dtype
 from calmdown.errors import InputError
 from calmdown.loss import marginal_nll
 from calmdown.neighbours import NEIGHBOUR_CHANNELS, NeighbourPlanes
@@ -196,6 +197,7 @@ class Trainer:
             else torch.contiguous_format
         )
         self.net = make_network(model_config).to(device).to(memory_format=self._layout)
+        self._autocast = training_dtype(device, train_config.precision)
         h, w = segments[0].photons.shape[1:]
         self.patch = min(train_config.patch_size, h // 8 * 8, w // 8 * 8)
         if self.patch < 8:
@@ -245,6 +247,11 @@ class Trainer:
         self._lr_scale = 1.0
         self._grad_norms: deque[float] = deque(maxlen=CLIP_WINDOW)
         self._dirty = False
+
+    @property
+    def precision(self) -> str:
+        """Arithmetic of the training steps: ``"bfloat16"`` or ``"float32"``."""
+        return "bfloat16" if self._autocast == torch.bfloat16 else "float32"
 
     # -- batches ---------------------------------------------------------------------------
     def _crop(
@@ -321,14 +328,18 @@ class Trainer:
         return tuple(out)
 
     def _loss(self, target: torch.Tensor, frames: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        loc, scale = self.net(
-            mean.to(self.device).contiguous(memory_format=self._layout),
-            frames.to(self.device).contiguous(memory_format=self._layout),
-        )
+        # Steps in bfloat16 where the device has it natively; held-out evaluations (which pick
+        # the weights kept) and the loss in float32.
+        dtype = self._autocast if self.net.training else None
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            loc, scale = self.net(
+                mean.to(self.device).contiguous(memory_format=self._layout),
+                frames.to(self.device).contiguous(memory_format=self._layout),
+            )
         return marginal_nll(
             target.to(self.device),
-            loc,
-            scale,
+            loc.float(),
+            scale.float(),
             scale0=self.scale0,
             read_noise2=self.read_noise2,
             ratio=self.noise.variance_ratio,
