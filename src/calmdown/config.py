@@ -111,7 +111,8 @@ class TrainConfig(_Strict):
     """Steps between held-out evaluations."""
 
     patience: int = Field(default=8, ge=1)
-    """Stop after this many held-out evaluations without improvement."""
+    """Stop after this many held-out evaluations without improvement, counted from halfway
+    through the run on (:data:`calmdown.train.EARLY_STOP_FROM`)."""
 
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
     """Arithmetic of the training steps' convolutions: ``bfloat16`` (PyTorch autocast; the

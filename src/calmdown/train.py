@@ -66,6 +66,15 @@ CLIP_FACTOR = 5.0
 CLIP_WINDOW = 100
 """Steps whose gradient norms set the clipping threshold (none before a fifth of them)."""
 
+EARLY_STOP_FROM = 0.5
+"""Fraction of the planned run (steps or time budget, whichever is further along) from which
+held-out evaluations without improvement count towards early stopping. Until the cosine
+schedule has halved the learning rate, the held-out loss wanders by its noise around a level
+that the smaller steps later go below. Given 300 s and no step cap, runs stopped on patience
+at step 2400 of the ~7000-10000 there was time for, 6-7 % short of the plateau (of the
+improvement over the untrained network), where running on reached 1.3-2.0 %
+(``benchmarks/results/training_plateau.txt``, session 39)."""
+
 
 def held_out_mask(frames: np.ndarray, val_fraction: float, n_frames: int) -> np.ndarray:
     """Which global frame indices are held out.
@@ -411,7 +420,7 @@ class Trainer:
             if val < self.best_val_loss - 1e-5 * abs(self.best_val_loss):
                 self.best_val_loss, self._bad = val, 0
                 self._best_state = copy.deepcopy(self.net.state_dict())
-            else:
+            elif progress >= EARLY_STOP_FROM:  # patience counts from halfway on
                 self._bad += 1
             info = TrainProgress(
                 step=step,
