@@ -148,12 +148,12 @@ def test_bfloat16_steps_train_float32_weights_judged_in_float32(small_sim, monke
     assert result.best_val_loss < start
 
 
-def test_early_stopping_waits_for_the_second_half_of_the_run(small_sim, monkeypatch):
+def test_early_stopping_waits_for_the_last_part_of_the_run(small_sim, monkeypatch):
     # A held-out loss that never improves: patience (3 evaluations, every 10 steps) counts
-    # from step 100 of 200 on, where the learning rate has halved, not from the start.
+    # from step 160 of 200 on, where the learning rate has decayed, not from the start.
     monkeypatch.setattr(Trainer, "validate", lambda self: 1.0)
     trainer = _trainer(small_sim, batch_size=2, patch_size=32, max_steps=200)
     trainer.tcfg = trainer.tcfg.model_copy(update={"val_every": 10, "patience": 3})
     trainer.run()
     assert trainer.stopped_because == "early_stopping"
-    assert trainer.step == 120, trainer.step  # evaluations at 100, 110 and 120 (30 before)
+    assert trainer.step == 180, trainer.step  # evaluations at 160, 170 and 180 (30 before)
