@@ -130,7 +130,8 @@ PrecisionOption = Annotated[
     typer.Option(
         "--precision",
         help="Arithmetic of the training steps: auto (bfloat16 where the CPU or GPU has it "
-        "natively, about 1.8x faster steps; else float32), float32 or bfloat16.",
+        "natively: 1.35-1.4x the steps in the same time on an AVX512-BF16 CPU; else float32), "
+        "float32 or bfloat16.",
     ),
 ]
 Seed = Annotated[

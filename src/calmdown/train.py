@@ -73,10 +73,10 @@ the cosine schedule has brought the learning rate to 14 % of its peak or less. B
 held-out loss wanders by its noise around a level that the smaller steps later go below. Given
 300 s and no step cap, patience counted from the start stopped runs at step 2400 of the
 ~7000-10000 there was time for, 7.8-8.6 % short of the best loss found (of the improvement
-over the untrained network), where running on reached 2.9-3.7 %; counted from halfway, at step
-5500, 5.5 % short. A 600 s run without early stopping improved its held-out loss at gaps of up to 20
-evaluations in its second half, and 12 in its last fifth
-(``benchmarks/results/training_plateau.txt``, session 39)."""
+over the untrained network); counted from halfway, at step 5500, 5.5 % short; counted in the
+last fifth, the run took 10971 steps and came 1.23 % short. A 600 s run without early stopping
+improved its held-out loss at gaps of up to 20 evaluations in its second half, and 12 in its
+last fifth (``benchmarks/results/training_plateau.txt``, session 39)."""
 
 
 def held_out_mask(frames: np.ndarray, val_fraction: float, n_frames: int) -> np.ndarray:
