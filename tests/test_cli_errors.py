@@ -229,6 +229,11 @@ def test_emulated_bfloat16_is_refused_before_the_movie_is_read(
     out = tmp_path / ("o.tif" if command == "denoise" else "m.pt")
     code, output = run([command, str(raw), "-o", str(out), "--precision", "bfloat16", *FAST])
     assert_refused(code, output, out, "no native bfloat16", "--precision auto or float32")
+    # Not read: a file that is no movie at all gets the same answer.
+    junk = tmp_path / "junk.tif"
+    junk.write_bytes(b"not a tiff")
+    code, output = run([command, str(junk), "-o", str(out), "--precision", "bfloat16", *FAST])
+    assert_refused(code, output, out, "no native bfloat16")
 
 
 def test_an_unknown_precision_is_refused(tmp_path: Path, raw: Path) -> None:

@@ -194,3 +194,13 @@ def test_progress_says_when_the_calibration_begins():
     calmdown.train(sim.raw, max_steps=20, val_every=10, seed=0, progress=seen.append)
     assert [info.phase for info in seen] == ["training", "training", "calibrating"]
     assert seen[-1].step == 20 and seen[-1].best_val_loss == min(i.val_loss for i in seen[:-1])
+
+
+@pytest.mark.parametrize("run", [calmdown.train, calmdown.denoise])
+def test_emulated_bfloat16_is_refused_before_the_movie_is_read(run, monkeypatch):
+    from calmdown import device as device_module
+
+    monkeypatch.setattr(device_module, "native_bfloat16", lambda device: False)
+    # Two frames: reading them would be refused as too short, not for the precision.
+    with pytest.raises(InputError, match="no native bfloat16"):
+        run(np.zeros((2, 16, 16), np.float32), precision="bfloat16")

@@ -25,6 +25,7 @@ from calmdown import __version__
 from calmdown.allocator import limit_arenas
 from calmdown.checkpoint import Checkpoint, Interrupted, defer_interrupts, handle_signals
 from calmdown.config import Config, chunk_options, make_config
+from calmdown.device import resolve_device, training_dtype
 from calmdown.errors import CalmdownError, InputError
 from calmdown.io import (
     MovieReader,
@@ -302,7 +303,10 @@ def _errors(debug: bool, checkpoint: Path | list[Path] | None = None) -> Iterato
 
 
 def _config(**flat: Any) -> Config:
-    return make_config(Config(), **flat)
+    cfg = make_config(Config(), **flat)
+    # Emulated bfloat16 asked for: refused before RAW is read (the first pass comes first).
+    training_dtype(resolve_device(cfg.device), cfg.train.precision)
+    return cfg
 
 
 def _adopt_init(

@@ -1228,7 +1228,6 @@ def train(
     cfg = _run_config(config, options, neighbours, prepared, start)
     _set_threads(cfg)
     device = resolve_device(cfg.device)
-    training_dtype(device, cfg.train.precision)  # refused before the movie is read
     ckpt = Checkpoint.coerce(checkpoint)
     prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
@@ -1276,6 +1275,8 @@ def _run_config(
     cfg = _with_plane_context(cfg, neighbours, prepared)
     if init is not None:
         adopt_network(cfg, init, explicit=cfg.model.model_dump())  # plane context agrees
+    # Emulated bfloat16 asked for: refused before the movie is read (``denoise``).
+    training_dtype(resolve_device(cfg.device), cfg.train.precision)
     return cfg
 
 
