@@ -80,7 +80,7 @@ def test_summary_says_when_training_diverged(small_model):
 
 
 def test_summary_says_how_well_the_frames_check_the_widths(small_model):
-    from calmdown.cli import _summary
+    from calmdown.cli import _pct, _summary
 
     kw = {"out": None, "model_path": None, "infer_seconds": None, "n_frames": None, "shape": None}
     h = small_model.heldout
@@ -88,7 +88,16 @@ def test_summary_says_how_well_the_frames_check_the_widths(small_model):
     assert 0 < h["scale_se"] <= max(h["row_scale_se"])
     assert 0 < h["prior_error_share"] < 1
     text = _summary(small_model, **kw)
-    assert f"+-{100 * h['scale_se']:.0f} % overall" in text
+    assert f"+-{_pct(h['scale_se'])} % overall" in text
+
+
+def test_small_percentages_keep_their_digits():
+    from calmdown.cli import _pct
+
+    # A scale measured to 0.4 % must not read "+-0 %".
+    assert _pct(0.004) == "0.4"
+    assert _pct(0.0123) == "1.2"
+    assert _pct(0.25) == "25"
 
 
 def test_train_then_apply(tmp_path, raw_tif):

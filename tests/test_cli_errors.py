@@ -101,6 +101,11 @@ CASES: dict[str, tuple[Callable[[Path], object], str, tuple[str, ...]]] = {
         "in.avi",
         ("unknown extension '.avi'", "convert"),
     ),
+    "a model given as the movie": (
+        lambda p: p.write_bytes(b"PK"),
+        "den.model.pt",
+        ("is a calmdown model", "not a movie", "--model", "calmdown apply"),
+    ),
 }
 
 

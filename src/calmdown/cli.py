@@ -674,10 +674,16 @@ def _resolution(heldout: dict[str, Any]) -> str:
     return (
         f" The prior's stated error is {100 * heldout['prior_error_share']:.2g} % of the noise "
         f"variance there, so they measure the scale of the interval widths to "
-        f"+-{100 * heldout['scale_se']:.0f} % overall and +-{100 * min(rows):.0f}-"
-        f"{100 * max(rows):.0f} % by brightness (a group measured worse than +-25 % leans on "
+        f"+-{_pct(heldout['scale_se'])} % overall and +-{_pct(min(rows))}-"
+        f"{_pct(max(rows))} % by brightness (a group measured worse than +-25 % leans on "
         "the overall scale and the network's own spread)."
     )
+
+
+def _pct(fraction: float) -> str:
+    """Format a fraction in percent: whole numbers from 10 %, two significant digits below."""
+    pct = 100 * fraction
+    return f"{pct:.0f}" if pct >= 10 else f"{pct:.2g}"
 
 
 def _recording(meta: dict[str, Any]) -> str:

@@ -187,6 +187,13 @@ def open_movie(
         parts = multi_file_parts(path)
         if parts:
             return ConcatReader(parts, key=key, channel=channel, plane=plane, roi=roi, source=path)
+    if fmt is None and path.suffix.lower() == ".pt":
+        raise InputError(
+            "is a calmdown model (or another PyTorch file), not a movie; pass the raw movie "
+            "here and the model with --model (calmdown traces, report), or use "
+            "`calmdown apply MODEL MOVIE -o OUT`",
+            path=path,
+        )
     if fmt is None:
         what = "is a folder" if path.is_dir() else f"has an unknown extension '{path.suffix}'"
         raise InputError(
