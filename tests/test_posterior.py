@@ -448,3 +448,25 @@ def test_a_rare_surprise_leaves_the_interval_the_prior_s():
     check = predictive_check(predictive_pit(x, guard, lambda level: torch.ones_like(level)).numpy())
     assert 0.89 <= check["coverage"] <= 0.91
     assert check["pit_ks"] < 0.005
+
+
+@pytest.mark.parametrize("w", [0.03, 0.5, 0.969, 0.999])
+@pytest.mark.parametrize("above", [True, False])
+def test_guarded_samples_stay_finite_at_the_components_boundary(w, above):
+    # A draw whose rank falls on the boundary between the components (its rank within its
+    # component rounds to 1 in float32) took that component's quantile at probability 1:
+    # an infinite sample (seen once in 64 samples of 48 frames of 512 x 512).
+    n = 20001
+    shape = (n,)
+    m0, v0 = torch.zeros(shape), torch.full(shape, 0.01)
+    m1 = torch.full(shape, 2.0 if above else -2.0)
+    post = GuardedPosterior(torch.full(shape, w), m0, v0, m1, torch.full(shape, 0.04))
+    edge = float(stats.norm.ppf(min(w, 1 - w)))  # the boundary's rank on either side
+    steps = torch.arange(-(n // 2), n // 2 + 1, dtype=torch.float64) * 1e-7
+    for side in (1.0, -1.0):
+        u = (side * (edge + steps)).float()[None]
+        draws = post.sample(u)
+        assert torch.isfinite(draws).all(), (w, above, side)
+        # Within about 6 sd of one component or the other.
+        near = torch.minimum((draws - m0).abs() / 0.1, (draws - m1).abs() / 0.2)
+        assert float(near.max()) < 6.5

@@ -621,6 +621,16 @@ class GuardedPosterior:
     mean1: torch.Tensor
     var1: torch.Tensor
 
+    def at(self, pixels: torch.Tensor) -> GuardedPosterior:
+        """Return the same distributions at some pixels: (T, P) from a (Y, X) boolean mask.
+
+        The pixels keep the mask's row-major order; what :meth:`sample` then draws from them
+        equals, pixel for pixel, what it draws from the whole frame.
+        """
+        return GuardedPosterior(
+            *(t[:, pixels] for t in (self.weight, self.mean0, self.var0, self.mean1, self.var1))
+        )
+
     def quantile(self, q: float) -> torch.Tensor:
         """Quantile at probability ``q`` of every pixel."""
         w, mh, sh, k, d = self._heavier
@@ -675,10 +685,13 @@ class GuardedPosterior:
         # The draw's tail probability on its own side, to full relative precision (kept above
         # the smallest normal number, that a draw beyond ~13 sd in float32 stays finite).
         tiny = torch.finfo(w.dtype).tiny
+        # Ranks within a component stop short of 1: a draw on the components' boundary has a
+        # rank there that rounds to 1, whose quantile is infinite (~5.3 sd in float32).
+        top = 1.0 - torch.finfo(w.dtype).eps / 2
         tail = torch.clamp(_phi(-v.abs()), min=tiny)
         # No surprise: the rank among the no-surprise draws, as a tail probability on the
         # draw's own side (precise however far out it lies).
-        tail0 = torch.clamp((tail - w * high) / (1 - w), min=tiny, max=1.0)
+        tail0 = torch.clamp((tail - w * high) / (1 - w), min=tiny, max=top)
         z0 = _tail_quantile(tail0).mul_(1 - 2 * high)  # away from the surprise if low
         out = self.mean0 + side * torch.sqrt(self.var0) * z0
         # A surprise: in the top ``w`` of the ranks (below the middle only where w > 1/2).
@@ -686,7 +699,7 @@ class GuardedPosterior:
         if surprised[0].numel():
             t, ws = tail[surprised], w.expand_as(v)[surprised]
             above = torch.where(up[surprised], t, 1 - t)
-            z1 = -_tail_quantile(above / ws)
+            z1 = -_tail_quantile(torch.clamp(above / ws, max=top))
             m1, v1, s1 = (t.expand_as(v)[surprised] for t in (self.mean1, self.var1, side))
             out[surprised] = m1 + s1 * torch.sqrt(v1) * z1
         return out
