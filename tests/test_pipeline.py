@@ -113,6 +113,28 @@ def test_result_does_not_depend_on_row_bands(small_sim, small_model, monkeypatch
         np.testing.assert_allclose(banded[name], value, rtol=1e-5, atol=1e-4, err_msg=name)
 
 
+def test_samples_at_some_pixels_equal_the_whole_frames_there(small_sim, small_model):
+    # ROI traces draw samples at the ROIs' pixels only: the same values as whole frames'.
+    raw = small_sim.raw[:60]
+    mask = np.zeros(raw.shape[1:], bool)
+    mask[3:9, 10:40] = True
+    mask[50, :] = True
+    mask[20:30, 5] = True
+    whole = list(calmdown.iter_apply(small_model, raw, samples=3, chunk_frames=25))
+    some = list(
+        calmdown.iter_apply(small_model, raw, samples=3, chunk_frames=25, sample_pixels=mask)
+    )
+    full = np.concatenate([c.samples for c in whole], axis=1)
+    part = np.concatenate([c.samples for c in some], axis=1)
+    assert part.shape == (3, 60, int(mask.sum()))
+    np.testing.assert_array_equal(part, full[:, :, mask])
+    np.testing.assert_array_equal(
+        np.concatenate([c.denoised for c in some]), np.concatenate([c.denoised for c in whole])
+    )
+    with pytest.raises(InputError, match="sample_pixels has shape"):
+        next(calmdown.iter_apply(small_model, raw, samples=3, sample_pixels=mask[:10]))
+
+
 def test_intervals_bracket_the_estimate(small_sim, small_model):
     chunks = list(calmdown.iter_apply(small_model, small_sim.raw[:40], interval=0.9))
     lower = np.concatenate([c.lower for c in chunks])

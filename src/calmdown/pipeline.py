@@ -208,7 +208,8 @@ class DenoisedChunk:
     upper: np.ndarray | None = None
     p_surprise: np.ndarray | None = None
     samples: np.ndarray | None = None
-    """(n_samples, n, Y, X) joint samples of the clean movie, when asked for."""
+    """(n_samples, n, Y, X) joint samples of the clean movie, when asked for ((n_samples, n,
+    P) where only P pixels were asked for, ``sample_pixels`` of :func:`iter_apply`)."""
 
     def output(self, name: str) -> np.ndarray:
         """Return the array an output is named after: a field, or ``sampleN`` (N from 1)."""
@@ -1431,6 +1432,7 @@ def iter_apply(
     config: Config | None = None,
     frames: tuple[int, int] | None = None,
     samples: int = 0,
+    sample_pixels: np.ndarray | None = None,
     neighbours: Sequence[MovieLike] | None = None,
     **options: Any,
 ) -> Iterator[DenoisedChunk]:
@@ -1457,6 +1459,11 @@ def iter_apply(
         Also return this many joint Monte-Carlo samples of the clean movie per chunk (errors
         correlated across pixels and frames as the model's; seeded by the config's seed).
         Chunks then hold fewer frames so that the samples take at most about 512 MB.
+    sample_pixels : ndarray, optional
+        (Y, X) boolean mask: draw the samples at these pixels only (what ROI traces need);
+        each chunk's ``samples`` is then (n_samples, n, P), the mask's pixels in row-major
+        order, equal to those pixels of whole-frame samples. Far cheaper where the mask
+        covers a small part of the frame, and chunks hold more frames.
     neighbours : sequence of ndarray, path or MovieReader, optional
         The neighbouring planes, for a model trained with them (see :func:`train`).
     **options
@@ -1488,10 +1495,17 @@ def iter_apply(
         chunk = cfg.inference.chunk_frames
         if cfg.inference.chunk_pixels is not None:
             chunk = min(chunk, max(1, cfg.inference.chunk_pixels // (h * w)))
+        if sample_pixels is not None:
+            sample_pixels = np.asarray(sample_pixels, dtype=bool)
+            if sample_pixels.shape != (h, w):
+                raise InputError(
+                    f"sample_pixels has shape {sample_pixels.shape}, the frames {h} x {w}"
+                )
         if samples:
-            chunk = max(1, min(chunk, (1 << 27) // (samples * h * w)))
+            drawn = h * w if sample_pixels is None else max(1, int(sample_pixels.sum()))
+            chunk = max(1, min(chunk, (1 << 27) // (samples * drawn)))
         cfg = make_config(cfg, chunk_frames=chunk)
-        yield from _apply_chunks(model, prep, cfg, device, interval, frames, samples)
+        yield from _apply_chunks(model, prep, cfg, device, interval, frames, samples, sample_pixels)
     finally:
         if prepared is None:
             prep.close()
@@ -1505,9 +1519,12 @@ def _apply_chunks(
     interval: float | None,
     frames: tuple[int, int] | None = None,
     samples: int = 0,
+    sample_pixels: np.ndarray | None = None,
 ) -> Iterator[DenoisedChunk]:
     with large_arrays():  # a quarter faster: no page fault on every temporary
-        yield from _denoise_chunks(model, prep, cfg, device, interval, frames, samples)
+        yield from _denoise_chunks(
+            model, prep, cfg, device, interval, frames, samples, sample_pixels
+        )
 
 
 def _denoise_chunks(
@@ -1518,6 +1535,7 @@ def _denoise_chunks(
     interval: float | None,
     frames: tuple[int, int] | None,
     samples: int,
+    sample_pixels: np.ndarray | None = None,
 ) -> Iterator[DenoisedChunk]:
     _check_plane_context(model.config, prep)
     net = model.inference_network(device, cfg.inference.runtime)
@@ -1540,10 +1558,21 @@ def _denoise_chunks(
     t_reach = _guard_and_correct_reach(gcfg, correction, cfg.inference.variance_frames)
     stream = (
         SampleStream(
-            model.error_correlation, samples, prep.reader.shape[1:], cfg.train.seed, device
+            model.error_correlation,
+            samples,
+            prep.reader.shape[1:],
+            cfg.train.seed,
+            device,
+            pixels=sample_pixels,
         )
         if samples and use_posterior
         else None
+    )
+    # Where each band's rows start among the sampled pixels (row-major order).
+    row_start = (
+        None
+        if sample_pixels is None
+        else np.concatenate([[0], np.cumsum(sample_pixels.sum(axis=1))])
     )
     chunks = time_chunks(n_frames, cfg.inference.chunk_frames, g_halo + k, frames)
     h, w = prep.reader.shape[1:]
@@ -1604,7 +1633,7 @@ def _denoise_chunks(
             out.lower, out.upper = np.empty_like(prior_adu), np.empty_like(prior_adu)
         u = stream.frames(chunk.out_start, chunk.out_stop) if stream is not None else None
         if u is not None:
-            out.samples = np.empty((samples, *prior_adu.shape), prior_adu.dtype)
+            out.samples = np.empty((samples, *u.shape[1:]), prior_adu.dtype)
         # The guard, the correction and the posterior run over row bands of the chunk, each
         # with the rows its windows reach, so their temporaries take MB, not GB; and over the
         # frames they reach (the chunk holds more: the probes' and the next chunk's).
@@ -1650,8 +1679,16 @@ def _denoise_chunks(
                 out.upper[rows_out] = noise.to_adu(post.quantile(upper_q).cpu().numpy())
             if u is not None:
                 assert out.samples is not None
-                draws = post.sample(u[:, :, y0:y1])
-                out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
+                if row_start is None:
+                    draws = post.sample(u[:, :, y0:y1])
+                    out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
+                elif row_start[y1] > row_start[y0]:  # the band's sampled pixels only
+                    assert sample_pixels is not None
+                    band_mask = torch.as_tensor(sample_pixels[y0:y1], device=device)
+                    draws = post.at(band_mask).sample(u[:, :, row_start[y0] : row_start[y1]])
+                    out.samples[:, :, row_start[y0] : row_start[y1]] = noise.to_adu(
+                        draws.cpu().numpy()
+                    )
         carried = _carry(pred, (g0, g1), following, g_halo, n_frames)
         # Not held while the caller writes ``out``, nor while the next chunk is computed.
         del pred, loc, level, x, photons, plane_photons, prior_adu, u

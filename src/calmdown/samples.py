@@ -390,6 +390,10 @@ class SampleStream:
         Seed: the same seed gives the same fields.
     device : torch.device
         Where to make them.
+    pixels : ndarray or Tensor, optional
+        (Y, X) boolean mask: keep the fields of these pixels only, in row-major order (the
+        values are those of the whole frame's fields there; the recursion in time then runs
+        on these pixels alone).
     """
 
     def __init__(
@@ -399,35 +403,52 @@ class SampleStream:
         shape: tuple[int, int],
         seed: int,
         device: torch.device,
+        pixels: np.ndarray | torch.Tensor | None = None,
     ) -> None:
         self.corr = correlation
         self.n = n
         self.shape = shape
         self.seed = seed
         self.device = device
-        self._kernel = correlation.kernel().to(device)[None, None]
-        self._static = self._field(-1, correlation.kernel(static=True).to(device)[None, None])
+        self.pixels = None
+        if pixels is not None:
+            mask = torch.as_tensor(np.asarray(pixels, dtype=bool), device=device)
+            if tuple(mask.shape) != tuple(shape):
+                raise ValueError(f"a pixel mask of shape {tuple(mask.shape)} for {shape} frames")
+            self.pixels = mask.reshape(-1).nonzero().squeeze(1)
+        # The same filter for every sample, as a depthwise convolution (groups = samples):
+        # the same sums as one channel's filter over a batch, to the bit, and ~9x faster on
+        # a CPU (oneDNN, 64 samples of 512 x 512).
+        self._kernel = correlation.kernel().to(device)[None, None].expand(n, 1, -1, -1)
+        static = correlation.kernel(static=True).to(device)[None, None].expand(n, 1, -1, -1)
+        self._static = self._field(-1, static)
         self._state: torch.Tensor | None = None
         self._next = 0
 
     def _field(self, frame: int, kernel: torch.Tensor | None = None) -> torch.Tensor:
-        """Return (n, Y, X) spatially correlated unit white noise for one frame.
+        """Return one frame's spatially correlated unit white noise: (n, Y, X), or (n, P).
 
-        Frame -1 is the static part's. ``kernel`` filters it (default: the changing part's).
+        (n, P): the pixel mask's pixels. Frame -1 is the static part's. ``kernel`` filters
+        it (default: the changing part's).
         """
         gen = torch.Generator().manual_seed(
             (self.seed * 1_000_003 + (frame + 2) * 7919) % (2**63 - 1)
         )
-        z = torch.randn((self.n, 1, *self.shape), generator=gen).to(self.device)
+        z = torch.randn((1, self.n, *self.shape), generator=gen).to(self.device)
         r = RADIUS
         z = F.conv2d(
             F.pad(z, (r, r, r, r), mode="reflect" if min(self.shape) > r else "replicate"),
-            self._kernel if kernel is None else kernel,
-        )
-        return z[:, 0]
+            (self._kernel if kernel is None else kernel).contiguous(),
+            groups=self.n,
+        )[0]
+        if self.pixels is not None:
+            return z.reshape(self.n, -1).index_select(1, self.pixels)
+        return z
 
     def frames(self, start: int, stop: int) -> torch.Tensor:
-        """Fields of frames ``start..stop``: (n, stop - start, Y, X).
+        """Fields of frames ``start..stop``: (n, stop - start, Y, X), or (n, stop - start, P).
+
+        (n, stop - start, P): the pixel mask's pixels.
 
         Frames must be asked for in order; a jump forward (or a first call after frame 0)
         runs the recursion from up to 64 frames before, which forgets the rest.

@@ -478,7 +478,18 @@ def roi_traces(
         pair = _neighbour_pairs(rois, noise.neighbour_correlation)
         f_prior = np.empty((n, t), np.float32)
         nv_roi = np.empty((n, t), np.float32)
-        for chunk in iter_apply(model, prep.reader, prepared=prep, samples=samples, **options):
+        # Samples are drawn at the ROIs' pixels only (the same values there as whole frames').
+        drawn = np.zeros(h * w, bool)
+        drawn[np.unique(mat.indices)] = True
+        mat_drawn = mat[:, drawn]
+        for chunk in iter_apply(
+            model,
+            prep.reader,
+            prepared=prep,
+            samples=samples,
+            sample_pixels=drawn.reshape(h, w),
+            **options,
+        ):
             a, b = chunk.start, chunk.stop
             f_mean[:, a:b] = (mat @ chunk.denoised.reshape(b - a, -1).T) - offset
             f_prior[:, a:b] = (mat @ chunk.prior.reshape(b - a, -1).T) - offset
@@ -491,7 +502,7 @@ def roi_traces(
             nv_roi[:, a:b] = (sq @ nv.T) * pair * noise.gain**2
             assert chunk.samples is not None
             flat = chunk.samples.reshape(samples * (b - a), -1)
-            f_samp[:, :, a:b] = (mat @ flat.T).reshape(n, samples, b - a).transpose(1, 0, 2)
+            f_samp[:, :, a:b] = (mat_drawn @ flat.T).reshape(n, samples, b - a).transpose(1, 0, 2)
             f_samp[:, :, a:b] -= offset
             if progress is not None:
                 progress(b - a)
