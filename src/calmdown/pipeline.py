@@ -1667,7 +1667,9 @@ def _denoise_chunks(
             out.denoised[rows_out] = noise.to_adu(post_mean.cpu().numpy())
             assert out.p_surprise is not None
             out.p_surprise[rows_out] = gb.p_surprise.cpu().numpy()
-            if interval is None and u is None:
+            # Samples to draw in this band: all its pixels, or the sampled ones it holds.
+            draw = u is not None and (row_start is None or row_start[y1] > row_start[y0])
+            if interval is None and not draw:
                 continue
             # Intervals and samples from the guarded prior's two components, each given the
             # pixel's value (the denoised value stays the single Gaussian's posterior mean).
@@ -1677,12 +1679,12 @@ def _denoise_chunks(
                 upper_q = 0.5 + interval / 2
                 out.lower[rows_out] = noise.to_adu(post.quantile(1 - upper_q).cpu().numpy())
                 out.upper[rows_out] = noise.to_adu(post.quantile(upper_q).cpu().numpy())
-            if u is not None:
-                assert out.samples is not None
+            if draw:
+                assert out.samples is not None and u is not None
                 if row_start is None:
                     draws = post.sample(u[:, :, y0:y1])
                     out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
-                elif row_start[y1] > row_start[y0]:  # the band's sampled pixels only
+                else:  # the band's sampled pixels only
                     assert sample_pixels is not None
                     band_mask = torch.as_tensor(sample_pixels[y0:y1], device=device)
                     draws = post.at(band_mask).sample(u[:, :, row_start[y0] : row_start[y1]])
