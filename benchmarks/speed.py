@@ -52,6 +52,12 @@ def main() -> None:
         help="also time inference that writes this credible interval (lower and upper ends)",
     )
     parser.add_argument(
+        "--samples",
+        type=int,
+        default=0,
+        help="also time inference that draws this many joint samples of every frame",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "speed.json"
     )
     args = parser.parse_args()
@@ -60,9 +66,13 @@ def main() -> None:
         sim = simulate("dense", photons=1.0, shape=(args.frames, size, size), seed=0)
         model = calmdown.train(sim.raw, max_steps=args.train_steps, time_budget_s=None, seed=0)
         prep = calmdown.prepare(sim.raw, model.config)
-        intervals = [None] if args.interval is None else [None, args.interval]
-        runs = [(r, g, i) for r in args.runtimes for g in args.guard for i in intervals]
-        for runtime, guard, interval in runs:
+        extras = [(None, 0)]
+        if args.interval is not None:
+            extras.append((args.interval, 0))
+        if args.samples:
+            extras.append((None, args.samples))
+        runs = [(r, g, *e) for r in args.runtimes for g in args.guard for e in extras]
+        for runtime, guard, interval, samples in runs:
             os.environ["CALMDOWN_NO_NUMBA"] = "1" if guard == "torch" else "0"
             # Warm-up: the compiled loops load from Numba's cache (or compile) on first use.
             for _ in calmdown.iter_apply(model, sim.raw, prepared=prep, frames=(0, 8)):
@@ -71,7 +81,12 @@ def main() -> None:
             n = sum(
                 c.stop - c.start
                 for c in calmdown.iter_apply(
-                    model, sim.raw, prepared=prep, runtime=runtime, interval=interval
+                    model,
+                    sim.raw,
+                    prepared=prep,
+                    runtime=runtime,
+                    interval=interval,
+                    samples=samples,
                 )
             )
             infer_s = time.perf_counter() - t0
@@ -85,6 +100,7 @@ def main() -> None:
                     "runtime": runtime,
                     "guard": guard,
                     "interval": interval,
+                    "samples": samples,
                     "threads": torch.get_num_threads(),
                     "train_s_per_step": model.training["loop_seconds"] / model.training["steps"],
                     "train_total_s": model.training["seconds"],
@@ -95,7 +111,8 @@ def main() -> None:
             r = rows[-1]
             print(
                 f"{size:>4} x {size:<4} {n} frames, {runtime:>11}, guard {guard:>8}"
-                f"{'' if interval is None else f', interval {interval:g}'}: inference "
+                f"{'' if interval is None else f', interval {interval:g}'}"
+                f"{f', {samples} samples' if samples else ''}: inference "
                 f"{r['infer_fps']:7.1f} frames/s "
                 f"(moving average {r['moving_average_fps']:9.0f} frames/s), training "
                 f"{r['train_s_per_step']:.3f} s/step (batch 16 x 64 x 64; "
