@@ -454,20 +454,27 @@ class SampleStream:
         runs the recursion from up to 64 frames before, which forgets the rest.
         """
         a, s = self.corr.decay, self.corr.static
-        if self._state is None or start != self._next:
+        c = math.sqrt(1 - a * a)
+        # Written in place, frame by frame, into one array (each step allocated three, and
+        # the frames were stacked): a * state + c * field, the same operations to the bit.
+        dynamic = torch.empty(
+            (self.n, stop - start, *self._static.shape[1:]),
+            dtype=self._static.dtype,
+            device=self._static.device,
+        )
+        state = self._state
+        if state is None or start != self._next:
             burn = max(0, start - 64)
-            self._state = self._field(burn)
-            for t in range(burn + 1, start):
-                self._state = a * self._state + math.sqrt(1 - a * a) * self._field(t)
-            if start > burn:
-                self._state = a * self._state + math.sqrt(1 - a * a) * self._field(start)
+            state = self._field(burn)
+            for t in range(burn + 1, start + 1):
+                state.mul_(a).add_(self._field(t).mul_(c))
+            dynamic[:, 0] = state
             first = start + 1
-            out = [self._state]
         else:
-            first, out = start, []
+            first = start
         for t in range(first, stop):
-            self._state = a * self._state + math.sqrt(1 - a * a) * self._field(t)
-            out.append(self._state)
+            prev = dynamic[:, t - start - 1] if t > start else state
+            torch.mul(prev, a, out=dynamic[:, t - start]).add_(self._field(t).mul_(c))
+        self._state = dynamic[:, -1].clone()
         self._next = stop
-        dynamic = torch.stack(out, dim=1)
-        return math.sqrt(s) * self._static[:, None] + math.sqrt(1 - s) * dynamic
+        return dynamic.mul_(math.sqrt(1 - s)).add_(math.sqrt(s) * self._static[:, None])
