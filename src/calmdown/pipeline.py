@@ -1568,12 +1568,11 @@ def _denoise_chunks(
         if samples and use_posterior
         else None
     )
-    # Where each band's rows start among the sampled pixels (row-major order).
-    row_start = (
-        None
-        if sample_pixels is None
-        else np.concatenate([[0], np.cumsum(sample_pixels.sum(axis=1))])
-    )
+    # The sampled pixels, and where each band's rows start among them (row-major order).
+    pixel_mask, row_start = None, None
+    if sample_pixels is not None:
+        pixel_mask = torch.as_tensor(sample_pixels, device=device)
+        row_start = np.concatenate([[0], np.cumsum(sample_pixels.sum(axis=1))])
     chunks = time_chunks(n_frames, cfg.inference.chunk_frames, g_halo + k, frames)
     h, w = prep.reader.shape[1:]
     carried: PriorPrediction | None = None  # the predicted frames this chunk shares with the last
@@ -1685,9 +1684,10 @@ def _denoise_chunks(
                     draws = post.sample(u[:, :, y0:y1])
                     out.samples[:, :, y0:y1] = noise.to_adu(draws.cpu().numpy())
                 else:  # the band's sampled pixels only
-                    assert sample_pixels is not None
-                    band_mask = torch.as_tensor(sample_pixels[y0:y1], device=device)
-                    draws = post.at(band_mask).sample(u[:, :, row_start[y0] : row_start[y1]])
+                    assert pixel_mask is not None
+                    draws = post.at(pixel_mask[y0:y1]).sample(
+                        u[:, :, row_start[y0] : row_start[y1]]
+                    )
                     out.samples[:, :, row_start[y0] : row_start[y1]] = noise.to_adu(
                         draws.cpu().numpy()
                     )

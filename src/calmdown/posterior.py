@@ -681,20 +681,20 @@ class GuardedPosterior:
         side = 1 - 2 * (self.mean1 < self.mean0).to(w.dtype)  # +1: the surprise lies above
         v = u * side  # positive towards the surprise
         up = v >= 0
-        # The draw's tail probability on its own side, to full relative precision (kept above
-        # the smallest normal number, that a draw beyond ~13 sd in float32 stays finite).
-        # Computed in place (a draw array of each kind at most, where each step allocated
-        # one): Phi(-|v|) = erfc(|v| / sqrt 2) / 2, the same values to the bit.
         tiny = torch.finfo(w.dtype).tiny
         # Ranks within a component stop short of 1: a draw on the components' boundary has a
         # rank there that rounds to 1, whose quantile is infinite (~5.3 sd in float32).
         top = 1.0 - torch.finfo(w.dtype).eps / 2
+        # The draw's tail probability on its own side, to full relative precision (kept above
+        # the smallest normal number, that a draw beyond ~13 sd in float32 stays finite).
+        # Computed in place (a draw array of each kind at most, where each step allocated
+        # one): Phi(-|v|) = erfc(|v| / sqrt 2) / 2, the same values to the bit.
         tail = v.abs_().mul_(math.sqrt(0.5)).erfc_().mul_(0.5).clamp_(min=tiny)
         del v
         # No surprise: the rank among the no-surprise draws, as a tail probability on the
         # draw's own side (precise however far out it lies).
         tail0 = torch.where(up, tail - w, tail).div_(1 - w).clamp_(min=tiny, max=top)
-        z0 = _tail_quantile(tail0, inplace=True)
+        z0 = _tail_quantile(tail0)
         z0 = torch.where(up, z0.neg(), z0)  # away from the surprise if low
         out = z0.mul_(side * torch.sqrt(self.var0)).add_(self.mean0)
         # A surprise: in the top ``w`` of the ranks (below the middle only where w > 1/2).
@@ -722,22 +722,16 @@ through ``ndtri`` (exact in the far tail, slow): in float32 either way the quant
 probability is within 2e-5 of the one asked for (measured from 1e-37 to 0.5)."""
 
 
-def _tail_quantile(p: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+def _tail_quantile(p: torch.Tensor) -> torch.Tensor:
     """Return the standard normal quantile at the lower-tail probabilities ``p <= 1``.
 
-    ``inplace``: into ``p``'s own memory (its far tail read first).
+    Written into ``p``'s own memory (its far tail read first): pass a temporary.
     """
-    if inplace:
-        far = (p < TAIL_ERFINV).nonzero(as_tuple=True)
-        p_far = p[far]
-        z = p.mul_(2).sub_(1).erfinv_().mul_(math.sqrt(2))
-        if far[0].numel():
-            z[far] = torch.special.ndtri(p_far)
-        return z
-    z = torch.erfinv(2 * p - 1) * math.sqrt(2)
     far = (p < TAIL_ERFINV).nonzero(as_tuple=True)
+    p_far = p[far]
+    z = p.mul_(2).sub_(1).erfinv_().mul_(math.sqrt(2))
     if far[0].numel():
-        z[far] = torch.special.ndtri(p[far])
+        z[far] = torch.special.ndtri(p_far)
     return z
 
 
