@@ -105,10 +105,18 @@ def test_train_then_apply(tmp_path, raw_tif):
     res = runner.invoke(app, ["train", str(raw_tif), "-o", str(model), *FAST])
     assert res.exit_code == 0, res.output
     out = tmp_path / "den.zarr"
-    res = runner.invoke(app, ["apply", str(model), str(raw_tif), "-o", str(out), "-q"])
+    args = ["apply", str(model), str(raw_tif), "-o", str(out), "--interval", "0.8"]
+    res = runner.invoke(app, [*args, "--samples", "3"])
     assert res.exit_code == 0, res.output
     with open_movie(out) as r:
         assert r.shape == (60, 32, 32)
+    # The closing line names every movie written, and nothing that is not there.
+    said = res.output[res.output.rindex("Denoised ") :]
+    assert "80 % credible interval" in said and "3 joint samples" in said, said
+    for name in ("den.zarr", "den.lower.zarr", "den.upper.zarr", "den.sample1.zarr"):
+        assert name in said and (tmp_path / name).exists(), name
+    assert "den.sample3.zarr" in said and (tmp_path / "den.sample3.zarr").exists()
+    assert not (tmp_path / "den.sample4.zarr").exists()
 
 
 def test_simulate_command(tmp_path):

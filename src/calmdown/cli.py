@@ -608,6 +608,8 @@ def _summary(
     n_frames: int | None,
     shape: tuple[int, ...] | None,
     recording: dict[str, Any] | None = None,
+    interval: float | None = None,
+    samples: int = 0,
 ) -> str:
     n = model.noise
     t = model.training
@@ -660,10 +662,23 @@ def _summary(
             f"({n_frames / max(infer_seconds, 1e-9):.1f} frames/s)."
         )
     if out is not None:
-        parts.append(f"Denoised movie (float32): {out}.")
+        parts.append(_outputs_written(out, interval, samples))
     if model_path is not None:
         parts.append(f"Model saved to {model_path}.")
     return " ".join(parts)
+
+
+def _outputs_written(out: Path, interval: float | None, samples: int) -> str:
+    """Return the sentence naming the movies ``write_movies`` wrote for ``out``."""
+    text = f"Denoised movie (float32): {out}"
+    if interval is not None:
+        lower, upper = output_paths_like(out, ["lower", "upper"])
+        text += f"; central {100 * interval:g} % credible interval: {lower}, {upper}"
+    if samples:
+        first, last = output_paths_like(out, ["sample1", f"sample{samples}"])
+        names = str(first) if samples == 1 else f"{first} ... {last.name}"
+        text += f"; {samples} joint sample{'s' if samples > 1 else ''}: {names}"
+    return text + "."
 
 
 def _resolution(heldout: dict[str, Any]) -> str:
@@ -932,6 +947,8 @@ def _denoise_one(
             n_frames=n_frames,
             shape=prep.reader.shape,
             recording=prep.reader.metadata,
+            interval=interval,
+            samples=samples,
         )
     return summary, model
 
@@ -1167,7 +1184,8 @@ def apply_cmd(
         if not quiet:
             typer.echo(
                 f"Denoised {n_frames} frames in {seconds:.1f} s "
-                f"({n_frames / max(seconds, 1e-9):.1f} frames/s): {out}."
+                f"({n_frames / max(seconds, 1e-9):.1f} frames/s). "
+                + _outputs_written(out, interval, samples)
             )
 
 
