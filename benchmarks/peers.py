@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import re
-import resource
 import shlex
 import subprocess
 import sys
@@ -62,12 +61,15 @@ def calmdown_worker(args: argparse.Namespace) -> None:
 
     import calmdown
 
+    sys.path.insert(0, str(PEER_DIR))
+    from rss import peak_rss_mb  # the runners' measure: ru_maxrss carries over exec
+
     torch.manual_seed(args.seed)
     movie = tifffile.imread(args.movie)
     t0 = time.perf_counter()
     model = calmdown.train(movie, time_budget_s=args.budget, seed=args.seed)
     train_s = time.perf_counter() - t0
-    rss_train = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_train = peak_rss_mb()
     t0 = time.perf_counter()
     post = calmdown.apply(model, movie)
     infer_s = time.perf_counter() - t0
@@ -77,7 +79,7 @@ def calmdown_worker(args: argparse.Namespace) -> None:
         "train_s": train_s,
         "infer_s": infer_s,
         "infer_fps": movie.shape[0] / infer_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": peak_rss_mb(),
         "peak_rss_train_mb": rss_train,
         "steps": model.training["steps"],
         "training": {k: v for k, v in model.training.items() if not isinstance(v, list | dict)},

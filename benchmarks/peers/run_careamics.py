@@ -22,7 +22,6 @@ import importlib.machinery
 import json
 import logging
 import platform
-import resource
 import shutil
 import sys
 import tempfile
@@ -35,11 +34,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from rss import peak_rss_mb  # beside this script
 
 
 def stub_torchvision() -> None:
@@ -117,6 +112,9 @@ def main() -> None:
     m = 2**depth
     patch = [fit(n, p, m) for n, p in zip(movie.shape, args.patch, strict=True)]
     tile = [fit(n, t, m) for n, t in zip(movie.shape, args.tile, strict=True)]
+    # CAREamics wants square tiles (and patches) in Y and X: the smaller side for both.
+    tile[1] = tile[2] = min(tile[1:])
+    patch[1] = patch[2] = min(patch[1:])
     overlap = [min(o, t - m) // 2 * 2 for o, t in zip(args.tile_overlap, tile, strict=True)]
     config = create_advanced_n2v_config(
         experiment_name="peer_n2v",

@@ -28,7 +28,6 @@ import json
 import math
 import platform
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -39,12 +38,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 import torch
+from rss import peak_rss_mb  # beside this script
 from torch import nn
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def patch_for_cpu() -> None:

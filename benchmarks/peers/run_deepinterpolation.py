@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import random
-import resource
 import shutil
 import sys
 import tempfile
@@ -39,11 +38,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import h5py
 import numpy as np
 import tifffile
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, MB (Linux reports kB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from rss import peak_rss_mb  # beside this script
 
 
 def save_json(obj: dict, path: Path) -> str:

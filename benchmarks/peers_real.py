@@ -1,0 +1,258 @@
+"""Calmdown beside peer denoisers on a real recording, scored without ground truth.
+
+A real recording has no clean movie to score against, so every method is scored with the
+photon split of ``calmdown evaluate`` (:func:`calmdown.evaluate.estimate_gain`): the
+recording's counts are split into two halves A and B with uncorrelated noise, each method
+trains on half A and denoises it (the same half A for every method, from one seed), and its
+output is scored against half B. ``E[(dA - B)^2] = MSE(dA) + Var(noise of B)``, so the
+estimated PSNR gain over the raw half is ``10 log10(noise var / MSE(dA))``, the gain on a
+recording with half this one's photons. Where the recording's noise is correlated between
+pixels (registration) the split is Gaussian and the estimate approximate, the same for every
+method.
+
+Methods run as in ``benchmarks/peers.py`` (whose runners and helpers this reuses): calmdown
+with its defaults in a subprocess of this environment, each peer through its runner in its own
+virtual environment (``benchmarks/peers/setup.sh``), one at a time, all with the same training
+budget; a centred 5-frame moving average is the reference row. Beside each method's gain the
+table gives the paired difference to calmdown's (a block bootstrap over frames of the same
+split, so the frames' shared sampling error cancels), training seconds and steps, inference
+frames per second and peak memory. Prints one markdown table; writes
+``benchmarks/results/peers_real.json`` and ``.txt``.
+
+Usage::
+
+    bash benchmarks/peers/setup.sh           # once: the peers' virtual environments
+    python benchmarks/peers_real.py          # ../shared/data optinist recording, 180 s each
+    python benchmarks/peers_real.py --movie rec.h5 --key data --budget 60 --peers careamics
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from metrics import moving_average
+from peers import PEER_DIR, PEERS, peer_python, run_method
+
+from calmdown.errors import InputError
+from calmdown.evaluate import _split, estimate_gain, split_method
+from calmdown.io import open_movie
+from calmdown.noise import estimate_noise
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MOVIE = HERE.parent.parent / "shared" / "data" / "optinist-mouse2p-top-2000x64x128.tif"
+COST = [("train_s", "train s", "{:.0f}"), ("steps", "steps", "{:.0f}")]
+COST += [("infer_fps", "infer fps", "{:.1f}"), ("peak_rss_mb", "peak MB", "{:.0f}")]
+
+
+class MethodFailed(RuntimeError):
+    """A method that ran without output (its runner's reason)."""
+
+
+def paired_difference(
+    score_a: np.ndarray, score_b: np.ndarray, var_t: np.ndarray, pixels: int, seed: int
+) -> tuple[float, float]:
+    """Gain of method A over method B in dB, and its block-bootstrap standard deviation.
+
+    ``score_*`` are per-frame sums of ``(d - B)^2``, ``var_t`` the per-frame sums of half B's
+    noise variance, ``pixels`` per frame. Blocks of ``max(8, T // 40)`` frames, as
+    :func:`~calmdown.evaluate.estimate_gain`; the same blocks for both methods.
+    """
+    n_t = len(score_a)
+    block = max(8, n_t // 40)
+    starts = np.arange(0, n_t, block)
+    sums = [np.add.reduceat(s, starts) for s in (score_a, score_b, var_t)]
+    frames = np.diff(np.append(starts, n_t)).astype(np.float64)
+
+    def diff(pick: np.ndarray | slice) -> np.ndarray:
+        n = frames[pick].sum(axis=-1) * pixels
+        v = sums[2][pick].sum(axis=-1) / n
+        mse_a = sums[0][pick].sum(axis=-1) / n - v
+        mse_b = sums[1][pick].sum(axis=-1) / n - v
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return 10 * np.log10(mse_b / mse_a)
+
+    rng = np.random.default_rng(seed + 1)
+    boot = diff(rng.integers(0, len(starts), (400, len(starts))))
+    boot = boot[np.isfinite(boot)]
+    return float(diff(slice(None))), float(np.std(boot)) if boot.size > 1 else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--movie", type=Path, default=DEFAULT_MOVIE)
+    parser.add_argument("--key", default=None, help="dataset inside an HDF5 or Zarr file")
+    parser.add_argument("--budget", type=float, default=180.0, help="training seconds, each")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
+    parser.add_argument("--peers", nargs="*", choices=list(PEERS), default=list(PEERS))
+    parser.add_argument(
+        "--peer-arg",
+        action="append",
+        default=[],
+        metavar="PEER=ARGS",
+        help="extra arguments for a runner, e.g. deepcad='--patch-t 64' (see its --help)",
+    )
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per method")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of every method (OMP_NUM_THREADS)"
+    )
+    parser.add_argument("--keep", type=Path, default=None, help="keep movies and logs here")
+    parser.add_argument(
+        "--out", type=Path, default=HERE / "results" / "peers_real.json", help="also writes .txt"
+    )
+    args = parser.parse_args()
+    if not args.movie.exists():
+        sys.exit(
+            f"{args.movie}: no such file; give a recording with --movie (the default is the "
+            "optinist sample of ../shared/data, beside the checkout)"
+        )
+    peer_args = {}
+    for item in args.peer_arg:
+        key, _, val = item.partition("=")
+        if key not in PEERS:
+            parser.error(f"--peer-arg {item!r}: unknown peer {key!r}")
+        peer_args[key] = val
+    if args.threads is not None:
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="peers_real_")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+
+    with open_movie(args.movie, key=args.key) as reader:
+        raw = np.asarray(reader.read(0, reader.shape[0]))
+    n_t, h, w = raw.shape
+    if args.timeout is None:
+        args.timeout = 3 * args.budget + 600 + raw.size / 2e4
+    noise = estimate_noise(lambda s, e: raw[s:e], n_t)
+    # The halves every method gets (estimate_gain draws the same ones from the same seed): B and
+    # its noise variance, for the paired differences.
+    _, half_b, split_var = _split(noise.to_photons(raw), noise, np.random.default_rng(args.seed))
+    var_t = 0.5 * np.sum(split_var, axis=(1, 2), dtype=np.float64)
+    del split_var
+    load0 = os.getloadavg()
+    print(
+        f"{args.movie.name}: {n_t} x {h} x {w}, {split_method(noise)} split, budget "
+        f"{args.budget:g} s each",
+        flush=True,
+    )
+
+    methods: list[tuple[str, str, list[str] | str]] = [
+        ("moving average (5)", "reference", []),
+        ("calmdown", "method", [sys.executable, str(HERE / "peers.py"), "--worker"]),
+    ]
+    for peer in args.peers:
+        py, why = peer_python(peer)
+        cmd = why if py is None else [str(py), str(PEER_DIR / PEERS[peer][1])]
+        methods.append((PEERS[peer][0], "method", cmd))
+    rows: list[dict] = []
+    scores: dict[str, np.ndarray] = {}
+    half_a = work / "half_a.tif"
+    half_a.unlink(missing_ok=True)  # a kept folder's from an earlier run: not this split
+    for (label, kind, cmd), key in zip(methods, ["ma", "calmdown", *args.peers], strict=True):
+        row: dict = {"method": label, "kind": kind}
+        rows.append(row)
+        if isinstance(cmd, str):
+            row["error"] = cmd
+            print(f"  {label}: not run: {cmd}", flush=True)
+            continue
+        outputs: dict[str, np.ndarray] = {}
+
+        def denoise(movie: np.ndarray, key=key, cmd=cmd, row=row, outputs=outputs) -> np.ndarray:
+            if key == "ma":
+                t0 = time.perf_counter()
+                out = moving_average(movie, 5)
+                row["infer_fps"] = movie.shape[0] / (time.perf_counter() - t0)
+            else:
+                if not half_a.exists():
+                    tifffile.imwrite(half_a, movie.astype(np.float32))
+                common = ["--movie", str(half_a), "--budget", str(args.budget)]
+                extra = shlex.split(peer_args.get(key, ""))
+                res = run_method(
+                    [*cmd, *common, "--seed", str(args.seed), *extra], work, key, args.timeout
+                )
+                if "out" not in res:
+                    raise MethodFailed(res.get("error", "no output"))
+                row.update({k: v for k, v in res.items() if k != "method"})
+                out = tifffile.imread(res["out"]).astype(np.float32)
+            outputs["d"] = out
+            return out
+
+        try:
+            result = estimate_gain(raw, noise=noise, seed=args.seed, denoiser=denoise)
+        except (MethodFailed, InputError) as err:  # its reason goes in its row
+            row["error"] = str(err)[:400]
+            print(f"  {label}: failed: {row['error']}", flush=True)
+            continue
+        row |= {
+            "gain_db": result.psnr_gain_db,
+            "gain_sd": result.psnr_gain_db_sd,
+            "split": result.method,
+            "photons_per_pixel_half": result.photons_per_pixel_half,
+        }
+        d = noise.to_photons(outputs["d"]).astype(np.float64)
+        scores[label] = np.sum(np.square(d - half_b), axis=(1, 2))
+        print(
+            f"  {label}: {result.psnr_gain_db:.2f} +- {result.psnr_gain_db_sd:.2f} dB", flush=True
+        )
+    if "calmdown" in scores:
+        for row in rows:
+            if row["method"] in scores and row["method"] != "calmdown":
+                diff, sd = paired_difference(
+                    scores["calmdown"], scores[row["method"]], var_t, h * w, args.seed
+                )
+                row |= {"calmdown_minus_db": diff, "calmdown_minus_sd": sd}
+
+    def cell(row: dict, key: str, spec: str) -> str:
+        v = row.get(key)
+        return "—" if v is None or not np.isfinite(v) else spec.format(v)
+
+    heads = ["method", "est. gain dB", "calmdown minus this, dB"] + [h for _, h, _ in COST]
+    lines = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+    for r in rows:
+        name = r["method"] if "error" not in r else f"{r['method']}: not run — {r['error']}"
+        gain = f"{r['gain_db']:.2f} ± {r['gain_sd']:.2f}" if "gain_db" in r else "—"
+        diff = (
+            f"{r['calmdown_minus_db']:+.2f} ± {r['calmdown_minus_sd']:.2f}"
+            if "calmdown_minus_db" in r
+            else "—"
+        )
+        lines.append(
+            "| " + " | ".join([name, gain, diff, *(cell(r, k, s) for k, _, s in COST)]) + " |"
+        )
+    split = next((r["split"] for r in rows if "split" in r), split_method(noise))
+    head = (
+        f"{args.movie.name}, {n_t} x {h} x {w}; {split} photon split (seed {args.seed}), scored at "
+        f"{noise.photons_per_pixel / 2:.3g} photons per pixel per frame (half the recording's); "
+        f"training budget {args.budget:g} s each on {os.cpu_count()} CPU(s), threads "
+        f"{args.threads or 'default'}; load average {load0[0]:.1f} at start, "
+        f"{os.getloadavg()[0]:.1f} at end"
+    )
+    report = "\n".join([head, "", *lines])
+    print()
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "noise_model": noise.to_dict(),
+        "load_average": {"start": load0, "end": os.getloadavg()},
+        "rows": rows,
+    }
+    args.out.write_text(json.dumps(payload, indent=2, default=str))
+    args.out.with_suffix(".txt").write_text(report + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.txt')}")
+    if args.keep is None:
+        for f in work.iterdir():
+            f.unlink()
+        work.rmdir()
+
+
+if __name__ == "__main__":
+    main()
