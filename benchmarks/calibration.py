@@ -206,7 +206,9 @@ def roi_coverage(model: calmdown.TrainedModel, sim: SimulatedMovie) -> dict[str,
 def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
     sim = simulate(preset, photons=photons, shape=(args.frames, args.size, args.size), seed=0)
     t0 = time.perf_counter()
-    model = calmdown.train(sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=0)
+    model = calmdown.train(
+        sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=0, precision=args.precision
+    )
     train_s = time.perf_counter() - t0
     chunks = list(calmdown.iter_apply(model, sim.raw, interval=0.9))
     den = np.concatenate([c.denoised for c in chunks])
@@ -242,6 +244,12 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=1000)
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="arithmetic of the training steps (calmdown's --precision)",
+    )
 
 
 def run_grid(
