@@ -156,3 +156,26 @@ def test_output_equal_to_input_is_refused(raw_tif):
     res = runner.invoke(app, ["denoise", str(raw_tif), "-o", str(raw_tif), *FAST])
     assert res.exit_code == 2 and "overwrit" in res.output
     assert raw_tif.read_bytes() == before
+
+
+def test_dtype_input_stores_the_raw_integer_type(tmp_path, raw_tif):
+    model = tmp_path / "m.pt"
+    assert runner.invoke(app, ["train", str(raw_tif), "-o", str(model), *FAST]).exit_code == 0
+    args = ["apply", str(model), str(raw_tif), "--interval", "0.9", "--samples", "1"]
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "f.tif"), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "i.tif"), "--dtype", "input"])
+    assert res.exit_code == 0, res.output
+    assert "uint16, rounded to whole ADU, interval ends outward" in res.output
+    for name, rounded in (
+        ("", np.rint),
+        (".lower", np.floor),
+        (".upper", np.ceil),
+        (".sample1", np.rint),
+    ):
+        f, i = (tifffile.imread(tmp_path / f"{s}{name}.tif") for s in "fi")
+        assert i.dtype == np.uint16 and f.dtype == np.float32, name
+        np.testing.assert_array_equal(i, np.clip(rounded(f), 0, 65535), err_msg=name)
+    res = runner.invoke(app, [*args, "-o", str(tmp_path / "x.tif"), "--dtype", "float64"])
+    assert res.exit_code != 0 and "--dtype must be one of" in res.output
+    assert not (tmp_path / "x.tif").exists()

@@ -267,3 +267,28 @@ def test_crop_auto_cuts_nan_padding_in_every_task(tmp_path, model, raw_zarr, ref
     out = tmp_path / "cropped.zarr"
     dask_apply(model, source, out, crop="auto", client=client, threads=THREADS)
     np.testing.assert_allclose(read(out), reference["denoised"], rtol=1e-5, atol=1e-3)
+
+
+def test_integer_output_rounds_as_one_process_would(tmp_path, model, raw_zarr, reference, client):
+    result = dask_apply(
+        model,
+        raw_zarr,
+        tmp_path / "den.zarr",
+        interval=0.9,
+        dtype="uint16",
+        client=client,
+        frames_per_task=32,
+        threads=THREADS,
+    )
+    for path in result.paths.values():
+        with open_movie(path) as reader:
+            assert reader.dtype == np.uint16, path
+    got = {name: read(path) for name, path in result.paths.items()}
+    ref = reference
+    # Equal to the rounded single-process values, up to a rounding step where the two agree
+    # only to float tolerance; interval ends rounded outward, so they hold the float interval.
+    assert np.abs(got["denoised"] - np.rint(ref["denoised"])).max() <= 1
+    assert (got["lower"] <= ref["lower"] + 1e-3).all()
+    assert (got["lower"] > ref["lower"] - 1 - 1e-3).all()
+    assert (got["upper"] >= ref["upper"] - 1e-3).all()
+    assert (got["upper"] < ref["upper"] + 1 + 1e-3).all()

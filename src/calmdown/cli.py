@@ -32,7 +32,9 @@ from calmdown.io import (
     MovieWriter,
     count_planes,
     open_movie,
+    output_dtype,
     output_paths_like,
+    round_for_output,
     same_file,
     write_atomic,
 )
@@ -214,6 +216,15 @@ Samples = Annotated[
         "--samples",
         help="Also write N joint Monte-Carlo samples of the clean movie: OUT.sample1 ... "
         "(errors correlated across pixels and frames as the model's).",
+    ),
+]
+DType = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="Stored type of the denoised movie, intervals and samples: float32 (default), "
+        "input (the raw movie's integer type: half the size of float32 for 16-bit data; values "
+        "rounded to whole ADU, interval ends outward), uint16 or int16.",
     ),
 ]
 Chunk = Annotated[
@@ -450,12 +461,19 @@ def _write_movies(
     roi: int | None = None,
     crop: Crop | Region | str | None = None,
     samples: int = 0,
-) -> tuple[float, int]:
-    """Stream the denoised movie (intervals, samples) to files; return (seconds, frames)."""
+    dtype: str = "float32",
+) -> tuple[float, int, np.dtype]:
+    """Stream the denoised movie (intervals, samples) to files.
+
+    Returns the seconds taken, the frames written and the type stored (``dtype`` resolved,
+    see :func:`calmdown.io.output_dtype`).
+    """
     _check_samples(samples, cfg)
+    output_dtype(dtype, "float32")  # a bad choice, before the movie is opened
     prep = prepared or _prepare_raw(
         raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop
     )
+    stored = output_dtype(dtype, prep.reader.dtype)
     shape = prep.reader.shape
     targets = {"denoised": out}
     if interval is not None:
@@ -470,7 +488,7 @@ def _write_movies(
             stack.callback(prep.close)
         writers = {
             name: stack.enter_context(
-                MovieWriter(path, shape, dtype="float32", inputs=inputs, key=key or "data")
+                MovieWriter(path, shape, dtype=stored, inputs=inputs, key=key or "data")
             )
             for name, path in targets.items()
         }
@@ -486,10 +504,10 @@ def _write_movies(
             samples=samples,
         ):
             for name, writer in writers.items():
-                writer.write(chunk.start, chunk.output(name))
+                writer.write(chunk.start, round_for_output(name, chunk.output(name), stored))
             bar.update(chunk.stop - chunk.start)
             del chunk  # not held while the next one is computed
-    return time.perf_counter() - t0, shape[0]
+    return time.perf_counter() - t0, shape[0], stored
 
 
 def _check_samples(samples: int, cfg: Config) -> None:
@@ -550,16 +568,19 @@ def _write_movies_dask(
     roi: int | None = None,
     crop: Crop | Region | str | None = None,
     samples: int = 0,
+    dtype: str = "float32",
     workers: int | None = None,
     scheduler: str | None = None,
-) -> tuple[float, int]:
-    """Denoise on a Dask cluster into Zarr stores; return (seconds, frames), start included."""
+) -> tuple[float, int, np.dtype]:
+    """Denoise on a Dask cluster into Zarr stores, as :func:`_write_movies` (start included)."""
     from calmdown.distributed import dask_apply
 
     _check_samples(samples, cfg)
+    output_dtype(dtype, "float32")  # a bad choice, before the movie is opened
     prep = prepared or _prepare_raw(
         raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop
     )
+    stored = output_dtype(dtype, prep.reader.dtype)
     with ExitStack() as stack:
         if prepared is None:
             stack.callback(prep.close)
@@ -587,6 +608,7 @@ def _write_movies_dask(
             workers=workers,
             prepared=prep,
             config=cfg,
+            dtype=stored,
             progress=lambda done: bar.update(done.stop - done.start),
         )
     logger.info(
@@ -596,7 +618,7 @@ def _write_movies_dask(
         result.startup_seconds,
         result.seconds,
     )
-    return result.startup_seconds + result.seconds, result.n_frames
+    return result.startup_seconds + result.seconds, result.n_frames, stored
 
 
 def _summary(
@@ -610,6 +632,7 @@ def _summary(
     recording: dict[str, Any] | None = None,
     interval: float | None = None,
     samples: int = 0,
+    dtype: np.dtype | None = None,
 ) -> str:
     n = model.noise
     t = model.training
@@ -662,15 +685,23 @@ def _summary(
             f"({n_frames / max(infer_seconds, 1e-9):.1f} frames/s)."
         )
     if out is not None:
-        parts.append(_outputs_written(out, interval, samples))
+        parts.append(_outputs_written(out, interval, samples, dtype))
     if model_path is not None:
         parts.append(f"Model saved to {model_path}.")
     return " ".join(parts)
 
 
-def _outputs_written(out: Path, interval: float | None, samples: int) -> str:
+def _outputs_written(
+    out: Path, interval: float | None, samples: int, dtype: np.dtype | None = None
+) -> str:
     """Return the sentence naming the movies ``write_movies`` wrote for ``out``."""
-    text = f"Denoised movie (float32): {out}"
+    stored = np.dtype(dtype or "float32")
+    kind = (
+        f"{stored}, rounded to whole ADU" + (", interval ends outward" if interval else "")
+        if stored.kind in "iu"
+        else str(stored)
+    )
+    text = f"Denoised movie ({kind}): {out}"
     if interval is not None:
         lower, upper = output_paths_like(out, ["lower", "upper"])
         text += f"; central {100 * interval:g} % credible interval: {lower}, {upper}"
@@ -764,6 +795,7 @@ def denoise(
     output: Output = "posterior",
     interval: Interval = None,
     samples: Samples = 0,
+    dtype: DType = "float32",
     time_budget: Budget = 180.0,
     max_steps: MaxSteps = None,
     init: Init = None,
@@ -788,7 +820,7 @@ def denoise(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train on RAW itself and write the denoised movie to OUT (float32, same shape).
+    """Train on RAW itself and write the denoised movie to OUT (same shape; float32, or --dtype).
 
     While training, a checkpoint OUT.checkpoint.pt is kept (every ~30 s and on interrupt);
     it is removed once every output is written. Ctrl-C or SIGTERM leaves nothing under the
@@ -825,6 +857,7 @@ def denoise(
         cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
         _check_output(out, raw)
         _check_samples(samples, cfg)  # before training, not after it
+        output_dtype(dtype, "float32")  # a bad choice refused before training
         if dask and plane_context:  # before training, not after it
             raise InputError(
                 "--plane-context does not run on Dask yet (each task would have to read the "
@@ -850,6 +883,7 @@ def denoise(
             "write_movies": write_movies,
             "interval": interval,
             "samples": samples,
+            "dtype": dtype,
             "quiet": quiet,
             "init": start,
         }
@@ -887,6 +921,7 @@ def _denoise_one(
     interval: float | None,
     samples: int,
     quiet: bool,
+    dtype: str = "float32",
     init: TrainedModel | None = None,
     extra: dict[str, Any] | None = None,
 ) -> tuple[str, TrainedModel]:
@@ -913,7 +948,7 @@ def _denoise_one(
             )
         with defer_interrupts():  # complete or absent, even on a signal
             model_path = save_model(model, model_out or _model_path(out))
-        seconds, n_frames = write_movies(
+        seconds, n_frames, stored = write_movies(
             model,
             raw,
             out,
@@ -924,12 +959,13 @@ def _denoise_one(
             cfg=cfg,
             inputs=[str(raw), *files],
             samples=samples,
+            dtype=dtype,
             channel=channel,
             plane=plane,
             roi=roi,
             crop=crop,
         )
-        record: dict[str, Any] = {"input": str(raw), "output": str(out)}
+        record: dict[str, Any] = {"input": str(raw), "output": str(out), "dtype": str(stored)}
         if region_of(prep.reader) is not None:
             record["crop"] = region_of(prep.reader)  # frames, rows, columns
         if files:
@@ -949,6 +985,7 @@ def _denoise_one(
             recording=prep.reader.metadata,
             interval=interval,
             samples=samples,
+            dtype=stored,
         )
     return summary, model
 
@@ -1121,6 +1158,7 @@ def apply_cmd(
     output: Output = "posterior",
     interval: Interval = None,
     samples: Samples = 0,
+    dtype: DType = "float32",
     gain: Gain = None,
     offset: Offset = None,
     read_noise: ReadNoise = None,
@@ -1165,7 +1203,7 @@ def apply_cmd(
             roi=roi,
             crop=crop,
         )
-        seconds, n_frames = write_movies(
+        seconds, n_frames, stored = write_movies(
             model,
             raw,
             out,
@@ -1176,6 +1214,7 @@ def apply_cmd(
             cfg=cfg,
             inputs=[str(raw), str(model_file)],
             samples=samples,
+            dtype=dtype,
             channel=channel,
             plane=one_plane,
             roi=roi,
@@ -1185,7 +1224,7 @@ def apply_cmd(
             typer.echo(
                 f"Denoised {n_frames} frames in {seconds:.1f} s "
                 f"({n_frames / max(seconds, 1e-9):.1f} frames/s). "
-                + _outputs_written(out, interval, samples)
+                + _outputs_written(out, interval, samples, stored)
             )
 
 
@@ -1244,7 +1283,7 @@ def demo(
             model = train(raw_path, config=cfg, prepared=prep, progress=update)
         model_path = save_model(model, out / "model.pt")
         den_path = out / "denoised.tif"
-        seconds, n_frames = _write_movies(
+        seconds, n_frames, _ = _write_movies(
             model,
             raw_path,
             den_path,

@@ -36,10 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from calmdown.config import Config, make_config
 from calmdown.context import MeanImage
 from calmdown.errors import CalmdownError, InputError
-from calmdown.io import open_movie, output_paths_like, same_file
+from calmdown.io import cast_block, open_movie, output_paths_like, round_for_output, same_file
 from calmdown.io.padding import Crop, Region, region_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare
@@ -282,8 +284,9 @@ def _create_stores(
     shape: tuple[int, int, int],
     store_chunk: int,
     metadata: dict[str, Any],
+    dtype: np.dtype,
 ) -> dict[str, str]:
-    """Create an empty float32 Zarr array under each ``<path>.partial``; return their paths."""
+    """Create an empty Zarr array of ``dtype`` under each ``<path>.partial``; return paths."""
     import zarr
 
     stores: dict[str, str] = {}
@@ -296,7 +299,7 @@ def _create_stores(
                 mode="w",
                 shape=shape,
                 chunks=(store_chunk, shape[1], shape[2]),
-                dtype="float32",
+                dtype=dtype,
             )
             array.attrs.update({**metadata, "output": name})
         except OSError as err:
@@ -409,7 +412,8 @@ def _run_block(
                 # Opened per chunk: a run that was called off has removed the store, and a
                 # task still running then fails here instead of writing into nothing.
                 array = zarr.open_array(store=store, mode="r+")
-                array[chunk.start : chunk.stop] = chunk.output(name)
+                block = round_for_output(name, chunk.output(name), array.dtype)
+                array[chunk.start : chunk.stop] = cast_block(block, array.dtype)
     finally:
         prep.close()
     try:
@@ -498,6 +502,7 @@ def iter_dask_apply(
     crop: Crop | Region | str | None = None,
     interval: float | None = None,
     samples: int = 0,
+    dtype: str | np.dtype = "float32",
     client: Any = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -585,7 +590,13 @@ def iter_dask_apply(
             client.scatter(obj, broadcast=True, hash=False)
             for obj in (_light(model), prep.noise, prep.mean_image)
         )
-        stores = _create_stores(paths, shape, store_chunk, metadata or {})  # type: ignore[arg-type]
+        stores = _create_stores(
+            paths,
+            shape,  # type: ignore[arg-type]
+            store_chunk,
+            metadata or {},
+            np.dtype(dtype),
+        )
         if timings is not None:
             timings["startup_seconds"] = time.perf_counter() - t_start
         logger.info(
@@ -689,6 +700,7 @@ def dask_apply(
     crop: Crop | Region | str | None = None,
     interval: float | None = None,
     samples: int = 0,
+    dtype: str | np.dtype = "float32",
     client: Any = None,
     scheduler: str | None = None,
     workers: int | None = None,
@@ -711,7 +723,7 @@ def dask_apply(
         The raw movie, any format :func:`calmdown.io.open_movie` reads; every worker opens
         it, so on a multi-machine cluster it must be on a shared filesystem.
     out : path
-        The denoised movie, ``*.zarr`` (float32, ADU). Written under ``<out>.partial`` and
+        The denoised movie, ``*.zarr`` (ADU, ``dtype``). Written under ``<out>.partial`` and
         renamed when every task has succeeded.
     key, channel, plane, roi, crop : optional
         Which movie in the file, and which rows and columns of it, as for
@@ -721,6 +733,9 @@ def dask_apply(
         ``<out>.upper.zarr``.
     samples : int
         Also write this many joint posterior samples to ``<out>.sample1.zarr`` ...
+    dtype : str or numpy.dtype
+        Type stored in every output: float32, or an integer type to which values are rounded
+        (interval ends outward, see :func:`calmdown.io.round_for_output`) and clipped.
     client : distributed.Client, optional
         A client to run on; it is left open.
     scheduler : str, optional
@@ -790,6 +805,7 @@ def dask_apply(
         crop=crop,
         interval=interval,
         samples=samples,
+        dtype=dtype,
         client=client,
         scheduler=scheduler,
         workers=workers,

@@ -14,7 +14,7 @@ import zarr
 
 from calmdown.errors import InputError
 from calmdown.io import MovieWriter, open_movie, open_writer, output_paths_like, save_array
-from calmdown.io.write import BIGTIFF_BYTES
+from calmdown.io.write import BIGTIFF_BYTES, output_dtype, round_for_output
 
 SUFFIXES = [".tif", ".h5", ".zarr", ".npy"]
 
@@ -118,6 +118,23 @@ def test_float_to_integer_rounds_and_clips(tmp_path: Path) -> None:
         path = save_array(tmp_path / "out.tif", data, dtype="uint16")
     with open_movie(path) as reader:
         np.testing.assert_array_equal(reader.read(0, 4).ravel(), [0, 0, 2, 65535])
+
+
+def test_output_dtype_choices() -> None:
+    assert output_dtype("input", "uint16") == np.uint16
+    assert output_dtype("input", np.int16) == np.int16
+    assert output_dtype("input", "float64") == np.float32  # a float input: float32
+    assert output_dtype("int16", "uint16") == np.int16
+    with pytest.raises(InputError, match="float32, input, uint16, int16"):
+        output_dtype("float64", "uint16")
+
+
+def test_interval_ends_round_outward_for_integer_outputs() -> None:
+    x = np.array([1.2, 1.5, 1.8, -0.5])
+    np.testing.assert_array_equal(round_for_output("lower", x, np.uint16), [1, 1, 1, -1])
+    np.testing.assert_array_equal(round_for_output("upper", x, np.uint16), [2, 2, 2, -0.0])
+    np.testing.assert_array_equal(round_for_output("denoised", x, np.int16), [1, 2, 2, -0.0])
+    assert round_for_output("lower", x, np.float32) is x  # floats stored as they are
 
 
 def test_commit_twice_overwrites_atomically(tmp_path: Path) -> None:

@@ -21,10 +21,14 @@ from calmdown.io.padding import Crop, CroppedReader, Region, measured_region, pa
 from calmdown.io.planes import count_planes
 from calmdown.io.sbx import is_sbx_settings
 from calmdown.io.write import (
+    OUTPUT_DTYPES,
     WRITE_FORMATS,
     MovieWriter,
+    cast_block,
     open_writer,
+    output_dtype,
     output_paths_like,
+    round_for_output,
     same_file,
     save_array,
     write_atomic,
@@ -33,16 +37,20 @@ from calmdown.io.write import (
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "OUTPUT_DTYPES",
     "READ_FORMATS",
     "WRITE_FORMATS",
     "ArrayReader",
     "ConcatReader",
     "MovieReader",
     "MovieWriter",
+    "cast_block",
     "count_planes",
     "open_movie",
     "open_writer",
+    "output_dtype",
     "output_paths_like",
+    "round_for_output",
     "same_file",
     "save_array",
     "write_atomic",

@@ -29,10 +29,14 @@ from calmdown.io.base import ArrayReader, release_mapped_pages
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "OUTPUT_DTYPES",
     "WRITE_FORMATS",
     "MovieWriter",
+    "cast_block",
     "open_writer",
+    "output_dtype",
     "output_paths_like",
+    "round_for_output",
     "save_array",
     "write_atomic",
 ]
@@ -49,6 +53,79 @@ WRITE_FORMATS: dict[str, str] = {
     ".npy": "npy",
     ".nwb": "nwb",
 }
+
+#: Choices of the stored type of denoised movies, intervals and samples (``--dtype``).
+OUTPUT_DTYPES = ("float32", "input", "uint16", "int16")
+
+
+def output_dtype(choice: str, input_dtype: np.dtype | str | type) -> np.dtype:
+    """Return the stored type for ``choice`` (one of :data:`OUTPUT_DTYPES`).
+
+    ``"input"`` is the raw movie's type when that is an integer type, else float32.
+
+    Raises
+    ------
+    InputError
+        For a choice not in :data:`OUTPUT_DTYPES`.
+
+    Examples
+    --------
+    >>> output_dtype("input", "uint16"), output_dtype("input", "float64")
+    (dtype('uint16'), dtype('float32'))
+    """
+    if choice not in OUTPUT_DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(OUTPUT_DTYPES)}; got {choice!r}")
+    if choice == "input":
+        kind = np.dtype(input_dtype)
+        return kind if kind.kind in "iu" else np.dtype("float32")
+    return np.dtype(choice)
+
+
+def round_for_output(name: str, block: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Round an output block to whole numbers for an integer ``dtype``.
+
+    The ends of a credible interval round outward (``lower`` down, ``upper`` up), so that the
+    stored interval holds the computed one and covers at least as often; every other output
+    (the denoised movie, samples) rounds to the nearest whole number. Float types: unchanged.
+    """
+    if np.dtype(dtype).kind not in "iu" or block.dtype.kind != "f":
+        return block
+    if name == "lower":
+        return np.floor(block)
+    if name == "upper":
+        return np.ceil(block)
+    return np.rint(block)
+
+
+def cast_block(
+    block: np.ndarray, dtype: np.dtype, warn: Callable[[str], None] | None = None
+) -> np.ndarray:
+    """Convert ``block`` to ``dtype``, rounding and clipping for integer types.
+
+    NaN or infinite values become 0 and values beyond the type's range are clipped, each said
+    once through ``warn`` (default: :func:`warnings.warn`).
+    """
+    target = np.dtype(dtype)
+    say = warn or (lambda message: warnings.warn(message, stacklevel=3))
+    if block.dtype == target:
+        return block
+    if target.kind in "iu" and block.dtype.kind in "iuf":
+        info = np.iinfo(target)
+        if block.dtype.kind == "f":
+            block = np.rint(block)
+            bad = ~np.isfinite(block)
+            if bad.any():
+                block = np.where(bad, 0, block)
+                say(f"{int(bad.sum())} NaN or infinite values were written as 0")
+        low, high = block.min(initial=info.max), block.max(initial=info.min)
+        if low < info.min or high > info.max:
+            say(
+                f"values from {low} to {high} were clipped to the range of {target} "
+                f"({info.min} to {info.max}); write float32 to keep them"
+            )
+            block = np.clip(block, info.min, info.max)
+    return block.astype(target)
+
 
 #: Above this many bytes a TIFF is written as BigTIFF (classic TIFF offsets stop at 4 GiB;
 #: the margin leaves room for the tags).
@@ -393,25 +470,7 @@ class MovieWriter:
 
     def _cast(self, block: np.ndarray) -> np.ndarray:
         """Convert `block` to the output dtype, rounding and clipping for integer outputs."""
-        target = self.dtype
-        if block.dtype == target:
-            return block
-        if target.kind in "iu" and block.dtype.kind in "iuf":
-            info = np.iinfo(target)
-            if block.dtype.kind == "f":
-                block = np.rint(block)
-                bad = ~np.isfinite(block)
-                if bad.any():
-                    block = np.where(bad, 0, block)
-                    self._warn(f"{int(bad.sum())} NaN or infinite values were written as 0")
-            low, high = block.min(initial=info.max), block.max(initial=info.min)
-            if low < info.min or high > info.max:
-                self._warn(
-                    f"values from {low} to {high} were clipped to the range of {target} "
-                    f"({info.min} to {info.max}); write float32 to keep them"
-                )
-                block = np.clip(block, info.min, info.max)
-        return block.astype(target)
+        return cast_block(block, self.dtype, self._warn)
 
     def _warn(self, message: str) -> None:
         if not self._warned:
