@@ -21,6 +21,7 @@ import argparse
 import importlib.machinery
 import json
 import logging
+import math
 import platform
 import shutil
 import sys
@@ -116,11 +117,16 @@ def main() -> None:
     tile[1] = tile[2] = min(tile[1:])
     patch[1] = patch[2] = min(patch[1:])
     overlap = [min(o, t - m) // 2 * 2 for o, t in zip(args.tile_overlap, tile, strict=True)]
+    # Its default of 8 validation patches leaves none to train on in a short movie: at most a
+    # quarter of the whole patches on the movie's grid, where CAREamics takes them from.
+    held = math.prod(n // p for n, p in zip(movie.shape, patch, strict=True))
+    n_val = max(1, min(8, held // 4))
     config = create_advanced_n2v_config(
         experiment_name="peer_n2v",
         data_type="array",
         axes="ZYX",
         patch_size=patch,
+        n_val_patches=n_val,
         batch_size=args.batch_size,
         num_epochs=100_000,  # the time budget stops training
         num_workers=0,
@@ -166,6 +172,7 @@ def main() -> None:
         "settings": {
             "axes": "ZYX (Z = time)",
             "patch_size": patch,
+            "n_val_patches": n_val,
             "batch_size": args.batch_size,
             "tile_size": tile,
             "tile_overlap": overlap,

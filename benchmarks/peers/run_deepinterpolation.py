@@ -78,8 +78,13 @@ def main() -> None:
     ppf = args.pre_post_frame
     if t_len < 2 * ppf + 2 * args.batch_size + 2:
         raise SystemExit(f"movie too short for DeepInterpolation: {t_len} frames")
+    # Its U-Net halves the frame four times and concatenates the skips, so a side that is not
+    # a multiple of 16 fails (100 -> 25 -> 12 -> 24 != 25): pad by reflection, crop back.
+    y_len, x_len = movie.shape[1:]
+    sides = ((0, 0), (0, (-y_len) % 16), (0, (-x_len) % 16))
+    framed = np.pad(movie, sides, mode="reflect") if any(sum(p) for p in sides) else movie
     train_tif = work / "train.tif"
-    tifffile.imwrite(str(train_tif), movie)
+    tifffile.imwrite(str(train_tif), framed)
 
     generator = {
         "type": "generator",
@@ -161,7 +166,7 @@ def main() -> None:
 
     # Inference on the movie mirrored at both ends, so that every frame is predicted.
     extra = (-t_len) % args.batch_size
-    padded = np.pad(movie, ((ppf, ppf + extra), (0, 0), (0, 0)), mode="reflect")
+    padded = np.pad(framed, ((ppf, ppf + extra), (0, 0), (0, 0)), mode="reflect")
     infer_tif = work / "infer.tif"
     tifffile.imwrite(str(infer_tif), padded)
     infer_generator = dict(generator)
@@ -182,7 +187,7 @@ def main() -> None:
     inferrer = ClassLoader(p_inf).find_and_build()(p_inf, gen)
     inferrer.run()
     with h5py.File(str(out_h5), "r") as f:
-        denoised = np.asarray(f["data"][:t_len], dtype=np.float32)
+        denoised = np.asarray(f["data"][:t_len, :y_len, :x_len], dtype=np.float32)
     infer_s = time.perf_counter() - t1
     if denoised.shape != movie.shape:
         raise SystemExit(f"DeepInterpolation returned {denoised.shape}, expected {movie.shape}")
