@@ -229,12 +229,8 @@ def checks(rows: list[dict]) -> list[str]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--photons", type=float, nargs="+", default=[1.0])
-    parser.add_argument("--preset", default="dense")
-    parser.add_argument("--frames", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=128)
+def add_run_arguments(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Add the options every peer comparison takes: budget, seed, peers, threads, output."""
     parser.add_argument("--budget", type=float, default=180.0, help="training seconds, each")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--peers", nargs="*", choices=list(PEERS), default=list(PEERS))
@@ -255,9 +251,51 @@ def main() -> None:
         help="CPU threads of every method (OMP_NUM_THREADS etc.; default: each one's own)",
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep movies and logs here")
-    parser.add_argument(
-        "--out", type=Path, default=HERE / "results" / "peers.json", help="also writes .txt"
-    )
+    parser.add_argument("--out", type=Path, default=out, help="also writes .txt")
+
+
+def setup_run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Path:
+    """Check ``--peer-arg`` (into a dict), set the thread variables; return the work folder."""
+    peer_args = {}
+    for item in args.peer_arg:
+        key, _, val = item.partition("=")
+        if key not in PEERS:
+            parser.error(f"--peer-arg {item!r}: unknown peer {key!r}")
+        peer_args[key] = val
+    args.peer_arg = peer_args
+    if args.threads is not None:  # inherited by every subprocess; see run_deepinterpolation
+        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+            os.environ[var] = str(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="peers_")) if args.keep is None else args.keep
+    work.mkdir(parents=True, exist_ok=True)
+    return work
+
+
+def finish_run(args: argparse.Namespace, report: str, payload: dict, work: Path) -> None:
+    """Print the report, write ``args.out`` (JSON) and its ``.txt``, remove an unkept ``work``."""
+    print()
+    print(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        **payload,
+    }
+    args.out.write_text(json.dumps(payload, indent=2, default=str))
+    args.out.with_suffix(".txt").write_text(report + "\n")
+    print(f"wrote {args.out} and {args.out.with_suffix('.txt')}")
+    if args.keep is None:
+        for f in work.iterdir():
+            f.unlink()
+        work.rmdir()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photons", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--preset", default="dense")
+    parser.add_argument("--frames", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=128)
+    add_run_arguments(parser, HERE / "results" / "peers.json")
     # Internal: the calmdown subprocess.
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--movie", type=Path, help=argparse.SUPPRESS)
@@ -272,20 +310,9 @@ def main() -> None:
         calmdown_worker(args)
         return
 
-    peer_args = {}
-    for item in args.peer_arg:
-        key, _, val = item.partition("=")
-        if key not in PEERS:
-            parser.error(f"--peer-arg {item!r}: unknown peer {key!r}")
-        peer_args[key] = val
-    args.peer_arg = peer_args
+    work = setup_run(parser, args)
     if args.timeout is None:  # training, plus generous time for CPU inference and set-up
         args.timeout = 3 * args.budget + 600 + args.frames * args.size**2 / 2e4
-    if args.threads is not None:  # inherited by every subprocess; see run_deepinterpolation
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="peers_")) if args.keep is None else args.keep
-    work.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()
     rows = []
     for p in args.photons:
@@ -300,22 +327,8 @@ def main() -> None:
         f"{load0[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end"
     )
     report = "\n".join([head, "", text, "", *notes])
-    print()
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "load_average": {"start": load0, "end": os.getloadavg()},
-        "rows": rows,
-        "checks": notes,
-    }
-    args.out.write_text(json.dumps(payload, indent=2, default=str))
-    args.out.with_suffix(".txt").write_text(report + "\n")
-    print(f"wrote {args.out} and {args.out.with_suffix('.txt')}")
-    if args.keep is None:
-        for f in work.iterdir():
-            f.unlink()
-        work.rmdir()
+    load = {"start": load0, "end": os.getloadavg()}
+    finish_run(args, report, {"load_average": load, "rows": rows, "checks": notes}, work)
 
 
 if __name__ == "__main__":

@@ -29,18 +29,24 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import tifffile
 from metrics import moving_average
-from peers import PEER_DIR, PEERS, peer_python, run_method
+from peers import (
+    PEER_DIR,
+    PEERS,
+    add_run_arguments,
+    finish_run,
+    peer_python,
+    run_method,
+    setup_run,
+)
 
 from calmdown.errors import InputError
 from calmdown.evaluate import _split, estimate_gain, split_method
@@ -90,41 +96,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--movie", type=Path, default=DEFAULT_MOVIE)
     parser.add_argument("--key", default=None, help="dataset inside an HDF5 or Zarr file")
-    parser.add_argument("--budget", type=float, default=180.0, help="training seconds, each")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the split and of training")
-    parser.add_argument("--peers", nargs="*", choices=list(PEERS), default=list(PEERS))
-    parser.add_argument(
-        "--peer-arg",
-        action="append",
-        default=[],
-        metavar="PEER=ARGS",
-        help="extra arguments for a runner, e.g. deepcad='--patch-t 64' (see its --help)",
-    )
-    parser.add_argument("--timeout", type=float, default=None, help="seconds per method")
-    parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads of every method (OMP_NUM_THREADS)"
-    )
-    parser.add_argument("--keep", type=Path, default=None, help="keep movies and logs here")
-    parser.add_argument(
-        "--out", type=Path, default=HERE / "results" / "peers_real.json", help="also writes .txt"
-    )
+    add_run_arguments(parser, HERE / "results" / "peers_real.json")
     args = parser.parse_args()
     if not args.movie.exists():
         sys.exit(
             f"{args.movie}: no such file; give a recording with --movie (the default is the "
             "optinist sample of ../shared/data, beside the checkout)"
         )
-    peer_args = {}
-    for item in args.peer_arg:
-        key, _, val = item.partition("=")
-        if key not in PEERS:
-            parser.error(f"--peer-arg {item!r}: unknown peer {key!r}")
-        peer_args[key] = val
-    if args.threads is not None:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-            os.environ[var] = str(args.threads)
-    work = Path(tempfile.mkdtemp(prefix="peers_real_")) if args.keep is None else args.keep
-    work.mkdir(parents=True, exist_ok=True)
+    work = setup_run(parser, args)
+    peer_args = args.peer_arg
 
     with open_movie(args.movie, key=args.key) as reader:
         raw = np.asarray(reader.read(0, reader.shape[0]))
@@ -236,22 +216,12 @@ def main() -> None:
         f"{os.getloadavg()[0]:.1f} at end"
     )
     report = "\n".join([head, "", *lines])
-    print()
-    print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "noise_model": noise.to_dict(),
         "load_average": {"start": load0, "end": os.getloadavg()},
         "rows": rows,
     }
-    args.out.write_text(json.dumps(payload, indent=2, default=str))
-    args.out.with_suffix(".txt").write_text(report + "\n")
-    print(f"wrote {args.out} and {args.out.with_suffix('.txt')}")
-    if args.keep is None:
-        for f in work.iterdir():
-            f.unlink()
-        work.rmdir()
+    finish_run(args, report, payload, work)
 
 
 if __name__ == "__main__":
