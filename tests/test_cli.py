@@ -179,3 +179,16 @@ def test_dtype_input_stores_the_raw_integer_type(tmp_path, raw_tif):
     res = runner.invoke(app, [*args, "-o", str(tmp_path / "x.tif"), "--dtype", "float64"])
     assert res.exit_code != 0 and "--dtype must be one of" in res.output
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_summary_flags_whole_adu_rounding_where_the_noise_is_a_few_adu(tmp_path):
+    from calmdown.cli import _outputs_written
+    from calmdown.noise import NoiseModel
+
+    out = tmp_path / "d.tif"
+    counting = NoiseModel(gain=1.0, offset=0.0, read_noise=1.0, photons_per_pixel=2.0)
+    pmt = NoiseModel(gain=500.0, offset=100.0, read_noise=10.0, photons_per_pixel=0.5)
+    said = _outputs_written(out, 0.9, 0, np.dtype("uint16"), counting)
+    assert "noise is 1.73 ADU" in said and "--dtype float32" in said
+    assert "--dtype float32" not in _outputs_written(out, 0.9, 0, np.dtype("uint16"), pmt)
+    assert "--dtype float32" not in _outputs_written(out, 0.9, 0, np.dtype("float32"), counting)
