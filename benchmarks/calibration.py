@@ -204,10 +204,11 @@ def roi_coverage(model: calmdown.TrainedModel, sim: SimulatedMovie) -> dict[str,
 
 
 def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
-    sim = simulate(preset, photons=photons, shape=(args.frames, args.size, args.size), seed=0)
+    shape = (args.frames, args.size, args.size)
+    sim = simulate(preset, photons=photons, shape=shape, seed=args.seed)
     t0 = time.perf_counter()
     model = calmdown.train(
-        sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=0, precision=args.precision
+        sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=args.seed, precision=args.precision
     )
     train_s = time.perf_counter() - t0
     chunks = list(calmdown.iter_apply(model, sim.raw, interval=0.9))
@@ -245,6 +246,12 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=96)
     parser.add_argument("--steps", type=int, default=700)
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the simulated movie and of training (another movie: other cells and events)",
+    )
+    parser.add_argument(
         "--precision",
         default="auto",
         choices=["auto", "float32", "bfloat16"],
@@ -258,7 +265,7 @@ def run_grid(
     show: Callable[[dict], None],
 ) -> list[dict]:
     """Rows of ``cell`` for every preset and photon level of the grid, each shown as it ends."""
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     rows = []
     for preset in args.presets:
         for photons in args.photons:

@@ -115,8 +115,9 @@ def groups(prior: dict[str, np.ndarray], level: np.ndarray, features: tuple[str,
 
 
 def run(preset: str, photons: float, args: argparse.Namespace) -> dict[str, Any]:
-    sim = simulate(preset, photons=photons, shape=(args.frames, args.size, args.size), seed=0)
-    model = calmdown.train(sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=0)
+    shape = (args.frames, args.size, args.size)
+    sim = simulate(preset, photons=photons, shape=shape, seed=args.seed)
+    model = calmdown.train(sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=args.seed)
     noise = model.noise
     prior = guarded_prior(model, sim.raw)
     truth = noise.to_photons(sim.clean.astype(np.float64)).astype(np.float32)
