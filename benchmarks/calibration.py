@@ -12,6 +12,7 @@ Usage::
 
     python benchmarks/calibration.py                                  # full grid (slow)
     python benchmarks/calibration.py --photons 1 --presets dense --frames 1000 --steps 700
+    python benchmarks/calibration.py --photons 1 --presets dense --seeds 0 1 2 3 4  # 5 movies
 """
 
 from __future__ import annotations
@@ -274,13 +275,42 @@ def run_grid(
     return rows
 
 
+def pooled(rows: list[dict]) -> list[dict]:
+    """Mean of every numeric column over the seeds of each (preset, photons) cell."""
+    cells: dict[tuple[str, float], list[dict]] = {}
+    for row in rows:
+        cells.setdefault((row["preset"], row["photons"]), []).append(row)
+    out = []
+    for (preset, photons), group in cells.items():
+        keys = [k for k in group[0] if k not in ("preset", "photons", "seed")]
+        mean = {k: float(np.nanmean([r.get(k, np.nan) for r in group])) for k in keys}
+        out.append({"preset": preset, "photons": photons, "seeds": len(group), **mean})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_grid_arguments(parser)
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="several movies per cell (overrides --seed): the tables show their mean, the JSON "
+        "each seed's rows too (a cell's clear events are 8 events of one movie)",
+    )
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args()
-    # Each row printed as it ends: progress, in case a long run is cut short.
-    rows = run_grid(args, run, lambda row: print(json.dumps(row), flush=True))
+    seeds = args.seeds or [args.seed]
+    per_seed = []
+    for seed in seeds:
+        args.seed = seed
+        # Each row printed as it ends: progress, in case a long run is cut short.
+        for row in run_grid(args, run, lambda row: print(json.dumps(row), flush=True)):
+            per_seed.append({"seed": seed, **row})
+    rows = per_seed if len(seeds) == 1 else pooled(per_seed)
+    if len(seeds) > 1:
+        print(f"Means over seeds {', '.join(map(str, seeds))}:")
     cols = [
         *TARGETS,
         "brightest 10 %",
@@ -339,9 +369,10 @@ def main() -> None:
     )
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "calibration.json"
-    path.write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
-    )
+    payload = {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}
+    if len(seeds) > 1:
+        payload["per_seed"] = per_seed
+    path.write_text(json.dumps(payload, indent=2))
     print(f"wrote {path}")
 
 
