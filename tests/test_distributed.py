@@ -292,3 +292,7 @@ def test_integer_output_rounds_as_one_process_would(tmp_path, model, raw_zarr, r
     assert (got["lower"] > ref["lower"] - 1 - 1e-3).all()
     assert (got["upper"] >= ref["upper"] - 1e-3).all()
     assert (got["upper"] < ref["upper"] + 1 + 1e-3).all()
+    # "input" is the source's type: float32 here (the simulated movie is float).
+    out = dask_apply(model, raw_zarr, tmp_path / "f.zarr", dtype="input", client=client)
+    with open_movie(out.paths["denoised"]) as reader:
+        assert reader.dtype == np.float32

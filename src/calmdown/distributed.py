@@ -41,7 +41,14 @@ import numpy as np
 from calmdown.config import Config, make_config
 from calmdown.context import MeanImage
 from calmdown.errors import CalmdownError, InputError
-from calmdown.io import cast_block, open_movie, output_paths_like, round_for_output, same_file
+from calmdown.io import (
+    cast_block,
+    open_movie,
+    output_dtype,
+    output_paths_like,
+    round_for_output,
+    same_file,
+)
 from calmdown.io.padding import Crop, Region, region_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare
@@ -595,7 +602,7 @@ def iter_dask_apply(
             shape,  # type: ignore[arg-type]
             store_chunk,
             metadata or {},
-            np.dtype(dtype),
+            output_dtype(dtype, prep.reader.dtype) if isinstance(dtype, str) else np.dtype(dtype),
         )
         if timings is not None:
             timings["startup_seconds"] = time.perf_counter() - t_start
@@ -735,7 +742,8 @@ def dask_apply(
         Also write this many joint posterior samples to ``<out>.sample1.zarr`` ...
     dtype : str or numpy.dtype
         Type stored in every output: float32, or an integer type to which values are rounded
-        (interval ends outward, see :func:`calmdown.io.round_for_output`) and clipped.
+        (interval ends outward, see :func:`calmdown.io.round_for_output`) and clipped; the
+        names of :data:`calmdown.io.OUTPUT_DTYPES` (``"input"``: the source's integer type).
     client : distributed.Client, optional
         A client to run on; it is left open.
     scheduler : str, optional
