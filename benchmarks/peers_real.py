@@ -1,7 +1,7 @@
 """Calmdown beside peer denoisers on a real recording, scored without ground truth.
 
 A real recording has no clean movie to score against, so every method is scored with the
-photon split of ``calmdown evaluate`` (:func:`calmdown.evaluate.estimate_gain`): the
+photon split of ``calmdown evaluate`` (:func:`calmdown.evaluate.split_halves`): the
 recording's counts are split into two halves A and B with uncorrelated noise, each method
 trains on half A and denoises it (the same half A for every method, from one seed), and its
 output is scored against half B. ``E[(dA - B)^2] = MSE(dA) + Var(noise of B)``, so the
@@ -49,7 +49,7 @@ from peers import (
 )
 
 from calmdown.errors import InputError
-from calmdown.evaluate import _split, estimate_gain, split_method
+from calmdown.evaluate import score_halves, split_halves
 from calmdown.io import open_movie
 from calmdown.noise import estimate_noise
 
@@ -112,14 +112,14 @@ def main() -> None:
     if args.timeout is None:
         args.timeout = 3 * args.budget + 600 + raw.size / 2e4
     noise = estimate_noise(lambda s, e: raw[s:e], n_t)
-    # The halves every method gets (estimate_gain draws the same ones from the same seed): B and
-    # its noise variance, for the paired differences.
-    _, half_b, split_var = _split(noise.to_photons(raw), noise, np.random.default_rng(args.seed))
-    var_t = 0.5 * np.sum(split_var, axis=(1, 2), dtype=np.float64)
-    del split_var
+    # One split for every method: each denoises half A, is scored against half B.
+    halves = split_halves(raw, noise, seed=args.seed)
+    var_t = 0.5 * np.sum(halves.split_var, axis=(1, 2), dtype=np.float64)
+    half_a = work / "half_a.tif"
+    tifffile.imwrite(half_a, noise.to_adu(halves.a).astype(np.float32))
     load0 = os.getloadavg()
     print(
-        f"{args.movie.name}: {n_t} x {h} x {w}, {split_method(noise)} split, budget "
+        f"{args.movie.name}: {n_t} x {h} x {w}, {halves.method} split, budget "
         f"{args.budget:g} s each",
         flush=True,
     )
@@ -134,8 +134,6 @@ def main() -> None:
         methods.append((PEERS[peer][0], "method", cmd))
     rows: list[dict] = []
     scores: dict[str, np.ndarray] = {}
-    half_a = work / "half_a.tif"
-    half_a.unlink(missing_ok=True)  # a kept folder's from an earlier run: not this split
     for (label, kind, cmd), key in zip(methods, ["ma", "calmdown", *args.peers], strict=True):
         row: dict = {"method": label, "kind": kind}
         rows.append(row)
@@ -143,16 +141,12 @@ def main() -> None:
             row["error"] = cmd
             print(f"  {label}: not run: {cmd}", flush=True)
             continue
-        outputs: dict[str, np.ndarray] = {}
-
-        def denoise(movie: np.ndarray, key=key, cmd=cmd, row=row, outputs=outputs) -> np.ndarray:
+        try:
             if key == "ma":
                 t0 = time.perf_counter()
-                out = moving_average(movie, 5)
-                row["infer_fps"] = movie.shape[0] / (time.perf_counter() - t0)
+                out = moving_average(noise.to_adu(halves.a), 5)
+                row["infer_fps"] = n_t / (time.perf_counter() - t0)
             else:
-                if not half_a.exists():
-                    tifffile.imwrite(half_a, movie.astype(np.float32))
                 common = ["--movie", str(half_a), "--budget", str(args.budget)]
                 extra = shlex.split(peer_args.get(key, ""))
                 res = run_method(
@@ -162,11 +156,8 @@ def main() -> None:
                     raise MethodFailed(res.get("error", "no output"))
                 row.update({k: v for k, v in res.items() if k != "method"})
                 out = tifffile.imread(res["out"]).astype(np.float32)
-            outputs["d"] = out
-            return out
-
-        try:
-            result = estimate_gain(raw, noise=noise, seed=args.seed, denoiser=denoise)
+            d = noise.to_photons(out)
+            result = score_halves(halves, d, noise, seed=args.seed)
         except (MethodFailed, InputError) as err:  # its reason goes in its row
             row["error"] = str(err)[:400]
             print(f"  {label}: failed: {row['error']}", flush=True)
@@ -177,8 +168,7 @@ def main() -> None:
             "split": result.method,
             "photons_per_pixel_half": result.photons_per_pixel_half,
         }
-        d = noise.to_photons(outputs["d"]).astype(np.float64)
-        scores[label] = np.sum(np.square(d - half_b), axis=(1, 2))
+        scores[label] = np.sum(np.square(d.astype(np.float64) - halves.b), axis=(1, 2))
         print(
             f"  {label}: {result.psnr_gain_db:.2f} +- {result.psnr_gain_db_sd:.2f} dB", flush=True
         )
@@ -207,7 +197,7 @@ def main() -> None:
         lines.append(
             "| " + " | ".join([name, gain, diff, *(cell(r, k, s) for k, _, s in COST)]) + " |"
         )
-    split = next((r["split"] for r in rows if "split" in r), split_method(noise))
+    split = halves.method
     head = (
         f"{args.movie.name}, {n_t} x {h} x {w}; {split} photon split (seed {args.seed}), scored at "
         f"{noise.photons_per_pixel / 2:.3g} photons per pixel per frame (half the recording's); "

@@ -75,7 +75,15 @@ from calmdown.errors import InputError
 from calmdown.noise import NoiseModel, estimate_noise
 from calmdown.train import TrainProgress
 
-__all__ = ["EvaluateResult", "estimate_gain", "photon_split", "split_method"]
+__all__ = [
+    "EvaluateResult",
+    "SplitHalves",
+    "estimate_gain",
+    "photon_split",
+    "score_halves",
+    "split_halves",
+    "split_method",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -529,15 +537,7 @@ def estimate_gain(
         )
     if noise is None:
         noise = estimate_noise(lambda s, e: x[s:e], x.shape[0])
-    chosen = split_method(noise) if method == "auto" else method
-    rng = np.random.default_rng(seed)
-    a, b, split_var = _split(noise.to_photons(x), noise, rng, method=chosen)
-    # A split halves the read noise with the photons, but a recording with half the photons
-    # has all of it: half A gets the missing half as independent noise (B, the target, does
-    # not need it), so that it is what such a recording would be. Dark pixels, where read
-    # noise is most of the noise, would otherwise denoise better than they can.
-    read_var = 0.5 * noise.read_noise_photons**2
-    a = (a + rng.standard_normal(a.shape) * np.sqrt(read_var)).astype(np.float32)
+    halves = split_halves(x, noise, seed=seed, method=method)
     training: dict[str, Any] = {}
     if denoiser is None:
         opts = dict(options)
@@ -545,15 +545,82 @@ def estimate_gain(
             opts.setdefault("seed", seed)
         cfg = make_config(config, **opts)
         denoiser = _calmdown_denoiser(cfg, progress, training)
-    d_a = noise.to_photons(denoiser(noise.to_adu(a)))
+    d_a = noise.to_photons(denoiser(noise.to_adu(halves.a)))
+    result = score_halves(halves, d_a, noise, seed=seed, block_frames=block_frames, n_boot=n_boot)
+    result.training = training
+    logger.info("evaluate: %s", result.summary())
+    return result
+
+
+@dataclass
+class SplitHalves:
+    """The two halves of a recording that :func:`estimate_gain` denoises and scores against.
+
+    Attributes
+    ----------
+    a : numpy.ndarray
+        float32 half A in photon units, given the missing half of the read noise: what a
+        recording with half the photons would be; the half that is denoised.
+    b : numpy.ndarray
+        float32 half B, the target.
+    split_var : numpy.ndarray
+        ``E[(a - b)^2 | input]`` per element before A's added read noise: twice the noise
+        variance of one half.
+    read_var : float
+        Variance of the read noise given to A (photon units squared).
+    method : str
+        The split used, ``binomial`` or ``gaussian``.
+    """
+
+    a: np.ndarray
+    b: np.ndarray
+    split_var: np.ndarray
+    read_var: float
+    method: str
+
+
+def split_halves(
+    raw: np.ndarray, noise: NoiseModel, *, seed: int = 0, method: SplitMethod = "auto"
+) -> SplitHalves:
+    """Split ``raw`` (ADU) as :func:`estimate_gain` does, from the same ``seed``.
+
+    Half A gets the read noise the split took from it (see :func:`estimate_gain`); every
+    denoiser scored on the halves of one seed sees the same half A.
+    """
+    chosen = split_method(noise) if method == "auto" else method
+    rng = np.random.default_rng(seed)
+    a, b, split_var = _split(noise.to_photons(np.asarray(raw)), noise, rng, method=chosen)
+    # A split halves the read noise with the photons, but a recording with half the photons
+    # has all of it: half A gets the missing half as independent noise (B, the target, does
+    # not need it), so that it is what such a recording would be. Dark pixels, where read
+    # noise is most of the noise, would otherwise denoise better than they can.
+    read_var = 0.5 * noise.read_noise_photons**2
+    a = (a + rng.standard_normal(a.shape) * np.sqrt(read_var)).astype(np.float32)
+    return SplitHalves(a, b, split_var, read_var, chosen)
+
+
+def score_halves(
+    halves: SplitHalves,
+    d_a: np.ndarray,
+    noise: NoiseModel,
+    *,
+    seed: int = 0,
+    block_frames: int | None = None,
+    n_boot: int = 400,
+) -> EvaluateResult:
+    """Score ``d_a``, half A denoised (photon units), against half B: the gain and its error.
+
+    ``seed`` seeds the block bootstrap (with ``seed + 1``, as :func:`estimate_gain`).
+    """
+    a, b, read_var, chosen = halves.a, halves.b, halves.read_var, halves.method
     if d_a.shape != a.shape:
         raise InputError(f"the denoiser returned shape {d_a.shape} for a movie of {a.shape}")
 
     # Per-frame sums, for the estimate and the block bootstrap.
-    n_t = x.shape[0]
+    n_t = a.shape[0]
     score_t = np.sum(np.square(d_a.astype(np.float64) - b), axis=(1, 2))
-    var_t = 0.5 * np.sum(split_var, axis=(1, 2), dtype=np.float64)
-    n_pix = x.shape[1] * x.shape[2] * n_t
+    var_t = 0.5 * np.sum(halves.split_var, axis=(1, 2), dtype=np.float64)
+    n_pix = a.shape[1] * a.shape[2] * n_t
     v = float(var_t.sum() / n_pix)
     mse = float(score_t.sum() / n_pix) - v
     # The raw half's error: its noise variance with the read noise it was given.
@@ -566,7 +633,7 @@ def estimate_gain(
     nb = np.diff(np.append(starts, n_t)).astype(np.float64)
     boot_rng = np.random.default_rng(seed + 1)
     picks = boot_rng.integers(0, len(starts), (n_boot, len(starts)))
-    n_b = nb[picks].sum(axis=1) * x.shape[1] * x.shape[2]
+    n_b = nb[picks].sum(axis=1) * a.shape[1] * a.shape[2]
     v_b = va_b[picks].sum(axis=1) / n_b
     mse_b = sc_b[picks].sum(axis=1) / n_b - v_b
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -611,9 +678,9 @@ def estimate_gain(
             f"the two halves of the split are correlated (same pixel {same:.3f}, neighbours "
             f"{neighbour:.3f}): the gain estimate is biased",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
-    result = EvaluateResult(
+    return EvaluateResult(
         psnr_gain_db=gain,
         psnr_gain_db_sd=gain_sd,
         mse_raw=v + read_var,
@@ -628,8 +695,5 @@ def estimate_gain(
         n_frames=n_t,
         block_frames=int(block),
         noise_model=noise.to_dict(),
-        training=training,
         notes=notes,
     )
-    logger.info("evaluate: %s", result.summary())
-    return result
