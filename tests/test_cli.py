@@ -192,3 +192,22 @@ def test_summary_flags_whole_adu_rounding_where_the_noise_is_a_few_adu(tmp_path)
     assert "noise is 1.73 ADU" in said and "--dtype float32" in said
     assert "--dtype float32" not in _outputs_written(out, 0.9, 0, np.dtype("uint16"), pmt)
     assert "--dtype float32" not in _outputs_written(out, 0.9, 0, np.dtype("float32"), counting)
+
+
+def test_blank_frames_are_skipped_named_and_passed_through(tmp_path):
+    movie = simulate("dense", photons=2.0, shape=(60, 32, 32), seed=0).raw.astype(np.uint16)
+    movie[[0, 30, 31]] = 0  # a late shutter and two dropped frames
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, movie)
+    out = tmp_path / "out.tif"
+    res = runner.invoke(
+        app, ["denoise", str(raw), "-o", str(out), "--interval", "0.9", "--max-steps", "20"]
+    )
+    assert res.exit_code == 0, res.output
+    assert "3 blank frames (0, 30-31: one value in every pixel)" in " ".join(res.output.split())
+    for name in ("out.tif", "out.lower.tif", "out.upper.tif"):
+        got = tifffile.imread(tmp_path / name)
+        assert got.shape == (60, 32, 32), name
+        assert (got[[0, 30, 31]] == 0).all() and (got[1:30] > 0).all(), name
+    meta = json.loads((tmp_path / "out.calmdown.json").read_text())
+    assert meta["blank_frames"] == {"frames": [0, 30, 31], "values": [0.0, 0.0, 0.0]}

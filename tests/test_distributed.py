@@ -296,3 +296,16 @@ def test_integer_output_rounds_as_one_process_would(tmp_path, model, raw_zarr, r
     out = dask_apply(model, raw_zarr, tmp_path / "f.zarr", dtype="input", client=client)
     with open_movie(out.paths["denoised"]) as reader:
         assert reader.dtype == np.float32
+
+
+def test_blank_frames_are_refused_on_dask_before_training(tmp_path):
+    movie = calmdown.simulate("dense", photons=2.0, shape=(60, 32, 32), seed=0).raw
+    movie[[20, 21]] = 0  # dropped frames
+    raw = tmp_path / "raw.zarr"
+    save_array(raw, movie)
+    out = tmp_path / "out.zarr"
+    res = runner.invoke(app, ["denoise", str(raw), "-o", str(out), "--dask", *DASK2])
+    assert res.exit_code != 0
+    text = " ".join(res.output.split())
+    assert "frames 20-21 are blank" in text and "run without --dask" in text
+    assert not out.exists() and not (tmp_path / "out.model.pt").exists()

@@ -164,3 +164,17 @@ def test_raw_half_has_the_noise_of_a_recording_with_half_the_photons():
     assert abs(float(np.var(seen["a"])) / want - 1) < 0.03
     # Scoring the raw half itself: no gain.
     assert abs(res.psnr_gain_db) < 0.1
+
+
+def test_cli_leaves_blank_frames_out_of_the_split_and_the_scores(tmp_path):
+    movie = simulate("dense", photons=2.0, shape=(60, 32, 32), seed=0).raw.astype(np.uint16)
+    movie[[20, 21, 45]] = 0  # dropped frames: scored, they would read as denoised perfectly
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, movie)
+    out = tmp_path / "gain.json"
+    args = ["evaluate", str(raw), "--json", str(out), "--max-steps", "2", "--time-budget", "30"]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["blank_frames_left_out"] == [20, 21, 45] and data["n_frames"] == 57
+    assert "Frames 20-21, 45 are blank" in res.output

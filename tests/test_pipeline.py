@@ -1,3 +1,5 @@
+import itertools
+
 import numpy as np
 import pytest
 
@@ -226,3 +228,70 @@ def test_emulated_bfloat16_is_refused_before_the_movie_is_read(run, monkeypatch)
     # Two frames: reading them would be refused as too short, not for the precision.
     with pytest.raises(InputError, match="no native bfloat16"):
         run(np.zeros((2, 16, 16), np.float32), precision="bfloat16")
+
+
+GAPS = [0, 120, 121, 122, 200, 299]
+"""Blank frames of :func:`gapped`: a late shutter, a dropped run, a saturated one, the last."""
+
+
+def gapped(raw: np.ndarray) -> np.ndarray:
+    movie = raw.astype(np.float32)
+    movie[[0, 120, 121, 122, 299]] = 0.0
+    movie[200] = 5000.0
+    return movie
+
+
+@pytest.fixture(scope="module")
+def gap_run(small_sim, small_model):
+    movie = gapped(small_sim.raw)
+    kw = {"interval": 0.9, "samples": 2}
+    whole = list(calmdown.iter_apply(small_model, movie, **kw))
+    cut = list(calmdown.iter_apply(small_model, np.delete(movie, GAPS, axis=0), **kw))
+    return movie, whole, cut
+
+
+def test_blank_frames_are_passed_through_to_every_output(gap_run):
+    movie, whole, _ = gap_run
+    assert whole[0].start == 0 and whole[-1].stop == 300
+    assert all(a.stop == b.start for a, b in itertools.pairwise(whole))
+    den, lower, upper = (
+        np.concatenate([c.output(k) for c in whole]) for k in ("denoised", "lower", "upper")
+    )
+    samples = np.concatenate([c.samples for c in whole], axis=1)
+    p = np.concatenate([c.p_surprise for c in whole])
+    for a in (den, lower, upper, samples[0], samples[1]):
+        assert a.shape == movie.shape
+        np.testing.assert_array_equal(a[GAPS], movie[GAPS])
+    assert (p[GAPS] == 0).all()
+    measured = np.setdiff1d(np.arange(300), GAPS)
+    assert np.isfinite(den).all() and (lower[measured] < upper[measured]).all()
+
+
+def test_measured_frames_are_denoised_as_in_the_movie_cut_by_hand(gap_run):
+    _, whole, cut = gap_run
+    measured = np.setdiff1d(np.arange(300), GAPS)
+    for key in ("denoised", "lower", "upper", "prior", "p_surprise"):
+        got = np.concatenate([c.output(key) for c in whole])[measured]
+        np.testing.assert_array_equal(got, np.concatenate([c.output(key) for c in cut]), key)
+    np.testing.assert_array_equal(
+        np.concatenate([c.samples for c in whole], axis=1)[:, measured],
+        np.concatenate([c.samples for c in cut], axis=1),
+    )
+
+
+def test_frames_asked_for_are_numbered_as_the_movie_with_gaps(gap_run, small_model):
+    movie, whole, _ = gap_run
+    den = np.concatenate([c.denoised for c in whole])
+    for frames in ((118, 126), (120, 123), (121, 122), (195, 300)):
+        part = list(calmdown.iter_apply(small_model, movie, frames=frames))
+        assert (part[0].start, part[-1].stop) == frames
+        np.testing.assert_array_equal(
+            np.concatenate([c.denoised for c in part]), den[slice(*frames)]
+        )
+    dropped = list(calmdown.iter_apply(small_model, movie, blank_frames="drop"))
+    assert dropped[-1].stop == 300 - len(GAPS)
+
+
+def test_blank_frames_are_refused_where_asked(small_sim):
+    with pytest.raises(InputError, match="frames 119-121 of frames"):
+        calmdown.prepare(gapped(small_sim.raw)[1:], make_config(), blank_frames="error")

@@ -217,3 +217,21 @@ def test_traces_command_writes_npz_csv_and_png(small_sim, tmp_path):
         assert (tmp_path / f"tr{ext}").is_file()
     with np.load(tmp_path / "tr.npz") as data:
         assert data["dff_lower"].shape == (len(np.unique(small_sim.labels)) - 1, 60)
+
+
+def test_traces_are_nan_at_blank_frames_and_measured_elsewhere(small_sim, small_model):
+    movie = small_sim.raw[:120].astype(np.float32)
+    movie[[50, 51, 90]] = 0.0  # dropped frames
+    got = roi_traces(small_model, movie, _label_rois(small_sim.labels), samples=8)
+    assert got.f_mean.shape[1] == 120
+    for a in (got.f_mean, got.f_lower, got.dff_mean, got.dff_upper, got.f_raw):
+        assert np.isnan(a[:, [50, 51, 90]]).all()
+        assert np.isfinite(np.delete(a, [50, 51, 90], axis=1)).all()
+    # The baseline (F0) is the measured frames': dF/F is not pulled by the zero frames.
+    cut = roi_traces(
+        small_model,
+        np.delete(movie, [50, 51, 90], axis=0),
+        _label_rois(small_sim.labels),
+        samples=8,
+    )
+    np.testing.assert_allclose(np.delete(got.dff_mean, [50, 51, 90], axis=1), cut.dff_mean)

@@ -39,7 +39,16 @@ from calmdown.io import (
     same_file,
     write_atomic,
 )
-from calmdown.io.padding import Crop, CroppedReader, Region, crop_of, frame_shape, region_of
+from calmdown.io.padding import (
+    Crop,
+    CroppedReader,
+    Region,
+    blank_mask,
+    crop_of,
+    frame_runs,
+    frame_shape,
+    region_of,
+)
 from calmdown.neighbours import neighbour_numbers
 from calmdown.noise import NoiseModel
 from calmdown.persist import load_model, save_model
@@ -476,7 +485,7 @@ def _write_movies(
         raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop
     )
     stored = output_dtype(dtype, prep.reader.dtype)
-    shape = prep.reader.shape
+    shape = prep.shape  # blank frames included: iter_apply passes them through
     targets = {"denoised": out}
     if interval is not None:
         lower, upper = output_paths_like(out, ["lower", "upper"])
@@ -782,6 +791,13 @@ def _recording(meta: dict[str, Any]) -> str:
     if meta.get("crop") is not None:
         (y0, y1), (x0, x1) = meta["crop"]
         bits.append(f"rows {y0}:{y1} and columns {x0}:{x1} read")
+    blank = meta.get("blank_frames")
+    if blank:
+        bits.append(
+            f"{len(blank)} blank frame{'s' if len(blank) > 1 else ''} ({frame_runs(blank)}: one "
+            "value in every pixel) left out of the noise model, training and denoising, and "
+            "passed through to the outputs as they are"
+        )
     return f"Recording: {', '.join(bits)}." if bits else ""
 
 
@@ -959,6 +975,10 @@ def _denoise_one(
     """
     prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop)
     with closing(prep):
+        if prep.blank is not None and write_movies is not _write_movies:  # before training
+            from calmdown.distributed import refuse_blank_frames
+
+            refuse_blank_frames(prep)
         listed = prep.reader.metadata.get("files")  # the parts of a multi-file recording
         files = [str(f) for f in listed] if isinstance(listed, list) else []
         for part in files:  # refused before training, not after it
@@ -995,6 +1015,8 @@ def _denoise_one(
         record: dict[str, Any] = {"input": str(raw), "output": str(out), "dtype": str(stored)}
         if region_of(prep.reader) is not None:
             record["crop"] = region_of(prep.reader)  # frames, rows, columns
+        if prep.blank is not None:
+            record["blank_frames"] = prep.blank.to_dict()  # passed through to every output
         if files:
             record["input_files"] = files
         record.update(extra or {})
@@ -1008,7 +1030,7 @@ def _denoise_one(
             model_path=model_path,
             infer_seconds=seconds,
             n_frames=n_frames,
-            shape=prep.reader.shape,
+            shape=prep.shape,
             recording=prep.reader.metadata,
             interval=interval,
             samples=samples,
@@ -1514,6 +1536,17 @@ def evaluate(
             region = region_of(reader)  # frames named as the file numbers them
             first += 0 if region is None else region[0][0]
             n_file = len(reader.reader) if isinstance(reader, CroppedReader) else n
+        # Blank frames (one value everywhere) measured nothing: scored, they would read as
+        # perfectly denoised; the split and the scores take the measured frames only.
+        blank = blank_mask(movie)
+        left_out = first + np.flatnonzero(blank) if blank.any() and not blank.all() else []
+        skipped = ""
+        if len(left_out):
+            skipped = (
+                f" Frames {frame_runs(left_out)} are blank (one value in every pixel) and were "
+                "left out."
+            )
+            movie = np.ascontiguousarray(movie[~blank])
         noise = estimate_noise(
             lambda s, e: movie[s:e],
             movie.shape[0],
@@ -1532,6 +1565,8 @@ def evaluate(
                 "frames": [first, first + keep],
                 **result.to_dict(),
             }
+            if len(left_out):
+                data["blank_frames_left_out"] = [int(t) for t in left_out]
             text = json.dumps(data, indent=2, default=str)
             write_atomic(json_out, lambda p: p.write_text(text), "estimate")
         clip = (
@@ -1541,7 +1576,9 @@ def evaluate(
             else ""
         )
         if not quiet:
-            typer.echo(result.summary() + clip + (f" Written to {json_out}." if json_out else ""))
+            typer.echo(
+                result.summary() + clip + skipped + (f" Written to {json_out}." if json_out else "")
+            )
 
 
 @app.command()

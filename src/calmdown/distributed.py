@@ -568,6 +568,7 @@ def iter_dask_apply(
             prep = prepare(reader, cfg)
         finally:
             reader.close()
+    refuse_blank_frames(prep)
     if crop is not None:
         crop = region_of(prep.reader)  # "auto" found once, here, not by every task
     shape = tuple(int(s) for s in prep.reader.shape)
@@ -693,6 +694,19 @@ def _wait_until_not_executing(client: Any, keys: set[str], timeout: float = 120.
             return
         time.sleep(0.1)
     logger.warning("Dask tasks still running %.0f s after being cancelled", timeout)
+
+
+def refuse_blank_frames(prep: Prepared) -> None:
+    """Stop with an :class:`InputError` where the movie has blank frames (not read on Dask)."""
+    if prep.blank is None:
+        return
+    raise InputError(
+        f"frames {prep.blank.describe()} are blank (one value in every pixel); denoising on Dask "
+        "reads the movie in time chunks of its own and cannot leave them out yet: run without "
+        "--dask (calmdown then skips blank frames and passes them through to the outputs), or "
+        "cut them out of the movie first",
+        path=prep.reader.path,
+    )
 
 
 def dask_apply(

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,8 @@ from calmdown.correction import ResidualCorrection, fit_correction
 from calmdown.device import resolve_device, training_dtype
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
-from calmdown.io.padding import Crop, checked_reader
+from calmdown.io.gaps import BlankFrames, SkipFramesReader, find_blank_frames
+from calmdown.io.padding import BlankFramesError, Crop, checked_reader
 from calmdown.neighbours import NeighbourPlanes
 from calmdown.network import ContextNet
 from calmdown.noise import NoiseModel, estimate_noise
@@ -114,6 +115,15 @@ class Prepared:
     mean_image: MeanImage
     owns_reader: bool = True
     planes: NeighbourPlanes | None = None
+    blank: BlankFrames | None = None
+    """The movie's blank frames, where it has any: ``reader`` then reads it without them
+    (:class:`~calmdown.io.gaps.SkipFramesReader`) and :func:`iter_apply` puts them back."""
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(T, Y, X) of the movie, blank frames included (what the outputs have)."""
+        n, h, w = self.reader.shape
+        return (self.blank.n_frames if self.blank is not None else n, h, w)
 
     def close(self) -> None:
         """Close what this pass opened: the reader, the neighbouring planes, the block means."""
@@ -235,10 +245,16 @@ def prepare(
     noise: NoiseModel | None = None,
     neighbours: Sequence[MovieLike] | None = None,
     crop: Crop | str | None = None,
+    blank_frames: str = "skip",
 ) -> Prepared:
     """Open a movie, estimate its noise model (unless given) and its running mean image.
 
     ``crop``: rows and columns to read, or ``"auto"`` (see :func:`calmdown.io.open_movie`).
+
+    ``blank_frames``: where frames hold one value in every pixel (a closed shutter, dropped
+    frames), ``"skip"`` reads the movie without them (one more pass over it finds them all;
+    ``Prepared.blank`` says where they are) and ``"error"`` stops with an :class:`InputError`
+    naming them. A volume's planes (``neighbours``) must have none.
 
     ``neighbours``: the planes above and below of a volume recording (the one neighbour twice
     at the volume's edge), for a network with plane context; each gets its own noise model
@@ -249,10 +265,24 @@ def prepare(
     heaps of their own.
     """
     limit_arenas()
+    if blank_frames not in ("skip", "error"):
+        raise ValueError(f"blank_frames must be 'skip' or 'error', got {blank_frames!r}")
     owns = not isinstance(movie, MovieReader)
     reader = open_movie(movie, key=key, crop=crop)
     try:
-        prep = _prepare(reader, config, noise, owns)
+        try:
+            prep = _prepare(reader, config, noise, owns)
+        except BlankFramesError:
+            if blank_frames == "error" or neighbours is not None:
+                raise
+            blank = find_blank_frames(reader)
+            prep = _prepare(SkipFramesReader(reader, blank), config, noise, owns)
+            prep.blank = blank
+            logger.info(
+                "%s: frames %s are blank; read without them and passed through to the outputs",
+                reader.path or "the movie",
+                blank.describe(),
+            )
     except BaseException:
         if owns:
             reader.close()
@@ -1434,6 +1464,7 @@ def iter_apply(
     samples: int = 0,
     sample_pixels: np.ndarray | None = None,
     neighbours: Sequence[MovieLike] | None = None,
+    blank_frames: str = "pass",
     **options: Any,
 ) -> Iterator[DenoisedChunk]:
     """Denoise a movie chunk by chunk (memory does not grow with its length).
@@ -1466,6 +1497,12 @@ def iter_apply(
         covers a small part of the frame, and chunks hold more frames.
     neighbours : sequence of ndarray, path or MovieReader, optional
         The neighbouring planes, for a model trained with them (see :func:`train`).
+    blank_frames : {"pass", "drop"}
+        Where the movie has blank frames (frames of one value; :func:`prepare` reads the
+        movie without them and denoises the rest): ``"pass"`` numbers the chunks as the movie
+        does and puts each blank frame, as it is, into every output (``p_surprise`` 0 there);
+        ``"drop"`` numbers them as ``Prepared.reader`` does, without the blank frames
+        (``frames`` is then in that numbering too).
     **options
         Flat overrides such as ``output="prior"`` or ``chunk_frames=64``.
 
@@ -1484,9 +1521,12 @@ def iter_apply(
         raise InputError(f"interval must be between 0 and 1 (e.g. 0.9), got {interval}")
     device = resolve_device(cfg.device)
     # A new movie gets its own noise model (the offset can differ between sessions).
+    if blank_frames not in ("pass", "drop"):
+        raise ValueError(f"blank_frames must be 'pass' or 'drop', got {blank_frames!r}")
     prep = prepared or prepare(movie, cfg, key=key, neighbours=neighbours)
     try:
-        n = prep.reader.shape[0]
+        gaps = prep.blank if blank_frames == "pass" else None
+        n = (prep.shape if gaps is not None else prep.reader.shape)[0]
         if frames is not None and not 0 <= frames[0] < frames[1] <= n:
             raise InputError(f"frames must be a range within 0..{n}, got {frames}")
         if samples < 0:
@@ -1505,10 +1545,88 @@ def iter_apply(
             drawn = h * w if sample_pixels is None else max(1, int(sample_pixels.sum()))
             chunk = max(1, min(chunk, (1 << 27) // (samples * drawn)))
         cfg = make_config(cfg, chunk_frames=chunk)
-        yield from _apply_chunks(model, prep, cfg, device, interval, frames, samples, sample_pixels)
+        if gaps is None:
+            yield from _apply_chunks(
+                model, prep, cfg, device, interval, frames, samples, sample_pixels
+            )
+            return
+        wanted = frames or (0, n)
+        kept = gaps.to_kept(*wanted)
+        chunks = (
+            _apply_chunks(model, prep, cfg, device, interval, kept, samples, sample_pixels)
+            if kept[1] > kept[0]
+            else iter([_blank_chunk(kept[0], (h, w), interval, samples, sample_pixels)])
+        )
+        for chunk in chunks:
+            yield _with_blank_frames(chunk, gaps, wanted)
     finally:
         if prepared is None:
             prep.close()
+
+
+def _blank_chunk(
+    at: int,
+    shape: tuple[int, int],
+    interval: float | None,
+    samples: int,
+    sample_pixels: np.ndarray | None,
+) -> DenoisedChunk:
+    """Return a chunk of no measured frame, before measured frame ``at`` (of those kept)."""
+    drawn = shape if sample_pixels is None else (int(sample_pixels.sum()),)
+    empty = np.empty((0, *shape), np.float32)
+    return DenoisedChunk(
+        at,
+        at,
+        empty,
+        empty.copy(),
+        lower=empty.copy() if interval is not None else None,
+        upper=empty.copy() if interval is not None else None,
+        p_surprise=empty.copy(),
+        samples=np.empty((samples, 0, *drawn), np.float32) if samples else None,
+    )
+
+
+def _with_blank_frames(
+    chunk: DenoisedChunk, gaps: BlankFrames, wanted: tuple[int, int]
+) -> DenoisedChunk:
+    """Renumber a chunk of measured frames as the movie does, its blank frames put back.
+
+    Each measured frame brings the blank frames just before it (the last one those after it
+    too), within the movie frames ``wanted``; a blank frame holds its one value in every
+    output (NaN for a frame of no finite value) and a surprise probability of 0.
+    """
+    lo, hi = gaps.span(chunk.start, chunk.stop)
+    lo, hi = max(lo, wanted[0]), min(hi, wanted[1])
+    rows = gaps.kept[chunk.start : chunk.stop] - lo
+    inside = (gaps.blank >= lo) & (gaps.blank < hi)
+    where, values = gaps.blank[inside] - lo, gaps.values[inside].astype(np.float32)
+    if not where.size:
+        return replace(chunk, start=lo, stop=hi)
+
+    def fill(a: np.ndarray | None, value: np.ndarray, axis: int = 0) -> np.ndarray | None:
+        if a is None:
+            return None
+        shape = list(a.shape)
+        shape[axis] = hi - lo
+        out = np.empty(shape, a.dtype)
+        index: list[Any] = [slice(None)] * a.ndim
+        index[axis] = rows
+        out[tuple(index)] = a
+        index[axis] = where
+        out[tuple(index)] = value.reshape((-1,) + (1,) * (a.ndim - axis - 1))
+        return out
+
+    zeros = np.zeros_like(values)
+    return DenoisedChunk(
+        lo,
+        hi,
+        fill(chunk.denoised, values),
+        fill(chunk.prior, values),
+        lower=fill(chunk.lower, values),
+        upper=fill(chunk.upper, values),
+        p_surprise=fill(chunk.p_surprise, zeros),
+        samples=fill(chunk.samples, values, axis=1),
+    )
 
 
 def _apply_chunks(

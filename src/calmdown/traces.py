@@ -441,6 +441,8 @@ def roi_traces(
     Returns
     -------
     RoiTraces
+        Over every frame of the movie; NaN at its blank frames (frames of one value, which
+        measured nothing), which the corridors' statistics leave out.
     """
     if not 0 < level < 1:
         raise InputError(f"level must be between 0 and 1 (e.g. 0.9), got {level}")
@@ -488,6 +490,7 @@ def roi_traces(
             prepared=prep,
             samples=samples,
             sample_pixels=drawn.reshape(h, w),
+            blank_frames="drop",  # the measured frames only; blank ones are NaN at the end
             **options,
         ):
             a, b = chunk.start, chunk.stop
@@ -526,15 +529,25 @@ def roi_traces(
     dff_mean, dff_var = _dff_moments(f_mean, f_var, f_samp, baseline_percentile)
     z = float(stats.norm.ppf(0.5 + level / 2))
     f_half, d_half = z * np.sqrt(f_var), z * np.sqrt(dff_var)
+
+    def timed(a: np.ndarray) -> np.ndarray:
+        """(n_rois, T) of the movie's frames: NaN at its blank frames, which measured nothing."""
+        a = a.astype(np.float32, copy=False)
+        if prep.blank is None:
+            return a
+        out = np.full((a.shape[0], prep.blank.n_frames), np.nan, np.float32)
+        out[:, prep.blank.kept] = a
+        return out
+
     return RoiTraces(
         roi_ids=np.asarray(rois.ids),
-        f_mean=f_mean,
-        f_lower=(f_mean - f_half).astype(np.float32),
-        f_upper=(f_mean + f_half).astype(np.float32),
-        dff_mean=dff_mean.astype(np.float32),
-        dff_lower=(dff_mean - d_half).astype(np.float32),
-        dff_upper=(dff_mean + d_half).astype(np.float32),
-        f_raw=f_raw,
+        f_mean=timed(f_mean),
+        f_lower=timed(f_mean - f_half),
+        f_upper=timed(f_mean + f_half),
+        dff_mean=timed(dff_mean),
+        dff_lower=timed(dff_mean - d_half),
+        dff_upper=timed(dff_mean + d_half),
+        f_raw=timed(f_raw),
         level=level,
         n_samples=samples,
         baseline_percentile=baseline_percentile,

@@ -187,7 +187,7 @@ def test_blank_frames_are_refused_by_number(frames: slice | int, named: str, cut
     movie = simulate("dense", photons=2.0, shape=(300, 32, 32), seed=0).raw.astype(np.float32)
     movie[frames] = 0.0
     with pytest.raises(InputError) as err:
-        prepare(movie, calmdown.make_config())
+        prepare(movie, calmdown.make_config(), blank_frames="error")
     text = str(err.value)
     for words in (named, "one value in every pixel (0)", "blank frames", f"e.g. {cut} in"):
         assert words in text, (words, text)
@@ -210,7 +210,11 @@ def test_the_automatic_crop_cuts_blank_frames_at_the_start_and_the_end() -> None
         open_movie(nan_inside, crop="7:117,3:29,3:29").read(50, 60)  # numbered as in the file
     with pytest.raises(InputError, match="not within the movie, which has 120 frames"):
         open_movie(movie, crop="7:130,3:29,3:29")
-    movie[50] = 0.0  # one between measured frames: still refused, by number
+    movie[50] = 0.0  # one between measured frames: refused by number where asked to
     named = r"frame 50 of frames \d+:\d+ holds.*movie\[:50\] and movie\[51:\]"
     with pytest.raises(InputError, match=named):
-        prepare(open_movie(movie, crop="auto"), calmdown.make_config())
+        prepare(open_movie(movie, crop="auto"), calmdown.make_config(), blank_frames="error")
+    # and by default read without it: frame 43 of the crop (frame 50 of the file)
+    prep = prepare(open_movie(movie, crop="auto"), calmdown.make_config())
+    assert prep.blank is not None and prep.blank.blank.tolist() == [43]
+    assert prep.reader.shape == (109, 26, 26) and prep.shape == (110, 26, 26)

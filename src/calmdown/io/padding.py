@@ -34,13 +34,16 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "CHANCE",
+    "BlankFramesError",
     "CroppedReader",
     "EdgePadding",
     "blank_frames",
+    "blank_mask",
     "checked",
     "checked_reader",
     "crop_of",
     "find_padding",
+    "frame_runs",
     "frame_shape",
     "measured_region",
     "padding_message",
@@ -53,6 +56,13 @@ CHANCE = 1e-6
 
 MIN_LINE = 8
 """Shortest edge line (pixels) that can be told from data by its constancy."""
+
+
+class BlankFramesError(InputError):
+    """Blank frames among those read (:func:`checked`).
+
+    :mod:`calmdown.io.gaps` reads such a movie without them.
+    """
 
 
 @dataclass(frozen=True)
@@ -202,7 +212,7 @@ def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Regi
     try:
         for a in range(0, n, chunk_frames):
             block = reader.read(a, min(n, a + chunk_frames))
-            blank = _blank(block)
+            blank = blank_mask(block)
             seen = np.flatnonzero(~blank)
             if seen.size:
                 first, last = min(first, a + int(seen[0])), a + int(seen[-1])
@@ -344,18 +354,28 @@ class CroppedReader(ReaderBase):
         self.reader.close()
 
 
+def _unskipped(reader: MovieReader) -> MovieReader:
+    """Return the reader a :class:`calmdown.io.gaps.SkipFramesReader` wraps, else ``reader``."""
+    while getattr(reader, "skips_blank_frames", False):
+        reader = reader.reader  # type: ignore[attr-defined]
+    return reader
+
+
 def crop_of(reader: MovieReader) -> Crop | None:
     """Return the rows and columns ``reader`` reads (None for whole frames)."""
+    reader = _unskipped(reader)
     return reader.crop if isinstance(reader, CroppedReader) else None
 
 
 def region_of(reader: MovieReader) -> Region | None:
     """Return the frames, rows and columns ``reader`` reads (None for a whole movie)."""
+    reader = _unskipped(reader)
     return reader.region if isinstance(reader, CroppedReader) else None
 
 
 def frame_shape(reader: MovieReader) -> tuple[int, int]:
     """Return ``(Y, X)`` of the frames as stored: before any crop (ROIs are drawn on those)."""
+    reader = _unskipped(reader)
     inner = reader.reader if isinstance(reader, CroppedReader) else reader
     return (int(inner.shape[1]), int(inner.shape[2]))
 
@@ -367,11 +387,11 @@ def blank_frames(block: np.ndarray) -> np.ndarray:
     acquisition dropped and filled. (A block of nothing else is left to the checks that name
     a constant movie.)
     """
-    blank = _blank(block)
+    blank = blank_mask(block)
     return np.zeros(0, dtype=np.intp) if blank.all() else np.flatnonzero(blank)
 
 
-def _blank(block: np.ndarray) -> np.ndarray:
+def blank_mask(block: np.ndarray) -> np.ndarray:
     """Return whether each frame of ``block`` holds one value (or none finite) everywhere.
 
     Only frames whose first row is so are compared in full: a pass over the movie costs a
@@ -389,7 +409,7 @@ def _blank(block: np.ndarray) -> np.ndarray:
     return out
 
 
-def _runs(frames: np.ndarray) -> str:
+def frame_runs(frames: np.ndarray) -> str:
     """Describe sorted frame indices as runs: ``"0-9, 150"``."""
     parts, start = [], None
     for i, t in enumerate(frames):
@@ -427,8 +447,8 @@ def checked(
                 if run_start == 0
                 else f"movie[:{run_start}] and movie[{run_end + 1}:]"
             )
-            raise InputError(
-                f"frame{'s' if blank.size > 1 else ''} {_runs(frames)} of frames "
+            raise BlankFramesError(
+                f"frame{'s' if blank.size > 1 else ''} {frame_runs(frames)} of frames "
                 f"{start}:{stop} hold{'' if blank.size > 1 else 's'} one value in every pixel "
                 f"({value:g}): blank frames (a closed shutter, frames the acquisition dropped) "
                 "measured nothing, and they ruin the noise model (one zero frame in 300 read the "

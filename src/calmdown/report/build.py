@@ -20,6 +20,7 @@ from calmdown import __version__
 from calmdown.config import Config, make_config
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie, write_atomic
+from calmdown.io.gaps import SkipFramesReader
 from calmdown.io.padding import crop_of, frame_shape, region_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare, train
@@ -120,6 +121,7 @@ def _collect(
         device=cfg.device,
         threads=cfg.threads,
         chunk_frames=_chunk_frames(reader.shape, cfg.inference.chunk_frames),
+        blank_frames="drop",  # the measured frames: blank ones would read as denoised perfectly
     )
     for chunk in chunks:
         raw = reader.read(chunk.start, chunk.stop)
@@ -631,12 +633,14 @@ def make_report(
             )
         if denoised is not None:
             den_reader = open_movie(denoised, key=denoised_key)
-            if den_reader.shape != prep.reader.shape:
+            if den_reader.shape != prep.shape:
                 raise InputError(
                     f"the denoised movie has shape {den_reader.shape} but the raw movie "
-                    f"{prep.reader.shape}; pass the denoised version of this raw movie",
+                    f"{prep.shape}; pass the denoised version of this raw movie",
                     path=getattr(den_reader, "path", None),
                 )
+            if prep.blank is not None:  # read as the raw movie is: without its blank frames
+                den_reader = SkipFramesReader(den_reader, prep.blank)
         c = _collect(model, prep, cfg, den_reader, movie_frames=movie_frames, progress=progress)
         quiet, activity = quiet_pixels(c.temporal)
         roi_body = (
@@ -658,10 +662,15 @@ def make_report(
         if roi_body is not None:
             sections.append(("rois", "ROI traces", roi_body))
         t = model.training
+        blank = (
+            ""
+            if prep.blank is None
+            else f" ({len(prep.blank.blank)} blank frames, {prep.blank.describe()}, left out)"
+        )
         subtitle = (
-            f"{name}: {prep.reader.shape[0]} frames of {prep.reader.shape[1]} × "
-            f"{prep.reader.shape[2]} pixels. Denoised: {den_name}. Model: {t.get('steps', '?')} "
-            f"training steps; analysis pass {c.seconds:.0f} s. calmdown {__version__}."
+            f"{name}: {prep.shape[0]} frames of {prep.shape[1]} × {prep.shape[2]} pixels{blank}. "
+            f"Denoised: {den_name}. Model: {t.get('steps', '?')} training steps; analysis pass "
+            f"{c.seconds:.0f} s. calmdown {__version__}."
         )
         document = page(title or f"calmdown report: {name}", subtitle, sections)
         return Report(document, _summary(model, noise, c, quiet, len(document)))
