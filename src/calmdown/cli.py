@@ -597,7 +597,7 @@ def _write_movies_dask(
             stack.callback(prep.close)
         bar = stack.enter_context(
             tqdm(
-                total=prep.reader.shape[0],
+                total=prep.shape[0],
                 desc="denoising (dask)",
                 unit="frame",
                 disable=quiet,
@@ -975,10 +975,6 @@ def _denoise_one(
     """
     prep = _prepare_raw(raw, cfg, key=key, channel=channel, plane=plane, roi=roi, crop=crop)
     with closing(prep):
-        if prep.blank is not None and write_movies is not _write_movies:  # before training
-            from calmdown.distributed import refuse_blank_frames
-
-            refuse_blank_frames(prep)
         listed = prep.reader.metadata.get("files")  # the parts of a multi-file recording
         files = [str(f) for f in listed] if isinstance(listed, list) else []
         for part in files:  # refused before training, not after it

@@ -49,6 +49,7 @@ from calmdown.io import (
     round_for_output,
     same_file,
 )
+from calmdown.io.gaps import BlankFrames, SkipFramesReader
 from calmdown.io.padding import Crop, Region, region_of
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import Prepared, TrainedModel, iter_apply, prepare
@@ -380,8 +381,12 @@ def _run_block(
     config: Config,
     stores: dict[str, str],
     threads: dict[str, int],
+    blank: BlankFrames | None = None,
 ) -> BlockDone:
     """Denoise frames ``start..stop`` of ``source`` and write them into the partial stores.
+
+    ``blank``: the movie's blank frames, found by the client's first pass; the worker reads
+    the movie without them, as the client did, and passes them through.
 
     Joint samples are drawn by the same seeded stream as in one process; a block that starts
     later runs the stream's correlation recursion from 64 frames before its start, which
@@ -398,7 +403,18 @@ def _run_block(
         else config.model_copy(update={"threads": n})
     )
     reader = open_movie(source, key=movie_key, channel=channel, plane=plane, roi=roi, crop=crop)
-    prep = Prepared(reader=reader, noise=noise, mean_image=mean_image, owns_reader=True)
+    if blank is not None:
+        if reader.shape[0] != blank.n_frames:
+            reader.close()
+            raise InputError(
+                f"has {reader.shape[0]} frames on this worker but {blank.n_frames} on the "
+                "client; every worker must see the same file (a shared filesystem)",
+                path=source,
+            )
+        reader = SkipFramesReader(reader, blank)
+    prep = Prepared(
+        reader=reader, noise=noise, mean_image=mean_image, owns_reader=True, blank=blank
+    )
     try:
         if reader.shape[0] != mean_image.n_frames:
             raise InputError(
@@ -568,10 +584,9 @@ def iter_dask_apply(
             prep = prepare(reader, cfg)
         finally:
             reader.close()
-    refuse_blank_frames(prep)
     if crop is not None:
         crop = region_of(prep.reader)  # "auto" found once, here, not by every task
-    shape = tuple(int(s) for s in prep.reader.shape)
+    shape = tuple(int(s) for s in prep.shape)  # blank frames included, passed through
     assert len(shape) == 3
     store_chunk = store_chunk_frames(shape, frames_per_task)  # type: ignore[arg-type]
 
@@ -635,6 +650,7 @@ def iter_dask_apply(
                     config=cfg,
                     stores=stores,
                     threads=threads,
+                    blank=prep.blank,
                     key=f"calmdown-block-{start}-{stop}-{os.getpid()}-{id(futures)}",
                     pure=False,
                     retries=0,
@@ -694,19 +710,6 @@ def _wait_until_not_executing(client: Any, keys: set[str], timeout: float = 120.
             return
         time.sleep(0.1)
     logger.warning("Dask tasks still running %.0f s after being cancelled", timeout)
-
-
-def refuse_blank_frames(prep: Prepared) -> None:
-    """Stop with an :class:`InputError` where the movie has blank frames (not read on Dask)."""
-    if prep.blank is None:
-        return
-    raise InputError(
-        f"frames {prep.blank.describe()} are blank (one value in every pixel); denoising on Dask "
-        "reads the movie in time chunks of its own and cannot leave them out yet: run without "
-        "--dask (calmdown then skips blank frames and passes them through to the outputs), or "
-        "cut them out of the movie first",
-        path=prep.reader.path,
-    )
 
 
 def dask_apply(
