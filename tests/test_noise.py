@@ -129,12 +129,31 @@ def test_a_saturation_ceiling_is_named_and_left_out_of_the_fit():
     # Left in the fit, the clipped pixels read the gain 22 % low; left out, 4.4 %.
     assert clipped.gain == pytest.approx(plain.gain, rel=0.06)
     assert clipped.offset == pytest.approx(plain.offset, abs=1.0)
+    assert (clipped.clip_low, clipped.clip_high) == (None, 187.0)
+    assert (plain.clip_low, plain.clip_high) == (None, None) and not plain.clips
+    photons = clipped.to_photons(np.array([150.0, 187.0]))
+    assert clipped.measured(photons).tolist() == [True, False]
+    # A value whose expected level is within 4 noise sd of the ceiling is cut off there too.
+    near = clipped.to_photons(np.array([180.0, 100.0]))
+    assert clipped.measured(photons[:1].repeat(2), near).tolist() == [False, True]
+
+
+def test_a_floor_is_named():
+    raw = simulate("dense", photons=4.0, shape=(300, 64, 64), seed=1).raw.astype(np.float32)
+    # Finely graded values, as a movie of many ADU per photon has.
+    raw += np.random.default_rng(0).uniform(-0.5, 0.5, raw.shape).astype(np.float32)
+    floor = float(np.percentile(raw, 3))  # offset subtracted and negatives clipped, say
+    with pytest.warns(UserWarning, match=rf"of the values sit at {floor:g} ADU, a floor"):
+        model = _estimate(np.maximum(raw, floor))
+    assert model.clip_low == floor and model.clip_high is None
+    assert not model.clips and model.measured(model.to_photons(np.array([floor]))).all()
 
 
 def test_the_top_of_the_noise_is_not_a_ceiling(recwarn):
     raw = simulate("dense", photons=0.5, shape=(200, 64, 64), seed=0).raw  # integer ADU
-    _estimate(raw)
-    assert not [w for w in recwarn if "ceiling" in str(w.message)]
+    model = _estimate(raw)
+    assert not [w for w in recwarn if "ceiling" in str(w.message) or "floor" in str(w.message)]
+    assert not model.clips
 
 
 @pytest.mark.parametrize("scale", [1e-3, 37.0])

@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 import calmdown
@@ -157,3 +158,17 @@ def test_early_stopping_waits_for_the_last_part_of_the_run(small_sim, monkeypatc
     trainer.run()
     assert trainer.stopped_because == "early_stopping"
     assert trainer.step == 180, trainer.step  # evaluations at 160, 170 and 180 (30 before)
+
+
+def test_the_loss_leaves_out_the_values_it_is_told_are_not_measured():
+    from calmdown.loss import marginal_nll
+
+    target = torch.tensor([[1.0, 2.0, 50.0]])  # the last one clipped
+    loc, scale = torch.ones_like(target), torch.full_like(target, 0.5)
+    kw = {"scale0": 1.0, "read_noise2": 0.1, "ratio": 1.0}
+    valid = torch.tensor([[True, True, False]])
+    left_out = marginal_nll(target, loc, scale, valid=valid, **kw)
+    assert left_out == pytest.approx(
+        float(marginal_nll(target[:, :2], loc[:, :2], scale[:, :2], **kw))
+    )
+    assert marginal_nll(target, loc, scale, **kw) > left_out

@@ -41,6 +41,7 @@ def marginal_nll(
     scale0: float,
     read_noise2: float,
     ratio: float,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean negative log marginal likelihood (constant dropped).
 
@@ -52,6 +53,9 @@ def marginal_nll(
         Prior location and spread (scaled photon units).
     scale0, read_noise2, ratio : float
         See :func:`noise_variance`.
+    valid : Tensor, optional
+        Boolean, shaped like ``target``: the values to average over (a clipped value is no
+        measurement of the noise, :meth:`calmdown.noise.NoiseModel.measured`); all if None.
 
     Returns
     -------
@@ -62,4 +66,7 @@ def marginal_nll(
         loc.detach(), scale0=scale0, read_noise2=read_noise2, ratio=ratio
     )
     resid = target - loc
-    return 0.5 * (resid * resid / var + torch.log(var)).mean()
+    terms = resid * resid / var + torch.log(var)
+    if valid is None:
+        return 0.5 * terms.mean()
+    return 0.5 * terms[valid].sum() / valid.sum().clamp(min=1)

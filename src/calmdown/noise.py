@@ -27,7 +27,7 @@ import numpy as np
 from calmdown.errors import InputError
 from calmdown.io.padding import checked
 
-__all__ = ["NoiseModel", "estimate_noise"]
+__all__ = ["CLIP_MARGIN_SD", "NoiseModel", "estimate_noise"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,11 @@ class NoiseModel:
         ``"estimated"``, ``"given"`` or ``"partly given"``.
     bin_means, bin_variances : list of float
         The photon-transfer points (mean, noise variance summed over lags) the fit used.
+    clip_low, clip_high : float or None
+        ADU at which the recording's values were clipped (a floor, a saturation ceiling),
+        where values pile up there (see :func:`_clip_bounds`); None where they do not. A
+        clipped value only says the signal was beyond the bound: it is no measurement of the
+        noise (:meth:`measured`).
     """
 
     gain: float
@@ -68,6 +73,8 @@ class NoiseModel:
     source: str = "estimated"
     bin_means: list[float] = field(default_factory=list)
     bin_variances: list[float] = field(default_factory=list)
+    clip_low: float | None = None
+    clip_high: float | None = None
 
     @property
     def read_noise_photons(self) -> float:
@@ -99,6 +106,39 @@ class NoiseModel:
         is not (it inherits the prediction's bias).
         """
         return self.variance_ratio * (photons + self.read_noise_photons**2)
+
+    def measured(self, photons: Any, level: Any = None) -> Any:
+        """Whether each value (photon units, array or tensor) lies strictly within the clip bounds.
+
+        Values at a ceiling the recording clipped to are not measurements of the
+        Poisson-Gaussian noise the rest of the model assumes. With ``level`` (the expected
+        clean value of each, photon units, e.g. the prior's location), values whose level lies
+        within :data:`CLIP_MARGIN_SD` noise sd of the ceiling are left out too: their noise is
+        cut off there, which shrinks its variance by more than the prior's error (cut at 2.3
+        sd by 6 %; at 4 sd by 0.05 %). See :func:`calmdown.pipeline._target_pixels`.
+
+        A floor is not left out: at a few photons it cuts the tail of the read noise of every
+        dim pixel (on the optinist recording, 0 ADU is 2.1 read-noise sd below the offset),
+        and leaving its values out biases the fits about as much as keeping them, while a
+        margin as for the ceiling would leave almost nothing to fit.
+        """
+        out = photons == photons  # True except NaN, for arrays and tensors alike
+        if self.clip_high is not None:
+            edge = (self.clip_high - self.offset) / self.gain
+            out = out & (photons < edge - 1e-6)
+            if level is not None:
+                sd = (
+                    self.pixel_variance_photons(level)
+                    if isinstance(level, np.ndarray)
+                    else self.variance_ratio * (level.clamp(min=0.0) + self.read_noise_photons**2)
+                ) ** 0.5
+                out = out & (edge - level > CLIP_MARGIN_SD * sd)
+        return out
+
+    @property
+    def clips(self) -> bool:
+        """Whether the recording's values were clipped at a ceiling (see :meth:`measured`)."""
+        return self.clip_high is not None
 
     def to_dict(self) -> dict[str, object]:
         """Plain-type dictionary (for JSON and model files)."""
@@ -210,40 +250,70 @@ def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+CLIP_MARGIN_SD = 4.0
+"""Noise sd a value's level must keep from a clip bound for its value to count as measured."""
+
 SATURATION_PILE_UP = 5.0
 """How many times more often the movie's largest value must occur than the next value below it
 for it to read as a detector's ceiling (clipping) rather than the top of the noise."""
 
 
-def _saturated_pixels(values: np.ndarray, peak: np.ndarray, name: str | None) -> np.ndarray:
-    """Return the pixels that reached a saturation ceiling (warning when there are any).
+def _pile_up(values: np.ndarray, end: float) -> bool:
+    """Whether the values pile up at ``end`` (their largest or smallest): a clipping bound.
+
+    At least 20 of them sit there, :data:`SATURATION_PILE_UP` times as many as at the next
+    value inward; the tail of a noise distribution thins out toward its end instead.
+    """
+    n_end = int(np.count_nonzero(values == end))
+    inner = values[values < end] if end >= values.max() else values[values > end]
+    if not inner.size:
+        return False
+    nearest = inner.max() if end >= values.max() else inner.min()
+    n_next = int(np.count_nonzero(inner == nearest))
+    return n_end >= 20 and n_end >= SATURATION_PILE_UP * max(n_next, 1)
+
+
+def _clip_bounds(
+    values: np.ndarray, peak: np.ndarray, name: str | None
+) -> tuple[np.ndarray, float | None, float | None]:
+    """Return the pixels that reached a saturation ceiling, and the floor and ceiling found.
 
     ``values``: a sample of the movie's values; ``peak``: each pixel's largest value. A
-    ceiling is a largest value that at least 20 samples share, :data:`SATURATION_PILE_UP`
-    times as many as the next value below it: clipped values pile up there. Clipped values
-    vary less than the photon count says, so those pixels bias the photon-transfer slope down
-    (simulated dense movie, 4 photons: 1 % of the values clipped read the gain 5 % low, 5 %
-    clipped 22 % low); they are left out of the fit.
+    ceiling (floor) is a largest (smallest) value the values pile up at (:func:`_pile_up`).
+    Clipped values vary less than the photon count says, so pixels that reach a ceiling bias
+    the photon-transfer slope down (simulated dense movie, 4 photons: 1 % of the values
+    clipped read the gain 5 % low, 5 % clipped 22 % low); they are left out of the fit. A
+    warning names each bound found.
     """
     none = np.zeros(peak.shape, dtype=bool)
-    top = float(values.max()) if values.size else 0.0
-    n_top = int(np.count_nonzero(values == top))
-    below = values[values < top]
-    n_below = int(np.count_nonzero(below == below.max())) if below.size else 0
-    if n_top < 20 or n_top < SATURATION_PILE_UP * max(n_below, 1):
-        return none
-    clipped = peak >= top
-    share = n_top / values.size
-    warnings.warn(
-        f"{name or 'movie'}: {share:.2%} of the values sit at {top:g} ADU, a ceiling (saturation), "
-        f"in {clipped.mean():.1%} of the pixels; they are left out of the noise model, but the "
-        "denoiser treats a clipped value as measured, so in those pixels the denoised values "
-        "and intervals understate the brightest moments. Lower the PMT gain or laser power if "
-        "you can.",
-        UserWarning,
-        stacklevel=3,
-    )
-    return clipped
+    if not values.size:
+        return none, None, None
+    low, high = float(values.min()), float(values.max())
+    floor = low if low < high and _pile_up(values, low) else None
+    ceiling = high if low < high and _pile_up(values, high) else None
+    clipped = peak >= high if ceiling is not None else none
+    for bound, what in ((ceiling, "a ceiling (saturation)"), (floor, "a floor")):
+        if bound is None:
+            continue
+        share = np.count_nonzero(values == bound) / values.size
+        where = f", in {clipped.mean():.1%} of the pixels" if bound == ceiling else ""
+        said = (
+            "so those values, and those whose noise it cuts off, are left out of the noise "
+            "model, of training and of the calibration; the denoiser still takes them as "
+            "measured, so there the denoised values and intervals understate how far beyond "
+            "it the signal went. Lower the PMT gain or laser power if you can."
+            if bound == ceiling
+            else "at a few photons it cuts the tail of the read noise, so the intervals of dim "
+            "pixels rest on a noise model that does not hold there exactly. Record without "
+            "clipping (keep the negative values) if you can."
+        )
+        warnings.warn(
+            f"{name or 'movie'}: {share:.2%} of the values sit at {bound:g} ADU, {what}{where}: "
+            f"a clipped value says only that the signal was beyond it, {said}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return clipped, floor, ceiling
 
 
 def _robust_mean(values: np.ndarray) -> float:
@@ -424,7 +494,7 @@ def estimate_noise(
     correlated = max(abs(rho_y), abs(rho_x)) > 0.05
     variance_ratio = 1.0 / summed_ratio if correlated and summed_ratio > 1.0 else 1.0
     values = np.concatenate(dim_samples)
-    clipped = _saturated_pixels(values, acc.peak, name)
+    clipped, clip_low, clip_high = _clip_bounds(values, acc.peak, name)
     # Cross-fitting: measure on the frames of one parity, rank by the mean of the other.
     pairs = [(p, 1 - p) for p in (0, 1) if acc.n[p] > 0 and acc.n_frames[1 - p] > 0]
     if not pairs:  # a movie shorter than two sub-blocks: rank on the measured frames
@@ -498,6 +568,8 @@ def estimate_noise(
         source=source,
         bin_means=[float(v) for v in bm],
         bin_variances=[float(v) for v in bv],
+        clip_low=clip_low,
+        clip_high=clip_high,
     )
     logger.info("noise model: %s", model.summary())
     return model

@@ -810,6 +810,28 @@ def _crop_windows(
     return draw
 
 
+def _target_pixels(
+    x: torch.Tensor, target: torch.Tensor, noise: NoiseModel, loc: torch.Tensor
+) -> torch.Tensor:
+    """Mask of the values of a run to fit on: its target frames, where a value was measured.
+
+    A (T,) frame mask where the recording has no clip bounds (indexing with it gives the same
+    values in the same order as the (T, Y, X) mask would), else (T, Y, X) without the values
+    at a floor or ceiling or whose prior location ``loc`` is near one, where the noise is cut
+    off (:meth:`~calmdown.noise.NoiseModel.measured`). Chosen by the prior, which does not
+    see the value, the rest are no biased sample.
+    """
+    if not noise.clips:
+        return target
+    return target[:, None, None] & noise.measured(x, loc)
+
+
+def _measured_residual(x: torch.Tensor, loc: torch.Tensor, noise: NoiseModel) -> torch.Tensor:
+    """``x - loc``, 0 where ``x`` is clipped (no measurement of the error's size there)."""
+    resid = x - loc
+    return torch.where(noise.measured(x, loc), resid, 0.0) if noise.clips else resid
+
+
 def _memorisation_check(
     heldout: list[tuple[torch.Tensor, ...]],
     trained: list[tuple[torch.Tensor, ...]],
@@ -827,6 +849,7 @@ def _memorisation_check(
 
     def sums(part: tuple[torch.Tensor, ...]) -> np.ndarray:
         x, loc, pvar, target, prop, _ = part
+        target = _target_pixels(x, target, noise, loc)
         raw_nv = noise.raw_variance_photons(x)[target].double()
         return np.array(
             [
@@ -920,7 +943,7 @@ def _guard_null_scales(
             (z,) = evidence_zscores(
                 x - loc, var, gcfg, [window], noise_correlation=noise.neighbour_correlation
             )
-            zs.append(z[target].flatten().cpu().numpy())
+            zs.append(z[_target_pixels(x, target, noise, loc)].flatten().cpu().numpy())
             del z, var
         zall = np.concatenate(zs)
         del zs
@@ -1044,7 +1067,11 @@ def _calibrate(
     del trained_parts
 
     def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
-        return torch.cat([p[k][p[3]].flatten() for p in parts]).cpu().numpy()
+        return (
+            torch.cat([p[k][_target_pixels(p[0], p[3], noise, p[1])].flatten() for p in parts])
+            .cpu()
+            .numpy()
+        )
 
     x_f, loc_f, pvar_f, prop_f = (targets(fit_parts, k) for k in (0, 1, 2, 4))
     # The noise variance of each raw value, from the raw value itself: linear in the level,
@@ -1101,13 +1128,16 @@ def _calibrate(
             # acts, its own (wide) part of the variance dominates; in a ratio of sums it would
             # drag down the factors of every other pixel in the same group.
             fit = target[:, None, None] & (p_surprise < _FIT_MAX_SURPRISE)
+            if noise.clips:
+                fit &= noise.measured(x, loc_g)
             nv = _noise_var(noise, loc_g)
             release_freed_memory()  # the guard's temporaries, before the consumer's
             yield (x, loc_g, var_g, nv, fit, raw_nv, mean, change, target, g)
 
     error_correlation = estimate_error_correlation(
         [  # built here, so that it is freed as soon as the fit is done
-            (x - loc, pvar, _noise_var(noise, loc), target) for x, loc, pvar, target, _ in fit_parts
+            (_measured_residual(x, loc, noise), pvar, _noise_var(noise, loc), target)
+            for x, loc, pvar, target, _ in fit_parts
         ],
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
@@ -1148,7 +1178,7 @@ def _calibrate(
     for x, *_, target, g in guarded(check_parts, correction, stratified):
         spread = torch.rand(x.shape, generator=dither, dtype=x.dtype).to(x.device) - 0.5
         pit = predictive_pit(x + spread, g, lambda level: _noise_var(noise, level) + 1 / 12)
-        pits.append(pit[target])
+        pits.append(pit[_target_pixels(x, target, noise, g.loc)])
     check = predictive_check(torch.cat(pits).cpu().numpy())
     check["memorisation"] = memorised
     check.update(resolution)

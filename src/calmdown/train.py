@@ -348,13 +348,15 @@ class Trainer:
                 mean.to(self.device).contiguous(memory_format=self._layout),
                 frames.to(self.device).contiguous(memory_format=self._layout),
             )
+        target = target.to(self.device)
         return marginal_nll(
-            target.to(self.device),
+            target,
             loc.float(),
             scale.float(),
             scale0=self.scale0,
             read_noise2=self.read_noise2,
             ratio=self.noise.variance_ratio,
+            valid=self.noise.measured(target * self.scale0) if self.noise.clips else None,
         )
 
     @torch.no_grad()
