@@ -470,3 +470,20 @@ def test_guarded_samples_stay_finite_at_the_components_boundary(w, above):
         # Within about 6 sd of one component or the other.
         near = torch.minimum((draws - m0).abs() / 0.1, (draws - m1).abs() / 0.2)
         assert float(near.max()) < 6.5
+
+
+def test_a_prior_of_no_spread_still_gives_finite_intervals_and_samples():
+    # A prior variance that underflowed to 0 beside a likely surprise: the mixture's quantiles
+    # read NaN before the components' variance had a floor.
+    loc, zero = torch.tensor([4.5, 3.5, 6.0]), torch.zeros(3)
+    guard = GuardOutput(
+        loc, zero, torch.tensor([0.65, 0.94, 0.34]), zero, torch.tensor([-2.0, -1.7, 0.7]),
+        torch.tensor([0.8, 0.3, 1.7]),
+    )  # fmt: skip
+    post = guarded_posterior(torch.tensor([4.0, 3.0, 6.5]), guard, lambda level: level + 0.1)
+    for q in (0.05, 0.5, 0.95):
+        assert torch.isfinite(post.quantile(q)).all(), q
+    assert (post.quantile(0.05) < post.quantile(0.95)).all()
+    assert torch.isfinite(
+        post.sample(torch.randn(4, 3, generator=torch.Generator().manual_seed(0)))
+    ).all()

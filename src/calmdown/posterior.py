@@ -575,6 +575,9 @@ def gaussian_posterior(
     return loc + w * (x - loc), w * noise_var
 
 
+MIN_POSTERIOR_VAR = 1e-10
+"""Smallest posterior variance of a component (photons^2; sd 1e-5 photons)."""
+
 QUANTILE_RTOL = 1e-4
 """Error a quantile may keep in its tail probability, relative to it (at the 5 % end of a
 90 % interval, 5e-6)."""
@@ -813,10 +816,14 @@ def guarded_posterior(
     p = guard.p_surprise
     loc0, var0, loc1, var1 = guard.components()
     mean0, post0 = gaussian_posterior(x, loc0, var0, noise_var(loc0))
+    # A component of no spread (a prior variance that underflowed to 0) has no quantiles in
+    # units of itself: the mixture's read NaN (a collapsed calibration gave 202 NaN interval
+    # ends in a 300 x 64 x 64 movie). A floor far below any noise keeps them finite.
+    post0 = post0.clamp(min=MIN_POSTERIOR_VAR)
     if not bool((p > 0).any()):
         return GuardedPosterior(p, mean0, post0, mean0, post0)
     mean1, post1 = gaussian_posterior(x, loc1, var1, noise_var(loc1))
-    return GuardedPosterior(p, mean0, post0, mean1, post1)
+    return GuardedPosterior(p, mean0, post0, mean1, post1.clamp(min=MIN_POSTERIOR_VAR))
 
 
 def predictive_pit(
