@@ -298,7 +298,7 @@ def _clip_bounds(
         share = np.count_nonzero(values == bound) / values.size
         where = f", in {clipped.mean():.1%} of the pixels" if bound == ceiling else ""
         said = (
-            "so those values, and those whose noise it cuts off, are left out of the noise "
+            "those values, and those whose noise it cuts off, are left out of the noise "
             "model, of training and of the calibration; the denoiser still takes them as "
             "measured, so there the denoised values and intervals understate how far beyond "
             "it the signal went. Lower the PMT gain or laser power if you can."
@@ -309,7 +309,7 @@ def _clip_bounds(
         )
         warnings.warn(
             f"{name or 'movie'}: {share:.2%} of the values sit at {bound:g} ADU, {what}{where}: "
-            f"a clipped value says only that the signal was beyond it, {said}",
+            f"a clipped value says only that the signal was beyond it; {said}",
             UserWarning,
             stacklevel=3,
         )
