@@ -31,3 +31,11 @@ class InputError(CalmdownError, ValueError):
 
 class ModelFileError(InputError):
     """A model file that cannot be loaded (corrupt, or from an incompatible version)."""
+
+
+class BlankFramesError(InputError):
+    """Frames that measured nothing (one value, or no finite one, in every pixel).
+
+    :func:`calmdown.prepare` reads such a movie without them (:mod:`calmdown.io.gaps`) unless
+    asked to stop.
+    """

@@ -63,3 +63,19 @@ def test_a_mostly_blank_movie_is_refused() -> None:
     movie[1:60] = 0.0
     with pytest.raises(InputError, match="more than half of this movie measured nothing"):
         find_blank_frames(open_movie(movie))
+
+
+def test_a_frame_of_nan_mid_movie_is_a_blank_frame_not_an_error() -> None:
+    import calmdown
+    from calmdown.errors import BlankFramesError
+    from calmdown.simulate import simulate
+
+    movie = simulate("dense", photons=2.0, shape=(120, 32, 32), seed=0).raw.astype(np.float32)
+    movie[60] = np.nan  # a dropped frame, filled with NaN
+    with pytest.raises(BlankFramesError, match=r"frame 60 of frames 0:120 holds no finite value"):
+        open_movie(movie).read(0, 120)
+    prep = calmdown.prepare(movie, calmdown.make_config())
+    assert prep.blank is not None and prep.blank.blank.tolist() == [60]
+    model = calmdown.train(movie, max_steps=5, prepared=prep)
+    den = np.concatenate([c.denoised for c in calmdown.iter_apply(model, movie, prepared=prep)])
+    assert np.isnan(den[60]).all() and np.isfinite(np.delete(den, 60, axis=0)).all()

@@ -17,7 +17,7 @@ from typing import Any, Protocol, SupportsIndex, TypeVar, runtime_checkable
 
 import numpy as np
 
-from calmdown.errors import InputError
+from calmdown.errors import BlankFramesError, InputError
 
 logger = logging.getLogger(__name__)
 
@@ -231,6 +231,16 @@ def check_finite(block: np.ndarray, start: int, *, path: object | None = None) -
     from calmdown.io.padding import find_padding, padding_message  # it builds on this module
 
     bad = int(block.size - np.count_nonzero(finite))
+    empty = np.flatnonzero(~finite.reshape(len(block), -1).any(axis=1))
+    if empty.size:
+        raise BlankFramesError(
+            f"frame{'s' if empty.size > 1 else ''} {', '.join(str(start + int(t)) for t in empty)}"
+            f" of frames {start}:{start + len(block)} hold{'' if empty.size > 1 else 's'} no "
+            "finite value: blank frames (frames "
+            "the acquisition dropped) measured nothing; cut them out of the movie, or split the "
+            "recording at them",
+            path=path,
+        )
     t, y, x = (int(i) for i in np.argwhere(~finite)[0])
     # The first frame with bad values: NaN padding there gets the crop as its fix (a frame
     # before it may hold padding of another fill, which is not what stops this read).

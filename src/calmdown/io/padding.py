@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from calmdown.errors import InputError
+from calmdown.errors import BlankFramesError, InputError
 from calmdown.io.base import MovieReader, ReaderBase, check_finite
 
 logger = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ CHANCE = 1e-6
 
 MIN_LINE = 8
 """Shortest edge line (pixels) that can be told from data by its constancy."""
-
-
-class BlankFramesError(InputError):
-    """Blank frames among those read (:func:`checked`).
-
-    :mod:`calmdown.io.gaps` reads such a movie without them.
-    """
 
 
 @dataclass(frozen=True)
