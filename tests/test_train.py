@@ -160,15 +160,25 @@ def test_early_stopping_waits_for_the_last_part_of_the_run(small_sim, monkeypatc
     assert trainer.step == 180, trainer.step  # evaluations at 160, 170 and 180 (30 before)
 
 
-def test_the_loss_leaves_out_the_values_it_is_told_are_not_measured():
+def test_a_clipped_target_counts_by_the_probability_of_reaching_the_ceiling():
     from calmdown.loss import marginal_nll
 
-    target = torch.tensor([[1.0, 2.0, 50.0]])  # the last one clipped
-    loc, scale = torch.ones_like(target), torch.full_like(target, 0.5)
-    kw = {"scale0": 1.0, "read_noise2": 0.1, "ratio": 1.0}
-    valid = torch.tensor([[True, True, False]])
-    left_out = marginal_nll(target, loc, scale, valid=valid, **kw)
-    assert left_out == pytest.approx(
-        float(marginal_nll(target[:, :2], loc[:, :2], scale[:, :2], **kw))
+    kw = {"scale0": 1.0, "read_noise2": 0.0, "ratio": 1.0}
+    scale = torch.full((3,), 0.5)
+    loc = torch.tensor([2.0, 4.0, 6.0])
+    at_ceiling = torch.full((3,), 4.0)  # all three clipped at 4
+    got = marginal_nll(at_ceiling, loc, scale, ceiling=4.0, **kw)
+    sd = torch.sqrt(0.25 + loc)  # prior variance plus the noise's at the location
+    want = -torch.special.log_ndtr((loc - 4.0) / sd).mean()
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    # A prior above the ceiling explains a clipped value; one below it does not.
+    each = [
+        float(marginal_nll(at_ceiling[i : i + 1], loc[i : i + 1], scale[:1], ceiling=4.0, **kw))
+        for i in range(3)
+    ]
+    assert each[0] > each[1] > each[2] > 0
+    # Values below the ceiling count by their density, as without one.
+    below = torch.tensor([1.0, 2.5, 3.0])
+    assert marginal_nll(below, loc, scale, ceiling=4.0, **kw) == marginal_nll(
+        below, loc, scale, **kw
     )
-    assert marginal_nll(target, loc, scale, **kw) > left_out

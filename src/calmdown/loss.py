@@ -41,7 +41,7 @@ def marginal_nll(
     scale0: float,
     read_noise2: float,
     ratio: float,
-    valid: torch.Tensor | None = None,
+    ceiling: float | None = None,
 ) -> torch.Tensor:
     """Mean negative log marginal likelihood (constant dropped).
 
@@ -53,9 +53,12 @@ def marginal_nll(
         Prior location and spread (scaled photon units).
     scale0, read_noise2, ratio : float
         See :func:`noise_variance`.
-    valid : Tensor, optional
-        Boolean, shaped like ``target``: the values to average over (a clipped value is no
-        measurement of the noise, :meth:`calmdown.noise.NoiseModel.measured`); all if None.
+    ceiling : float, optional
+        Value (scaled photon units) the recording clipped at: a target there says only that
+        the value was at least that, and counts by the probability of that (a censored,
+        Tobit likelihood), every other target by its density as usual. Dropping the clipped
+        targets instead would leave the others near the ceiling a sample cut off at it,
+        biased low (simulated movies with 0.5-1 % clipped: coverage 0.06-0.3 lower there).
 
     Returns
     -------
@@ -67,6 +70,10 @@ def marginal_nll(
     )
     resid = target - loc
     terms = resid * resid / var + torch.log(var)
-    if valid is None:
-        return 0.5 * terms.mean()
-    return 0.5 * terms[valid].sum() / valid.sum().clamp(min=1)
+    if ceiling is not None:
+        clipped = target >= ceiling
+        if bool(clipped.any()):
+            # -log P(value >= ceiling), doubled as the density's terms are (0.5 x below).
+            tail = -2.0 * torch.special.log_ndtr((loc - ceiling) / torch.sqrt(var))
+            terms = torch.where(clipped, tail, terms)
+    return 0.5 * terms.mean()

@@ -111,11 +111,13 @@ class NoiseModel:
         """Whether each value (photon units, array or tensor) lies strictly within the clip bounds.
 
         Values at a ceiling the recording clipped to are not measurements of the
-        Poisson-Gaussian noise the rest of the model assumes. With ``level`` (the expected
-        clean value of each, photon units, e.g. the prior's location), values whose level lies
-        within :data:`CLIP_MARGIN_SD` noise sd of the ceiling are left out too: their noise is
-        cut off there, which shrinks its variance by more than the prior's error (cut at 2.3
-        sd by 6 %; at 4 sd by 0.05 %). See :func:`calmdown.pipeline._target_pixels`.
+        Poisson-Gaussian noise the calibration's fits assume (training counts them by the
+        probability of reaching the ceiling, :func:`calmdown.loss.marginal_nll`). With
+        ``level`` (the expected clean value of each, photon units, e.g. the prior's
+        location), values whose level lies within :data:`CLIP_MARGIN_SD` noise sd of the
+        ceiling are left out too: their noise is cut off there, which shrinks its variance
+        by more than the prior's error (cut at 2.3 sd by 6 %; at 4 sd by 0.05 %). See
+        :func:`calmdown.pipeline._target_pixels`.
 
         A floor is not left out: at a few photons it cuts the tail of the read noise of every
         dim pixel (on the optinist recording, 0 ADU is 2.1 read-noise sd below the offset),
@@ -298,10 +300,10 @@ def _clip_bounds(
         share = np.count_nonzero(values == bound) / values.size
         where = f", in {clipped.mean():.1%} of the pixels" if bound == ceiling else ""
         said = (
-            "those values, and those whose noise it cuts off, are left out of the noise "
-            "model, of training and of the calibration; the denoiser still takes them as "
-            "measured, so there the denoised values and intervals understate how far beyond "
-            "it the signal went. Lower the PMT gain or laser power if you can."
+            "training counts them as such, and they and the values whose noise it cuts off "
+            "are left out of the noise model and the calibration; the denoiser still takes "
+            "them as measured, so there the denoised values and intervals understate how far "
+            "beyond it the signal went. Lower the PMT gain or laser power if you can."
             if bound == ceiling
             else "at a few photons it cuts the tail of the read noise, so the intervals of dim "
             "pixels rest on a noise model that does not hold there exactly. Record without "
