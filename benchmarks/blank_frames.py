@@ -18,11 +18,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
+from metrics import write_rows
 
 import calmdown
 from calmdown.simulate import simulate
@@ -106,11 +106,7 @@ def main() -> None:
             f"{r['measured whole psnr']:.2f} | {r['measured gap psnr']:.2f} | "
             f"{r['prepare s whole']:.2f} | {r['prepare s gap']:.2f} |"
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
-    )
-    print(f"wrote {args.out}")
+    write_rows(args.out, args, rows)
 
 
 if __name__ == "__main__":

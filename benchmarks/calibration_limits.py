@@ -34,13 +34,13 @@ package's internals: a diagnostic, not an API.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from calibration import TARGETS, add_grid_arguments, run_grid, strata
+from metrics import write_rows
 
 import calmdown
 import calmdown.pipeline as pipeline
@@ -190,13 +190,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = run_grid(args, run, print_row)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_suffix(".partial")
-    tmp.write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
-    )
-    tmp.replace(args.out)
-    print(f"wrote {args.out}")
+    write_rows(args.out, args, rows)
 
 
 if __name__ == "__main__":

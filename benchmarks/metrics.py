@@ -6,6 +6,10 @@ Every metric takes an estimate of the clean movie (ADU, same shape) and the
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 from scipy.ndimage import gaussian_filter, uniform_filter1d
 
@@ -120,3 +124,14 @@ def all_metrics(est: np.ndarray, sim: SimulatedMovie, mask: np.ndarray | None = 
     out.update(trace_metrics(est, sim))
     out.update(events_by_class(event_kept(est, sim)))
     return out
+
+
+def write_rows(path: Path, args: argparse.Namespace, rows: list[dict]) -> None:
+    """Write a benchmark's arguments and result rows as JSON (atomically) and say where."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".partial")
+    tmp.write_text(
+        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
+    )
+    tmp.replace(path)
+    print(f"wrote {path}")

@@ -16,11 +16,11 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 from pathlib import Path
 
 import numpy as np
+from metrics import psnr, write_rows
 
 import calmdown
 from calmdown.simulate import simulate
@@ -38,14 +38,13 @@ def score(sim, raw: np.ndarray, ceiling: float | None, steps: int, seed: int) ->
     clipped = raw >= ceiling if ceiling is not None else np.zeros(raw.shape, bool)
     level = raw.mean(axis=0)
     top = np.broadcast_to(level > np.quantile(level, 0.9), raw.shape) & ~clipped
-    peak = float(sim.clean.max() - sim.clean.min())
     return {
         "ceiling found": getattr(model.noise, "clip_high", None),  # None before session 42
         "coverage": float(inside.mean()),
         "coverage measured": float(inside[~clipped].mean()),
         "coverage clipped": float(inside[clipped].mean()) if clipped.any() else float("nan"),
         "coverage brightest 10 %": float(inside[top].mean()),
-        "psnr": float(10 * np.log10(peak**2 / np.mean((den - sim.clean) ** 2))),
+        "psnr": float(psnr(den, sim)),
         "nan interval ends": int(np.isnan(lo).sum() + np.isnan(up).sum()),
     }
 
@@ -81,11 +80,7 @@ def main() -> None:
     for r in rows:
         cells = " | ".join(f"{r[c]:.3f}" if c != "psnr" else f"{r[c]:.2f}" for c in cols)
         print(f"| {r['seed']} | {100 * r['clipped']:.1f} % | {cells} | {r['nan interval ends']} |")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=2)
-    )
-    print(f"wrote {args.out}")
+    write_rows(args.out, args, rows)
 
 
 if __name__ == "__main__":
