@@ -75,3 +75,15 @@ def test_format_7_file_is_applied_without_averaging_its_variance(tmp_path, small
     assert (
         load_model(save_model(small_model, tmp_path / "n.pt")).config.inference.variance_frames > 1
     )
+
+
+def test_format_8_file_without_clip_bounds_loads_as_unclipped(tmp_path, small_model):
+    path = save_model(small_model, tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    assert "clip_high" in data["noise"]
+    data["format_version"] = 8
+    for key in ("clip_low", "clip_high"):
+        data["noise"].pop(key)
+    torch.save(data, path)
+    noise = load_model(path).noise
+    assert noise.clip_low is None and noise.clip_high is None and not noise.clips
