@@ -403,25 +403,20 @@ def _run_block(
         else config.model_copy(update={"threads": n})
     )
     reader = open_movie(source, key=movie_key, channel=channel, plane=plane, roi=roi, crop=crop)
+    expected = mean_image.n_frames if blank is None else blank.n_frames  # blank ones included
+    if reader.shape[0] != expected:
+        reader.close()
+        raise InputError(
+            f"has {reader.shape[0]} frames on this worker but {expected} on the client; every "
+            "worker must see the same file (a shared filesystem)",
+            path=source,
+        )
     if blank is not None:
-        if reader.shape[0] != blank.n_frames:
-            reader.close()
-            raise InputError(
-                f"has {reader.shape[0]} frames on this worker but {blank.n_frames} on the "
-                "client; every worker must see the same file (a shared filesystem)",
-                path=source,
-            )
         reader = SkipFramesReader(reader, blank)
     prep = Prepared(
         reader=reader, noise=noise, mean_image=mean_image, owns_reader=True, blank=blank
     )
     try:
-        if reader.shape[0] != mean_image.n_frames:
-            raise InputError(
-                f"has {reader.shape[0]} frames on this worker but {mean_image.n_frames} on the "
-                "client; every worker must see the same file (a shared filesystem)",
-                path=source,
-            )
         for chunk in iter_apply(
             model,
             reader,

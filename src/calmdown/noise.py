@@ -107,8 +107,13 @@ class NoiseModel:
         """
         return self.variance_ratio * (photons + self.read_noise_photons**2)
 
+    @property
+    def ceiling_photons(self) -> float | None:
+        """The saturation ceiling in photon units (None where the recording has none)."""
+        return None if self.clip_high is None else (self.clip_high - self.offset) / self.gain
+
     def measured(self, photons: Any, level: Any = None) -> Any:
-        """Whether each value (photon units, array or tensor) lies strictly within the clip bounds.
+        """Whether each value (photon units, array or tensor) lies strictly below the ceiling.
 
         Values at a ceiling the recording clipped to are not measurements of the
         Poisson-Gaussian noise the calibration's fits assume (training counts them by the
@@ -125,8 +130,8 @@ class NoiseModel:
         margin as for the ceiling would leave almost nothing to fit.
         """
         out = photons == photons  # True except NaN, for arrays and tensors alike
-        if self.clip_high is not None:
-            edge = (self.clip_high - self.offset) / self.gain
+        edge = self.ceiling_photons
+        if edge is not None:
             out = out & (photons < edge - 1e-6)
             if level is not None:
                 sd = (
@@ -267,10 +272,10 @@ def _pile_up(values: np.ndarray, end: float) -> bool:
     value inward; the tail of a noise distribution thins out toward its end instead.
     """
     n_end = int(np.count_nonzero(values == end))
-    inner = values[values < end] if end >= values.max() else values[values > end]
+    inner = values[values != end]  # all on one side of ``end``
     if not inner.size:
         return False
-    nearest = inner.max() if end >= values.max() else inner.min()
+    nearest = inner[np.argmin(np.abs(inner - end))]
     n_next = int(np.count_nonzero(inner == nearest))
     return n_end >= 20 and n_end >= SATURATION_PILE_UP * max(n_next, 1)
 

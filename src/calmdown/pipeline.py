@@ -817,8 +817,8 @@ def _target_pixels(
 
     A (T,) frame mask where the recording has no clip bounds (indexing with it gives the same
     values in the same order as the (T, Y, X) mask would), else (T, Y, X) without the values
-    at a floor or ceiling or whose prior location ``loc`` is near one, where the noise is cut
-    off (:meth:`~calmdown.noise.NoiseModel.measured`). Chosen by the prior, which does not
+    at the saturation ceiling or whose prior location ``loc`` is near it, where the noise is
+    cut off (:meth:`~calmdown.noise.NoiseModel.measured`). Chosen by the prior, which does not
     see the value, the rest are no biased sample.
     """
     if not noise.clips:

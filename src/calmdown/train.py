@@ -232,11 +232,8 @@ class Trainer:
         self._val_batches = self._fixed_val_batches(n_patches=48)
         self.read_noise2 = noise.read_noise_photons**2
         # Where the recording clipped at a ceiling: scaled photon units, a hair below it.
-        self._ceiling = (
-            None
-            if noise.clip_high is None
-            else ((noise.clip_high - noise.offset) / noise.gain - 1e-6) / self.scale0
-        )
+        ceiling = noise.ceiling_photons
+        self._ceiling = None if ceiling is None else (ceiling - 1e-6) / self.scale0
         # Divergence means worse than the untrained network, also when fine-tuning: a given
         # network's own start is no baseline (near its optimum the held-out loss moves up and
         # down by chance, and halving the rate on every such step would stall training).

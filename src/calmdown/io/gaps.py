@@ -21,7 +21,7 @@ import numpy as np
 
 from calmdown.errors import InputError
 from calmdown.io.base import MovieReader, ReaderBase
-from calmdown.io.padding import blank_mask, frame_runs
+from calmdown.io.padding import blank_mask, frame_runs, unchecked_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +96,16 @@ def find_blank_frames(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Bl
     InputError
         When more than :data:`MAX_BLANK_SHARE` of the frames are blank.
     """
-    n, h, w = reader.shape
-    chunk = max(1, min(n, chunk_pixels // max(h * w, 1)))
+    n = reader.shape[0]
     logger.info("%s: one pass over %d frames for blank frames", reader.path or "the movie", n)
-    checked = isinstance(reader, ReaderBase) and reader._check_values
-    if checked:
-        reader.skip_value_check()  # a frame of NaN is blank; measured frames are checked when read
     blank: list[int] = []
     values: list[float] = []
-    try:
-        for a in range(0, n, chunk):
-            block = reader.read(a, min(n, a + chunk))
-            for t in np.flatnonzero(blank_mask(block)):
-                first = float(block[t].flat[0])
-                blank.append(a + int(t))
-                values.append(first if np.isfinite(first) else float("nan"))
-    finally:
-        if checked:
-            reader._check_values = True
+    # A frame of NaN is blank; the measured frames are checked when they are read.
+    for a, block in unchecked_blocks(reader, chunk_pixels):
+        for t in np.flatnonzero(blank_mask(block)):
+            first = float(block[t].flat[0])
+            blank.append(a + int(t))
+            values.append(first if np.isfinite(first) else float("nan"))
     if len(blank) > MAX_BLANK_SHARE * n:
         raise InputError(
             f"{len(blank)} of its {n} frames hold one value in every pixel (blank frames): "

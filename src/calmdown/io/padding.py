@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ __all__ = [
     "padding_message",
     "parse_crop",
     "region_of",
+    "unchecked_blocks",
 ]
 
 CHANCE = 1e-6
@@ -177,6 +178,27 @@ def find_padding(block: np.ndarray, start: int = 0) -> EdgePadding | None:
     return None
 
 
+def unchecked_blocks(
+    reader: MovieReader, chunk_pixels: int = 1 << 22
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Read the whole movie in blocks of about ``chunk_pixels`` (16 MB of float32), in order.
+
+    Yields ``(first frame, block)``. NaN and infinite values are returned, not refused: the
+    passes that look for padding and blank frames are the ones that tell them apart.
+    """
+    n, h, w = reader.shape
+    chunk_frames = max(1, min(n, chunk_pixels // max(h * w, 1)))
+    checked = isinstance(reader, ReaderBase) and reader._check_values
+    if checked:
+        reader.skip_value_check()
+    try:
+        for a in range(0, n, chunk_frames):
+            yield a, reader.read(a, min(n, a + chunk_frames))
+    finally:
+        if checked:
+            reader._check_values = True
+
+
 def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Region:
     """Return the frames, rows and columns that ``reader`` measured throughout (one pass).
 
@@ -191,7 +213,6 @@ def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Regi
         When no pixel was measured in every frame, or every frame is blank.
     """
     n, h, w = reader.shape
-    chunk_frames = max(1, min(n, chunk_pixels // max(h * w, 1)))  # 16 MB of float32 at a time
     logger.info(
         "%s: one pass over %d frames for the frames, rows and columns measured throughout",
         reader.path or "the movie",
@@ -199,24 +220,16 @@ def measured_region(reader: MovieReader, *, chunk_pixels: int = 1 << 22) -> Regi
     )
     depth = dict.fromkeys(("top", "bottom", "left", "right"), 0)
     first, last = n, -1  # the first and last frames that are not blank
-    checked = isinstance(reader, ReaderBase) and reader._check_values
-    if checked:
-        reader.skip_value_check()
-    try:
-        for a in range(0, n, chunk_frames):
-            block = reader.read(a, min(n, a + chunk_frames))
-            blank = blank_mask(block)
-            seen = np.flatnonzero(~blank)
-            if seen.size:
-                first, last = min(first, a + int(seen[0])), a + int(seen[-1])
-            for t in _candidates(block):
-                found = None if blank[t] else _frame_padding(block[t])
-                if found is not None:
-                    for side, d in found[1].items():
-                        depth[side] = max(depth[side], d)
-    finally:
-        if checked:
-            reader._check_values = True
+    for a, block in unchecked_blocks(reader, chunk_pixels):
+        blank = blank_mask(block)
+        seen = np.flatnonzero(~blank)
+        if seen.size:
+            first, last = min(first, a + int(seen[0])), a + int(seen[-1])
+        for t in _candidates(block):
+            found = None if blank[t] else _frame_padding(block[t])
+            if found is not None:
+                for side, d in found[1].items():
+                    depth[side] = max(depth[side], d)
     if last < 0:
         raise InputError(
             "every frame holds one value in every pixel: nothing was measured; check that "
