@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 
 from calmdown.cli import app
 from calmdown.io import open_movie
+from calmdown.persist import load_model
 from calmdown.simulate import simulate
 
 runner = CliRunner()
@@ -117,6 +118,23 @@ def test_train_then_apply(tmp_path, raw_tif):
         assert name in said and (tmp_path / name).exists(), name
     assert "den.sample3.zarr" in said and (tmp_path / "den.sample3.zarr").exists()
     assert not (tmp_path / "den.sample4.zarr").exists()
+
+
+def test_width_sets_the_network_and_a_conflicting_init_is_refused(tmp_path, raw_tif):
+    narrow, wide = tmp_path / "narrow.pt", tmp_path / "wide.pt"
+    for path, extra in ((narrow, ["--width", "8"]), (wide, [])):
+        res = runner.invoke(app, ["train", str(raw_tif), "-o", str(path), *FAST, *extra])
+        assert res.exit_code == 0, res.output
+    models = [load_model(p) for p in (narrow, wide)]
+    assert [m.config.model.width for m in models] == [8, 32]
+    sizes = [sum(t.numel() for t in m.state_dict.values()) for m in models]
+    assert sizes[0] < sizes[1] / 8  # weights grow with the square of the width
+    # Fine-tuning takes the given model's network: another width is refused before training.
+    out = tmp_path / "d.tif"
+    args = ["denoise", str(raw_tif), "-o", str(out), "--init", str(narrow), "--width", "32"]
+    res = runner.invoke(app, [*args, *FAST])
+    assert res.exit_code == 2 and "width=8" in res.output and "width=32" in res.output
+    assert not out.exists()
 
 
 def test_simulate_command(tmp_path):

@@ -200,6 +200,17 @@ Context = Annotated[
 NoMean = Annotated[
     bool, typer.Option("--no-mean-image", help="Do not feed the time-averaged image.")
 ]
+Width = Annotated[
+    int | None,
+    typer.Option(
+        "--width",
+        min=4,
+        max=256,
+        help="Channels of the network's finest level (default 32). 16 runs inference ~1.3x "
+        "faster at 512 x 512 and makes ~1.7x the training steps in the same time; it scored "
+        "the same on a real recording and 0.1 dB lower on a simulated one (README, Benchmarks).",
+    ),
+]
 PlaneContext = Annotated[
     bool,
     typer.Option(
@@ -335,6 +346,7 @@ def _adopt_init(
     cfg: Config,
     init: Path | None,
     context_frames: int | None,
+    width: int | None,
     no_mean_image: bool,
     plane_context: bool,
 ) -> tuple[Config, TrainedModel | None]:
@@ -344,6 +356,7 @@ def _adopt_init(
     start = load_model(init)
     explicit = {
         "context_frames": context_frames,
+        "width": width,
         "use_mean_image": False if no_mean_image else None,
         "plane_context": True if plane_context else None,
     }
@@ -843,6 +856,7 @@ def denoise(
     max_steps: MaxSteps = None,
     init: Init = None,
     context_frames: Context = None,
+    width: Width = None,
     no_mean_image: NoMean = False,
     plane_context: PlaneContext = False,
     gain: Gain = None,
@@ -884,6 +898,7 @@ def denoise(
             time_budget_s=time_budget,
             max_steps=max_steps,
             context_frames=context_frames,
+            width=width,
             use_mean_image=False if no_mean_image else None,
             plane_context=True if plane_context else None,
             gain=gain,
@@ -897,7 +912,7 @@ def denoise(
             precision=precision,
             seed=seed,
         )
-        cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
+        cfg, start = _adopt_init(cfg, init, context_frames, width, no_mean_image, plane_context)
         _check_output(out, raw)
         _check_samples(samples, cfg)  # before training, not after it
         output_dtype(dtype, "float32")  # a bad choice refused before training
@@ -1125,6 +1140,7 @@ def train_cmd(
     max_steps: MaxSteps = None,
     init: Init = None,
     context_frames: Context = None,
+    width: Width = None,
     no_mean_image: NoMean = False,
     plane_context: PlaneContext = False,
     gain: Gain = None,
@@ -1154,6 +1170,7 @@ def train_cmd(
             time_budget_s=time_budget,
             max_steps=max_steps,
             context_frames=context_frames,
+            width=width,
             use_mean_image=False if no_mean_image else None,
             plane_context=True if plane_context else None,
             gain=gain,
@@ -1164,7 +1181,7 @@ def train_cmd(
             precision=precision,
             seed=seed,
         )
-        cfg, start = _adopt_init(cfg, init, context_frames, no_mean_image, plane_context)
+        cfg, start = _adopt_init(cfg, init, context_frames, width, no_mean_image, plane_context)
         _check_output(out, raw)
         prep = _prepare_raw(
             raw, cfg, key=key, channel=channel, plane=_plane_number(plane), roi=roi, crop=crop
