@@ -204,13 +204,24 @@ def roi_coverage(model: calmdown.TrainedModel, sim: SimulatedMovie) -> dict[str,
     return out
 
 
+def train_cell(sim: SimulatedMovie, args: argparse.Namespace) -> calmdown.TrainedModel:
+    """Train a grid cell's model: ``--steps`` steps, ``--seed``, ``--precision``, ``--width``."""
+    width = {} if args.width is None else {"width": args.width}
+    return calmdown.train(
+        sim.raw,
+        max_steps=args.steps,
+        time_budget_s=1e6,
+        seed=args.seed,
+        precision=args.precision,
+        **width,
+    )
+
+
 def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
     shape = (args.frames, args.size, args.size)
     sim = simulate(preset, photons=photons, shape=shape, seed=args.seed)
     t0 = time.perf_counter()
-    model = calmdown.train(
-        sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=args.seed, precision=args.precision
-    )
+    model = train_cell(sim, args)
     train_s = time.perf_counter() - t0
     chunks = list(calmdown.iter_apply(model, sim.raw, interval=0.9))
     den = np.concatenate([c.denoised for c in chunks])
@@ -257,6 +268,9 @@ def add_grid_arguments(parser: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "float32", "bfloat16"],
         help="arithmetic of the training steps (calmdown's --precision)",
+    )
+    parser.add_argument(
+        "--width", type=int, default=None, help="channels of the network (calmdown's --width)"
     )
 
 

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from calibration import TARGETS, add_grid_arguments, run_grid, strata
+from calibration import TARGETS, add_grid_arguments, run_grid, strata, train_cell
 from metrics import write_rows
 
 import calmdown
@@ -117,7 +117,7 @@ def groups(prior: dict[str, np.ndarray], level: np.ndarray, features: tuple[str,
 def run(preset: str, photons: float, args: argparse.Namespace) -> dict[str, Any]:
     shape = (args.frames, args.size, args.size)
     sim = simulate(preset, photons=photons, shape=shape, seed=args.seed)
-    model = calmdown.train(sim.raw, max_steps=args.steps, time_budget_s=1e6, seed=args.seed)
+    model = train_cell(sim, args)
     noise = model.noise
     prior = guarded_prior(model, sim.raw)
     truth = noise.to_photons(sim.clean.astype(np.float64)).astype(np.float32)

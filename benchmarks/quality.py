@@ -41,7 +41,8 @@ def run_level(photons: float, args: argparse.Namespace) -> list[dict]:
     add("raw", sim.raw)
     add("moving average (5)", moving_average(sim.raw, 5))
     t0 = time.perf_counter()
-    model = calmdown.train(sim.raw, time_budget_s=args.budget, seed=args.seed)
+    width = {} if args.width is None else {"width": args.width}
+    model = calmdown.train(sim.raw, time_budget_s=args.budget, seed=args.seed, **width)
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     post = calmdown.apply(model, sim.raw)
@@ -52,7 +53,7 @@ def run_level(photons: float, args: argparse.Namespace) -> list[dict]:
     if not args.skip_no_mean:
         t0 = time.perf_counter()
         model_nm = calmdown.train(
-            sim.raw, time_budget_s=args.budget, seed=args.seed, use_mean_image=False
+            sim.raw, time_budget_s=args.budget, seed=args.seed, use_mean_image=False, **width
         )
         add(
             "calmdown, no mean image",
@@ -82,6 +83,9 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=180.0, help="training seconds")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-no-mean", action="store_true")
+    parser.add_argument(
+        "--width", type=int, default=None, help="channels of the network (calmdown's --width)"
+    )
     parser.add_argument(
         "--out", type=Path, default=Path(__file__).parent / "results" / "quality.json"
     )

@@ -105,6 +105,9 @@ def main() -> None:
         default="auto",
         help="arithmetic of the training steps (TrainConfig.precision)",
     )
+    parser.add_argument(
+        "--width", type=int, default=None, help="channels of the network (default: the model's)"
+    )
     parser.add_argument("--eval-frames", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -127,7 +130,8 @@ def main() -> None:
             "patience": 10_000,
         }
     results = {}
-    config = calmdown.make_config(seed=args.seed, precision=args.precision)
+    width = {} if args.width is None else {"width": args.width}
+    config = calmdown.make_config(seed=args.seed, precision=args.precision, **width)
     init = None
     init_info: dict = {}
     if args.init_budget is not None:
@@ -189,7 +193,8 @@ def main() -> None:
         print(f"# long run's best held-out loss from {args.reference}")
     print(
         f"# {args.size} x {args.size} x {args.frames}, dense, {args.photons:g} photons, "
-        f"{torch.get_num_threads()} threads, training precision {args.precision} "
+        f"{torch.get_num_threads()} threads, network width {config.model.width}, training "
+        f"precision {args.precision} "
         f"({training_dtype(torch.device('cpu'), args.precision) or torch.float32}); untrained "
         f"held-out loss {initial:.5f}, "
         f"best {best:.5f}"
@@ -222,6 +227,7 @@ def main() -> None:
         json.dumps(
             {
                 "precision": args.precision,
+                "width": config.model.width,
                 "initial_val_loss": initial,
                 "best_val_loss": best,
                 "init_model": init_info,
