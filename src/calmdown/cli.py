@@ -208,7 +208,8 @@ Width = Annotated[
         max=256,
         help="Channels of the network's finest level (default 32). 16 runs inference ~1.3x "
         "faster at 512 x 512 and makes ~1.7x the training steps in the same time; it scored "
-        "the same on a real recording and 0.1 dB lower on a simulated one (README, Benchmarks).",
+        "the same on a real recording, 0.1 dB lower on a simulated one, with intervals less "
+        "well calibrated there (README, Benchmarks).",
     ),
 ]
 PlaneContext = Annotated[
