@@ -93,10 +93,13 @@ class NoiseModel:
             np.float32, copy=False
         )
 
-    def pixel_variance_photons(self, photons: np.ndarray) -> np.ndarray:
-        """Noise variance of one pixel, in photon units squared, at a given clean level."""
+    def pixel_variance_photons(self, photons: Any) -> Any:
+        """Noise variance of one pixel, in photon units squared, at a given clean level.
+
+        ``photons``: an array or a tensor (negative levels count as 0).
+        """
         rn2 = self.read_noise_photons**2
-        return self.variance_ratio * (np.maximum(photons, 0.0) + rn2)
+        return self.variance_ratio * (photons.clip(min=0.0) + rn2)
 
     def raw_variance_photons(self, photons: Any) -> Any:
         """Noise variance estimated from raw values themselves (photon units, array or tensor).
@@ -134,11 +137,7 @@ class NoiseModel:
         if edge is not None:
             out = out & (photons < edge - 1e-6)
             if level is not None:
-                sd = (
-                    self.pixel_variance_photons(level)
-                    if isinstance(level, np.ndarray)
-                    else self.variance_ratio * (level.clamp(min=0.0) + self.read_noise_photons**2)
-                ) ** 0.5
+                sd = self.pixel_variance_photons(level) ** 0.5
                 out = out & (edge - level > CLIP_MARGIN_SD * sd)
         return out
 

@@ -641,10 +641,6 @@ def _average_probes(
     return out
 
 
-def _noise_var(noise: NoiseModel, level: torch.Tensor) -> torch.Tensor:
-    return noise.variance_ratio * (torch.clamp(level, min=0.0) + noise.read_noise_photons**2)
-
-
 def _guard_and_correct_reach(
     gcfg: GuardConfig, correction: ResidualCorrection | None, average_frames: int
 ) -> int:
@@ -697,7 +693,7 @@ def _guard_and_correct(
         x[r0:r1],
         loc[r0:r1],
         pvar[r0:r1],
-        _noise_var(noise, loc[r0:r1]),
+        noise.pixel_variance_photons(loc[r0:r1]),
         gcfg,
         null_scale=null_scale,
         frames=slice(g0 - r0, g1 - r0),
@@ -712,7 +708,7 @@ def _guard_and_correct(
     prior_var = pvar[g0:g1]
     if correction is not None:
         shift, factor, added, _ = correction.terms(
-            x[g0:g1], loc_g, guarded.var, _noise_var(noise, loc_g)
+            x[g0:g1], loc_g, guarded.var, noise.pixel_variance_photons(loc_g)
         )
         loc_g = loc_g + shift
         prior_var = factor * prior_var + added
@@ -939,7 +935,7 @@ def _guard_null_scales(
     for window in evidence_windows(gcfg):
         zs = []
         for x, loc, pvar, target, *_ in parts:
-            var = pvar + _noise_var(noise, loc)
+            var = pvar + noise.pixel_variance_photons(loc)
             (z,) = evidence_zscores(
                 x - loc, var, gcfg, [window], noise_correlation=noise.neighbour_correlation
             )
@@ -1130,13 +1126,13 @@ def _calibrate(
             fit = target[:, None, None] & (p_surprise < _FIT_MAX_SURPRISE)
             if noise.clips:
                 fit &= noise.measured(x, loc_g)
-            nv = _noise_var(noise, loc_g)
+            nv = noise.pixel_variance_photons(loc_g)
             release_freed_memory()  # the guard's temporaries, before the consumer's
             yield (x, loc_g, var_g, nv, fit, raw_nv, mean, change, target, g)
 
     error_correlation = estimate_error_correlation(
         [  # built here, so that it is freed as soon as the fit is done
-            (_measured_residual(x, loc, noise), pvar, _noise_var(noise, loc), target)
+            (_measured_residual(x, loc, noise), pvar, noise.pixel_variance_photons(loc), target)
             for x, loc, pvar, target, _ in fit_parts
         ],
         noise_correlation=noise.neighbour_correlation,
@@ -1177,7 +1173,9 @@ def _calibrate(
     pits = []
     for x, *_, target, g in guarded(check_parts, correction, stratified):
         spread = torch.rand(x.shape, generator=dither, dtype=x.dtype).to(x.device) - 0.5
-        pit = predictive_pit(x + spread, g, lambda level: _noise_var(noise, level) + 1 / 12)
+        pit = predictive_pit(
+            x + spread, g, lambda level: noise.pixel_variance_photons(level) + 1 / 12
+        )
         pits.append(pit[_target_pixels(x, target, noise, g.loc)])
     check = predictive_check(torch.cat(pits).cpu().numpy())
     check["memorisation"] = memorised
@@ -1809,7 +1807,9 @@ def _denoise_chunks(
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
             xb, gb = x[band][keep_t][inner], g.take(inner)
-            post_mean, _ = gaussian_posterior(xb, gb.loc, gb.var, _noise_var(noise, gb.loc))
+            post_mean, _ = gaussian_posterior(
+                xb, gb.loc, gb.var, noise.pixel_variance_photons(gb.loc)
+            )
             rows_out = (slice(None), slice(y0, y1))
             out.denoised[rows_out] = noise.to_adu(post_mean.cpu().numpy())
             assert out.p_surprise is not None
@@ -1820,7 +1820,7 @@ def _denoise_chunks(
                 continue
             # Intervals and samples from the guarded prior's two components, each given the
             # pixel's value (the denoised value stays the single Gaussian's posterior mean).
-            post = guarded_posterior(xb, gb, lambda level: _noise_var(noise, level))
+            post = guarded_posterior(xb, gb, noise.pixel_variance_photons)
             if interval is not None:
                 assert out.lower is not None and out.upper is not None
                 upper_q = 0.5 + interval / 2
