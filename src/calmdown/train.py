@@ -351,9 +351,8 @@ class Trainer:
                 mean.to(self.device).contiguous(memory_format=self._layout),
                 frames.to(self.device).contiguous(memory_format=self._layout),
             )
-        target = target.to(self.device)
         return marginal_nll(
-            target,
+            target.to(self.device),
             loc.float(),
             scale.float(),
             scale0=self.scale0,
