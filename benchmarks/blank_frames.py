@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from metrics import write_rows
+from metrics import psnr, write_rows
 
 import calmdown
-from calmdown.simulate import simulate
+from calmdown.simulate import SimulatedMovie, simulate
 
 NEAR = 5
 """Frames on each side of a gap counted as beside it."""
@@ -39,15 +39,11 @@ def run(model: calmdown.TrainedModel, raw: np.ndarray) -> tuple[np.ndarray, ...]
 
 
 def scores(
-    clean: np.ndarray, den: np.ndarray, lo: np.ndarray, up: np.ndarray, frames: np.ndarray
+    sim: SimulatedMovie, den: np.ndarray, lo: np.ndarray, up: np.ndarray, frames: np.ndarray
 ) -> dict:
-    err = den[frames].astype(np.float64) - clean[frames]
-    peak = float(clean.max() - clean.min())
-    inside = (clean[frames] >= lo[frames]) & (clean[frames] <= up[frames])
-    return {
-        "psnr": float(10 * np.log10(peak**2 / np.mean(err**2))),
-        "coverage": float(inside.mean()),
-    }
+    clean = sim.clean[frames]
+    inside = (clean >= lo[frames]) & (clean <= up[frames])
+    return {"psnr": float(psnr(den, sim, frames)), "coverage": float(inside.mean())}
 
 
 def main() -> None:
@@ -85,7 +81,7 @@ def main() -> None:
         row = {"gap": length}
         for label, frames in (("beside", beside), ("measured", measured)):
             for name, out in (("whole", whole), ("gap", got)):
-                for k, v in scores(sim.clean, *out, frames).items():
+                for k, v in scores(sim, *out, frames).items():
                     row[f"{label} {name} {k}"] = v
         row["prepare s whole"], row["prepare s gap"] = timings["whole"], timings["gap"]
         rows.append(row)

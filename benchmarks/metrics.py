@@ -21,10 +21,15 @@ def moving_average(raw: np.ndarray, width: int = 5) -> np.ndarray:
     return uniform_filter1d(raw.astype(np.float32), width, axis=0, mode="nearest")
 
 
-def psnr(est: np.ndarray, sim: SimulatedMovie) -> float:
-    """PSNR in dB against the clean movie, peak = the clean movie's range."""
+def psnr(est: np.ndarray, sim: SimulatedMovie, frames: np.ndarray | None = None) -> float:
+    """PSNR in dB against the clean movie, peak = the clean movie's range.
+
+    ``frames``: score these frames only (the peak stays the whole movie's).
+    """
     rng = float(sim.clean.max() - sim.clean.min())
-    mse = float(np.mean((est.astype(np.float64) - sim.clean) ** 2))
+    clean = sim.clean if frames is None else sim.clean[frames]
+    est = est if frames is None else est[frames]
+    mse = float(np.mean((est.astype(np.float64) - clean) ** 2))
     return 10 * np.log10(rng**2 / mse)
 
 
