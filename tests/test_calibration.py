@@ -11,6 +11,7 @@ from calmdown.calibration import (
     calibration_resolution,
     fit_stratified_calibration,
     temporal_change,
+    timing_variance,
 )
 from calmdown.noise import NoiseModel
 from calmdown.pipeline import _fitted_pixels, _memorisation_check
@@ -125,6 +126,25 @@ def test_temporal_change_leaves_out_the_frame_itself():
     step[10:] = 2.0
     assert torch.allclose(temporal_change(step)[9], torch.full((8, 8), 2.0))
     assert torch.allclose(temporal_change(step)[2], torch.zeros(8, 8))
+
+
+def test_timing_variance_is_half_the_prior_step_squared_and_chunk_free():
+    # The prior steps up by 4 between frames 9 and 10: frames 9 and 10 cannot place the step,
+    # (4 / 2)^2 = 4 each; the other frames, and the ends (no neighbour), none.
+    loc = torch.zeros(20, 6, 6)
+    loc[10:] = 4.0
+    var = timing_variance(loc, slice(None), 1.0)
+    assert var.shape == loc.shape
+    assert torch.equal(var[9], torch.full((6, 6), 4.0)) and torch.equal(var[10], var[9])
+    assert float(var[:9].abs().max()) == 0 and float(var[11:].abs().max()) == 0
+    assert float(timing_variance(loc, slice(None), 0.5)[9, 0, 0]) == 2.0
+    # Frames asked for are those of the whole run, to the bit, wherever they start.
+    g = torch.Generator().manual_seed(2)
+    loc = torch.rand(30, 8, 8, generator=g) * 5
+    whole = timing_variance(loc, slice(None), 1.0)
+    assert torch.equal(timing_variance(loc, slice(7, 19), 1.0), whole[7:19])
+    assert torch.equal(timing_variance(loc[6:20], slice(1, 13), 1.0), whole[7:19])
+    assert float(whole[0].abs().max()) == 0 and float(whole[-1].abs().max()) == 0
 
 
 def test_fast_changing_pixels_get_the_variance_their_residuals_show():

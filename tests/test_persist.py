@@ -87,3 +87,24 @@ def test_format_8_file_without_clip_bounds_loads_as_unclipped(tmp_path, small_mo
     torch.save(data, path)
     noise = load_model(path).noise
     assert noise.clip_low is None and noise.clip_high is None and not noise.clips
+
+
+def test_format_9_file_has_no_timing_term_and_narrower_intervals(tmp_path, small_sim, small_model):
+    from calmdown.calibration import TIMING_WEIGHT
+
+    assert small_model.final_calibration.timing == TIMING_WEIGHT > 0
+    path = save_model(small_model, tmp_path / "m.pt")
+    data = torch.load(path, weights_only=True)
+    data["format_version"] = 9
+    data["final_calibration"].pop("timing")
+    torch.save(data, path)
+    old = load_model(path)
+    assert old.final_calibration.timing == 0
+    raw = small_sim.raw[:40]
+    new_chunks = list(calmdown.iter_apply(small_model, raw, interval=0.9))
+    old_chunks = list(calmdown.iter_apply(old, raw, interval=0.9))
+    width_new = np.concatenate([c.upper - c.lower for c in new_chunks])
+    width_old = np.concatenate([c.upper - c.lower for c in old_chunks])
+    # The term only adds variance: no interval is narrower with it, and some are wider.
+    assert (width_new >= width_old - 1e-3).all()
+    assert (width_new > width_old * 1.01).mean() > 0.001

@@ -22,6 +22,7 @@ from calmdown.allocator import large_arrays, limit_arenas, release_freed_memory
 from calmdown.calibration import (
     CHANGE_FRAMES,
     CHANGE_PIXELS,
+    TIMING_WEIGHT,
     CalibrationStages,
     ScaleCalibration,
     calibration_resolution,
@@ -29,6 +30,7 @@ from calmdown.calibration import (
     fit_stratified_calibration,
     predictive_check,
     temporal_change,
+    timing_variance,
 )
 from calmdown.checkpoint import Checkpoint, run_training
 from calmdown.config import (
@@ -646,10 +648,11 @@ def _guard_and_correct_reach(
 ) -> int:
     """Frames on each side of its output that :func:`_guard_and_correct` reads (at most).
 
-    The variance average's, the correction's and the guard's windows, one around the other.
+    The variance average's, the correction's and the guard's windows, one around the other,
+    and the frame on each side that :func:`~calmdown.calibration.timing_variance` reads.
     """
     reach = correction.halo if correction is not None and gcfg.correction else 0
-    return average_frames // 2 + reach + guard_halo(gcfg)
+    return average_frames // 2 + reach + guard_halo(gcfg) + 1
 
 
 def _guard_and_correct(
@@ -666,6 +669,7 @@ def _guard_and_correct(
     change: torch.Tensor | None = None,
     frames: slice | None = None,
     average_frames: int = 1,
+    timing: float = 0.0,
 ) -> GuardOutput:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
 
@@ -675,7 +679,10 @@ def _guard_and_correct(
     Each step computes only what the next one reads: the guard the frames the correction's
     windows reach, the correction and the final stages the frames asked for. ``final``
     needs ``level``, the mean image the network was given; ``change`` is
-    :func:`temporal_change` of ``x`` where the caller has it already.
+    :func:`temporal_change` of ``x`` where the caller has it already. ``timing`` weighs the
+    :func:`~calmdown.calibration.timing_variance` of the network's ``loc`` added to the
+    prior's variance after the correction, before the stages (``final.timing`` where they
+    were fitted with it).
     """
     n = x.shape[0]
     f0, f1, _ = (frames or slice(None)).indices(n)
@@ -715,6 +722,8 @@ def _guard_and_correct(
         del shift, factor, added
     inner = slice(f0 - g0, f1 - g0)
     loc_g, prior_var, p_surprise = loc_g[inner], prior_var[inner], p_surprise[inner]
+    if timing:
+        prior_var = prior_var + timing_variance(loc, slice(f0, f1), timing)
     if final is not None:
         assert level is not None
         if change is None:  # of the frames the change's windows reach around f0..f1
@@ -1099,6 +1108,7 @@ def _calibrate(
         parts: list[tuple[torch.Tensor, ...]],
         corr: ResidualCorrection | None,
         final: CalibrationStages | None = None,
+        timing: float = 0.0,
     ) -> Iterator[tuple[Any, ...]]:
         # The guarded runs' tensors, each with its GuardOutput. One run at a time: each
         # consumer keeps only what it fits on, so the guard's outputs for all runs are never
@@ -1117,6 +1127,7 @@ def _calibrate(
                 level=mean,
                 change=change,
                 average_frames=config.inference.variance_frames,
+                timing=timing,
             )
             loc_g, var_g, p_surprise = g.loc, g.var, g.p_surprise
             raw_nv = noise.raw_variance_photons(x)
@@ -1144,13 +1155,17 @@ def _calibrate(
     if gcfg.correction:
         correction = fit_correction(guarded(fit_parts, None), **windows)
         release_freed_memory()
-    # Two stages, each by brightness x one feature: how fast the data change, then how far the
-    # prior departs from the mean image (each alone leaves the other's groups off by 10-20 %).
+    # Stages, each by brightness x one feature (_STAGE_FEATURES): how fast the data change, then
+    # how far the prior departs from the mean image (each alone leaves the other's groups off by
+    # 10-20 %), in its own spread and in the mean image's shot noise.
     # The stages scale the prior's variance (the guard's is added after them): they are fitted
-    # to it, at the no-surprise component's location, where that component is in charge.
+    # to it, at the no-surprise component's location, where that component is in charge. It
+    # holds the timing term (not the correction's fit above, which is applied before it).
     stage_parts = [
         _fitted_pixels(x, *g.components()[:2], raw_nv, mean, fit, change)
-        for x, _, _, _, fit, raw_nv, mean, change, _, g in guarded(fit_parts, correction)
+        for x, _, _, _, fit, raw_nv, mean, change, _, g in guarded(
+            fit_parts, correction, timing=TIMING_WEIGHT
+        )
     ]
     resolution = calibration_resolution(stage_parts)
     stages = []
@@ -1161,7 +1176,7 @@ def _calibrate(
             (x, loc, stage.apply(var, loc, level, change), raw_nv, level, target, change)
             for x, loc, var, raw_nv, level, target, change in stage_parts
         ]
-    stratified = CalibrationStages(stages)
+    stratified = CalibrationStages(stages, timing=TIMING_WEIGHT)
     del stage_parts
     release_freed_memory()
     # Held-out raw values under the model that makes the intervals: the guarded prior's two
@@ -1171,7 +1186,7 @@ def _calibrate(
     # 1/12 more variance), which a right model's PIT then leaves uniform.
     dither = torch.Generator().manual_seed(config.train.seed + 3)
     pits = []
-    for x, *_, target, g in guarded(check_parts, correction, stratified):
+    for x, *_, target, g in guarded(check_parts, correction, stratified, stratified.timing):
         spread = torch.rand(x.shape, generator=dither, dtype=x.dtype).to(x.device) - 0.5
         pit = predictive_pit(
             x + spread, g, lambda level: noise.pixel_variance_photons(level) + 1 / 12
@@ -1804,6 +1819,7 @@ def _denoise_chunks(
                 level=level[band],
                 frames=keep_t,
                 average_frames=cfg.inference.variance_frames,
+                timing=model.final_calibration.timing,
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
             xb, gb = x[band][keep_t][inner], g.take(inner)
