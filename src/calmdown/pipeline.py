@@ -669,7 +669,7 @@ def _guard_and_correct(
     change: torch.Tensor | None = None,
     frames: slice | None = None,
     average_frames: int = 1,
-    timing: float = 0.0,
+    timing: float | None = None,
 ) -> GuardOutput:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
 
@@ -681,9 +681,11 @@ def _guard_and_correct(
     needs ``level``, the mean image the network was given; ``change`` is
     :func:`temporal_change` of ``x`` where the caller has it already. ``timing`` weighs the
     :func:`~calmdown.calibration.timing_variance` of the network's ``loc`` added to the
-    prior's variance after the correction, before the stages (``final.timing`` where they
-    were fitted with it).
+    prior's variance after the correction, before the stages; by default ``final.timing``,
+    the weight they were fitted with (0 without ``final``).
     """
+    if timing is None:
+        timing = final.timing if final is not None else 0.0
     n = x.shape[0]
     f0, f1, _ = (frames or slice(None)).indices(n)
     # The final prior variance is averaged over ``average_frames`` (after the stages), so it
@@ -1108,7 +1110,7 @@ def _calibrate(
         parts: list[tuple[torch.Tensor, ...]],
         corr: ResidualCorrection | None,
         final: CalibrationStages | None = None,
-        timing: float = 0.0,
+        timing: float | None = None,
     ) -> Iterator[tuple[Any, ...]]:
         # The guarded runs' tensors, each with its GuardOutput. One run at a time: each
         # consumer keeps only what it fits on, so the guard's outputs for all runs are never
@@ -1186,7 +1188,7 @@ def _calibrate(
     # 1/12 more variance), which a right model's PIT then leaves uniform.
     dither = torch.Generator().manual_seed(config.train.seed + 3)
     pits = []
-    for x, *_, target, g in guarded(check_parts, correction, stratified, stratified.timing):
+    for x, *_, target, g in guarded(check_parts, correction, stratified):
         spread = torch.rand(x.shape, generator=dither, dtype=x.dtype).to(x.device) - 0.5
         pit = predictive_pit(
             x + spread, g, lambda level: noise.pixel_variance_photons(level) + 1 / 12
@@ -1819,7 +1821,6 @@ def _denoise_chunks(
                 level=level[band],
                 frames=keep_t,
                 average_frames=cfg.inference.variance_frames,
-                timing=model.final_calibration.timing,
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
             xb, gb = x[band][keep_t][inner], g.take(inner)
