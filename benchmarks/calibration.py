@@ -32,6 +32,7 @@ from calmdown.io.rois import Rois
 from calmdown.samples import ErrorCorrelation
 from calmdown.simulate import SimulatedMovie, simulate
 from calmdown.traces import roi_traces
+from calmdown.train import held_out_mask
 
 TARGETS = {
     "overall": (0.88, 0.92),
@@ -235,9 +236,32 @@ def run(preset: str, photons: float, args: argparse.Namespace) -> dict:
         **strata(sim, den, lower, upper, p_surprise),
     }
     row.update(roi_coverage(model, sim))
+    row.update(_by_frame_use(sim, model, lower, upper))
     row["heldout_raw_coverage"] = model.heldout["coverage"]
     row["heldout_pit_ks"] = model.heldout["pit_ks"]
     return row
+
+
+def _by_frame_use(
+    sim: SimulatedMovie, model: calmdown.TrainedModel, lower: np.ndarray, upper: np.ndarray
+) -> dict[str, float]:
+    """Coverage of the truth on the frames training held out and on those it trained on.
+
+    A network that memorised its training targets' noise would cover the truth worse on the
+    frames it trained on; the held-out check (and a user) sees only the held-out ones.
+    """
+    n = sim.clean.shape[0]
+    held = held_out_mask(np.arange(n), model.config.train.val_fraction, n)
+    inside = (sim.clean >= lower) & (sim.clean <= upper)
+    mem = model.heldout.get("memorisation", {})
+    out = {
+        "overall, held-out frames": float(inside[held].mean()),
+        "overall, trained-on frames": float(inside[~held].mean()),
+    }
+    for key in ("excess_ratio_heldout", "excess_ratio_trained"):
+        if key in mem:
+            out[key] = float(mem[key])
+    return out
 
 
 def _print_values(heading: str, cols: list[str], rows: list[dict]) -> None:
@@ -379,6 +403,17 @@ def main() -> None:
         "Clear events as the guard saw them: mean surprise probability at their pixels, the\n"
         "share it handed to the data (p > 0.5), and the coverage there and elsewhere:",
         guard_cols,
+        rows,
+    )
+    _print_values(
+        "Frames training held out (what the held-out check sees) and those it trained on, and\n"
+        "the prior's residual excess over noise on each (relative to its predicted variance):",
+        [
+            "overall, held-out frames",
+            "overall, trained-on frames",
+            "excess_ratio_heldout",
+            "excess_ratio_trained",
+        ],
         rows,
     )
     args.out.mkdir(parents=True, exist_ok=True)

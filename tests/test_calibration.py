@@ -9,6 +9,8 @@ from calmdown.calibration import (
     StratifiedCalibration,
     bin_index,
     calibration_resolution,
+    fit_level_stage,
+    fit_scale_calibration,
     fit_stratified_calibration,
     temporal_change,
     timing_variance,
@@ -279,11 +281,13 @@ def test_stages_fitted_on_the_kept_pixels_alone_are_the_same(feature):
     change = temporal_change(x)
     fit = torch.ones(x.shape[0], dtype=torch.bool)[:, None, None] & ~(active & (x > loc + 2))
     fit[:5] = False  # frames that only serve as neighbours
+    timing = 3 * claimed * active
     whole = fit_stratified_calibration(
-        [(x, loc, claimed, raw_nv, level, fit, change)], feature=feature
+        [(x, loc, claimed, raw_nv, level, fit, change, timing)], feature=feature
     )
     kept = fit_stratified_calibration(
-        [_fitted_pixels(x, loc, claimed, raw_nv, level, fit, change)], feature=feature
+        [_fitted_pixels(x, loc, claimed, raw_nv, level, fit, change, unbinned=timing)],
+        feature=feature,
     )
     assert kept.to_dict() == whole.to_dict()
 
@@ -354,3 +358,66 @@ def test_resolution_says_how_well_residuals_measure_the_prior_spread():
     # Pooled, the dim pixels add noise but little of the prior's error: better than the dim
     # group alone, not than the bright one.
     assert bright < res["scale_se"] < dim
+
+
+def test_bins_by_a_variance_free_of_the_pixels_own_noise():
+    # The timing term reads the prior at t - 1 and t + 1, which saw frame t's value: it is
+    # larger where that value's noise is. Here it is the active pixels' missing error variance
+    # (3x the claimed), right on average but times the squared noise of the pixel itself.
+    def movie(seed: int):
+        x, loc, claimed, raw_nv, level, clean, active = _movie(seed)
+        noise = (x - clean) / raw_nv.sqrt()
+        timing = torch.where(active, 3 * claimed, torch.zeros_like(claimed)) * noise**2
+        return x, loc, claimed, raw_nv, level, clean, active, timing
+
+    x, loc, claimed, raw_nv, level, _, _, timing = movie(0)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    apart = CalibrationStages(
+        [
+            fit_stratified_calibration(
+                [(x, loc, claimed, raw_nv, level, target, None, timing)], feature="activity"
+            )
+        ]
+    )
+    binned = fit_stratified_calibration(
+        [(x, loc, claimed + timing, raw_nv, level, target, None)], feature="activity"
+    )
+    _, loc2, claimed2, _, level2, clean2, active2, timing2 = movie(1)
+    err2 = (clean2 - loc2) ** 2
+
+    def level_of(var: torch.Tensor) -> float:
+        return float(var[active2].sum() / err2[active2].sum())
+
+    # Binned by the rest, the active pixels' stated variance is their error's ...
+    assert 0.9 <= level_of(apart.apply(claimed2, loc2, level2, unbinned=timing2)) <= 1.1
+    # ... binned by the whole, the term sorts the pixels into the bins by their own noise,
+    # and the factors read from those bins state several times the error.
+    assert level_of(binned.apply(claimed2 + timing2, loc2, level2)) > 2.0
+
+
+def test_a_spread_lost_in_the_noise_is_not_cut_to_the_floor():
+    # The prior errs by half its stated variance, which is 0.5 % of the noise's: five bins of
+    # 40 000 pixels each measure their factor to +-1.4. Clipping each negative reading to the
+    # floor (0.02) claimed the prior exact in 2-5 bins of 5 for four of these six movies.
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        n = 200_000
+        pv = rng.uniform(0.002, 0.008, n)
+        resid = rng.standard_normal(n) * np.sqrt(0.5 * pv) + rng.standard_normal(n)
+        factors = fit_scale_calibration(pv, resid**2, np.ones(n), n_bins=5).factors
+        assert min(factors) > 0.2, (seed, factors)
+
+
+def test_the_level_stage_brings_the_summed_variance_to_the_summed_excess():
+    x, loc, claimed, raw_nv, level, _, _ = _movie(7, noise_var=0.25)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    # Stated uniformly 0.8x of the error: 15 % of the pixels err 4x the claimed, the rest 1x,
+    # 1.45x on average. The residuals measure the level to +-0.8 %.
+    stated = 0.8 * 1.45 * claimed
+    stage = fit_level_stage([(x, loc, stated, raw_nv, level, target, None)])
+    assert stage.factors[0][0] == pytest.approx(1 / 0.8, rel=0.05)
+    # Lost in the noise (400x the prior's error, few pixels): it stays near 1.
+    x, loc, claimed, raw_nv, level, _, _ = _movie(8, shape=(20, 32, 32), noise_var=400.0)
+    target = torch.ones(x.shape[0], dtype=torch.bool)
+    stage = fit_level_stage([(x, loc, claimed * 0.5, raw_nv, level, target, None)])
+    assert abs(stage.factors[0][0] - 1.0) < 0.1

@@ -108,3 +108,18 @@ def test_format_9_file_has_no_timing_term_and_narrower_intervals(tmp_path, small
     # The term only adds variance: no interval is narrower with it, and some are wider.
     assert (width_new >= width_old - 1e-3).all()
     assert (width_new > width_old * 1.01).mean() > 0.001
+
+
+def test_format_10_file_bins_by_the_variance_with_its_timing_term(tmp_path, small_model):
+    # Format 10 stages were fitted in bins of a variance that held the timing term; from
+    # format 11 they bin by the rest (and scale both).
+    assert small_model.final_calibration.timing_binned is False
+    path = save_model(small_model, tmp_path / "m.pt")
+    assert load_model(path).final_calibration.timing_binned is False
+    data = torch.load(path, weights_only=True)
+    data["format_version"] = 10
+    data["final_calibration"].pop("timing_binned")
+    torch.save(data, path)
+    old = load_model(path)
+    assert old.final_calibration.timing_binned is True
+    assert old.final_calibration.timing == small_model.final_calibration.timing

@@ -23,7 +23,7 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 10
+FORMAT_VERSION = 11
 """Format written. 4: the final calibration is a list of stages. 5: one guard null scale per
 evidence window. 6: the model settings may ask for neighbouring planes as context (an older
 calmdown would not know the setting). 7: a final calibration stage by the prior's deviation from
@@ -31,9 +31,11 @@ the mean image (an older calmdown would read it as another feature). 8: the fina
 averaged over frames. 9: the noise model records the values the recording clipped at
 (``clip_low``, ``clip_high``; an older calmdown would not know them). 10: the prior's variance
 takes the timing term before the final stages (``final_calibration["timing"]``; an older
-calmdown would leave it out and state intervals too narrow where the signal changes)."""
+calmdown would leave it out and state intervals too narrow where the signal changes). 11: the
+final stages bin pixels by the prior's variance without the timing term and scale the whole
+(``final_calibration["timing_binned"]`` false; an older calmdown would bin by the whole)."""
 
-READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10)
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10, 11)
 """Formats read (a format 3 file's single final stage is read as one stage; a format 3 or 4
 file's single guard null scale serves every evidence window; files before format 10 have no
 timing term)."""

@@ -26,6 +26,7 @@ from calmdown.calibration import (
     CalibrationStages,
     ScaleCalibration,
     calibration_resolution,
+    fit_level_stage,
     fit_scale_calibration,
     fit_stratified_calibration,
     predictive_check,
@@ -681,8 +682,9 @@ def _guard_and_correct(
     needs ``level``, the mean image the network was given; ``change`` is
     :func:`temporal_change` of ``x`` where the caller has it already. ``timing`` weighs the
     :func:`~calmdown.calibration.timing_variance` of the network's ``loc`` added to the
-    prior's variance after the correction, before the stages; by default ``final.timing``,
-    the weight they were fitted with (0 without ``final``).
+    prior's variance after the correction; the stages scale it and bin by the rest (by the
+    whole in a format 10 model); by default ``final.timing``, the weight they were fitted with
+    (0 without ``final``).
     """
     if timing is None:
         timing = final.timing if final is not None else 0.0
@@ -724,8 +726,9 @@ def _guard_and_correct(
         del shift, factor, added
     inner = slice(f0 - g0, f1 - g0)
     loc_g, prior_var, p_surprise = loc_g[inner], prior_var[inner], p_surprise[inner]
-    if timing:
-        prior_var = prior_var + timing_variance(loc, slice(f0, f1), timing)
+    timing_var = timing_variance(loc, slice(f0, f1), timing) if timing else None
+    if timing_var is not None and (final is None or final.timing_binned):
+        prior_var, timing_var = prior_var + timing_var, None
     if final is not None:
         assert level is not None
         if change is None:  # of the frames the change's windows reach around f0..f1
@@ -733,7 +736,7 @@ def _guard_and_correct(
             change = temporal_change(x[c0:c1])[f0 - c0 : f1 - c0]
         else:
             change = change[f0:f1]
-        prior_var = final.apply(prior_var, loc_g, level[f0:f1], change)
+        prior_var = final.apply(prior_var, loc_g, level[f0:f1], change, unbinned=timing_var)
         if half:
             prior_var = average_in_time(prior_var, average_frames)
     keep = slice(out0 - f0, out1 - f0)
@@ -921,16 +924,20 @@ def _fitted_pixels(
     level: torch.Tensor,
     fit: torch.Tensor,
     change: torch.Tensor,
+    *,
+    unbinned: torch.Tensor,
 ) -> tuple[torch.Tensor, ...]:
     """Keep a run's part of the final stages' fit at the pixels fitted on (1-D tensors).
 
     The stages' features and sums are elementwise, so the fit is the same as on the whole
     run; the frames that only serve as neighbours and the pixels the guard took are dropped.
+    ``unbinned`` is the variance the stages scale but do not bin by (see
+    :func:`fit_stratified_calibration`).
     """
     level = torch.broadcast_to(level, x.shape)
-    kept = tuple(a[fit] for a in (x, loc, var, raw_nv, level, change))
-    x, loc, var, raw_nv, level, change = kept
-    return (x, loc, var, raw_nv, level, torch.ones_like(x, dtype=torch.bool), change)
+    kept = tuple(a[fit] for a in (x, loc, var, raw_nv, level, change, unbinned))
+    x, loc, var, raw_nv, level, change, unbinned = kept
+    return (x, loc, var, raw_nv, level, torch.ones_like(x, dtype=torch.bool), change, unbinned)
 
 
 def _guard_null_scales(
@@ -1161,12 +1168,21 @@ def _calibrate(
     # how far the prior departs from the mean image (each alone leaves the other's groups off by
     # 10-20 %), in its own spread and in the mean image's shot noise.
     # The stages scale the prior's variance (the guard's is added after them): they are fitted
-    # to it, at the no-surprise component's location, where that component is in charge. It
-    # holds the timing term (not the correction's fit above, which is applied before it).
+    # to it, at the no-surprise component's location, where that component is in charge. They
+    # scale the timing term with it but bin by the rest (CalibrationStages.timing_binned says
+    # why).
     stage_parts = [
-        _fitted_pixels(x, *g.components()[:2], raw_nv, mean, fit, change)
-        for x, _, _, _, fit, raw_nv, mean, change, _, g in guarded(
-            fit_parts, correction, timing=TIMING_WEIGHT
+        _fitted_pixels(
+            x,
+            *g.components()[:2],
+            raw_nv,
+            mean,
+            fit,
+            change,
+            unbinned=timing_variance(part[1], slice(None), TIMING_WEIGHT),
+        )
+        for part, (x, _, _, _, fit, raw_nv, mean, change, _, g) in zip(
+            fit_parts, guarded(fit_parts, correction), strict=True
         )
     ]
     resolution = calibration_resolution(stage_parts)
@@ -1174,10 +1190,14 @@ def _calibrate(
     for feature in _STAGE_FEATURES:
         stage = fit_stratified_calibration(stage_parts, feature=feature)
         stages.append(stage)
-        stage_parts = [
-            (x, loc, stage.apply(var, loc, level, change), raw_nv, level, target, change)
-            for x, loc, var, raw_nv, level, target, change in stage_parts
-        ]
+        updated = []
+        for x, loc, var, raw_nv, level, target, change, timing_var in stage_parts:
+            staged = stage.apply(var, loc, level, change)
+            # Both parts of the variance take each pixel's factor.
+            timing_var = timing_var * (staged / torch.clamp(var, min=1e-30))
+            updated.append((x, loc, staged, raw_nv, level, target, change, timing_var))
+        stage_parts = updated
+    stages.append(fit_level_stage(stage_parts))
     stratified = CalibrationStages(stages, timing=TIMING_WEIGHT)
     del stage_parts
     release_freed_memory()
