@@ -29,6 +29,7 @@ __all__ = [
     "fit_stratified_calibration",
     "isotonic",
     "predictive_check",
+    "staged_part",
     "timing_variance",
 ]
 
@@ -385,7 +386,7 @@ class CalibrationStages:
             for stage in self.stages:
                 out = stage.apply(out, loc, level, change)
         if unbinned is not None:
-            out = out + unbinned * (out / torch.clamp(var, min=1e-30))
+            out = out + _scaled_alike(unbinned, var, out)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -488,11 +489,12 @@ def fit_stratified_calibration(
     n_i, n_j = len(stage.level_edges) + 1, len(stage.activity_edges) + 1
     # Per cell: count, sum of excess (r^2 - noise var), sum of var, sum of squared noise var.
     sums = np.zeros((n_i, n_j, 4))
-    for x, loc, var, raw_nv, level, target, change, *unbinned in parts:
+    for part in parts:
+        x, loc, var, raw_nv, level, target, change = part[:7]
         i, j = stage._cells(var, loc, level, change)
         cell = (i * n_j + j)[target].flatten()
         r2 = ((x - loc) ** 2 - raw_nv)[target].flatten().double()
-        v = (var + unbinned[0] if unbinned else var)[target].flatten().double()
+        v = _whole_variance(part)[target].flatten().double()
         nv2 = (raw_nv[target].flatten().double()) ** 2
         for k, w in enumerate((torch.ones_like(v), r2, v, nv2)):
             sums[..., k] += (
@@ -558,6 +560,29 @@ def fit_stratified_calibration(
     return stage
 
 
+def _whole_variance(part: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """Return the variance a stage scales in a fit part: ``var`` and any unbinned variance."""
+    return part[2] + part[7] if len(part) > 7 else part[2]
+
+
+def _scaled_alike(unbinned: torch.Tensor, var: torch.Tensor, staged: torch.Tensor) -> torch.Tensor:
+    """Return ``unbinned`` times each pixel's factor, the ratio of ``staged`` to ``var``."""
+    return unbinned * (staged / torch.clamp(var, min=1e-30))
+
+
+def staged_part(
+    stage: StratifiedCalibration, part: tuple[torch.Tensor, ...]
+) -> tuple[torch.Tensor, ...]:
+    """Return a fit part (see :func:`fit_stratified_calibration`) after ``stage``.
+
+    Its variance and its unbinned variance both take each pixel's factor.
+    """
+    x, loc, var, raw_nv, level, target, change, *unbinned = part
+    staged = stage.apply(var, loc, level, change)
+    rest = tuple(_scaled_alike(u, var, staged) for u in unbinned)
+    return (x, loc, staged, raw_nv, level, target, change, *rest)
+
+
 def fit_level_stage(
     parts: list[tuple[torch.Tensor, ...]], *, min_factor: float = 0.02
 ) -> StratifiedCalibration:
@@ -583,10 +608,10 @@ def fit_level_stage(
         A stage with no bins (feature ``"deviation"``, which needs nothing but the prior).
     """
     excess = var = nv2 = 0.0
-    for x, loc, v, raw_nv, _, target, _, *unbinned in parts:
-        total = v + unbinned[0] if unbinned else v
+    for part in parts:
+        x, loc, _, raw_nv, _, target = part[:6]
         excess += float(((x - loc) ** 2 - raw_nv)[target].double().sum())
-        var += float(total[target].double().sum())
+        var += float(_whole_variance(part)[target].double().sum())
         nv2 += float((raw_nv[target].double() ** 2).sum())
     factor = 1.0
     if var > 0:
@@ -623,8 +648,7 @@ def calibration_resolution(
         ``row_scale_se`` (the same per brightness row, dimmest first).
     """
     level = _levels(parts)
-    var = torch.cat([(p[2] + p[7] if len(p) > 7 else p[2])[p[5]].flatten() for p in parts])
-    var = var.double()
+    var = torch.cat([_whole_variance(p)[p[5]].flatten() for p in parts]).double()
     nv = torch.cat([p[3][p[5]].flatten() for p in parts]).double()
     edges = _level_edges(level, level_quantiles)
     rows = bin_index(level, edges)

@@ -30,6 +30,7 @@ from calmdown.calibration import (
     fit_scale_calibration,
     fit_stratified_calibration,
     predictive_check,
+    staged_part,
     temporal_change,
     timing_variance,
 )
@@ -1190,13 +1191,7 @@ def _calibrate(
     for feature in _STAGE_FEATURES:
         stage = fit_stratified_calibration(stage_parts, feature=feature)
         stages.append(stage)
-        updated = []
-        for x, loc, var, raw_nv, level, target, change, timing_var in stage_parts:
-            staged = stage.apply(var, loc, level, change)
-            # Both parts of the variance take each pixel's factor.
-            timing_var = timing_var * (staged / torch.clamp(var, min=1e-30))
-            updated.append((x, loc, staged, raw_nv, level, target, change, timing_var))
-        stage_parts = updated
+        stage_parts = [staged_part(stage, part) for part in stage_parts]
     stages.append(fit_level_stage(stage_parts))
     stratified = CalibrationStages(stages, timing=TIMING_WEIGHT)
     del stage_parts
