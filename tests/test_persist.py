@@ -123,3 +123,23 @@ def test_format_10_file_bins_by_the_variance_with_its_timing_term(tmp_path, smal
     old = load_model(path)
     assert old.final_calibration.timing_binned is True
     assert old.final_calibration.timing == small_model.final_calibration.timing
+
+
+def test_departure_correction_round_trips_and_format_11_files_have_none(
+    tmp_path, small_sim, small_model
+):
+    # A model trained now fits the departure correction (its slopes are not all 1 on a
+    # movie at 1.5 photons) and keeps it through a file; a format 11 file has none.
+    assert not small_model.departure.is_identity
+    path = save_model(small_model, tmp_path / "m.pt")
+    assert load_model(path).departure == small_model.departure
+    data = torch.load(path, weights_only=True)
+    data["format_version"] = 11
+    data.pop("departure")
+    torch.save(data, path)
+    old = load_model(path)
+    assert old.departure.is_identity
+    raw = small_sim.raw[:30]
+    a = np.concatenate([c.denoised for c in calmdown.iter_apply(small_model, raw)])
+    b = np.concatenate([c.denoised for c in calmdown.iter_apply(old, raw)])
+    assert not np.array_equal(a, b)

@@ -14,6 +14,7 @@ from calmdown import __version__
 from calmdown.calibration import CalibrationStages, ScaleCalibration
 from calmdown.config import Config
 from calmdown.correction import ResidualCorrection
+from calmdown.departure import DepartureCorrection
 from calmdown.errors import ModelFileError
 from calmdown.io.write import write_atomic
 from calmdown.noise import NoiseModel
@@ -23,7 +24,7 @@ from calmdown.samples import ErrorCorrelation
 __all__ = ["FORMAT_VERSION", "load_model", "save_model"]
 
 FORMAT = "calmdown-model"
-FORMAT_VERSION = 11
+FORMAT_VERSION = 12
 """Format written. 4: the final calibration is a list of stages. 5: one guard null scale per
 evidence window. 6: the model settings may ask for neighbouring planes as context (an older
 calmdown would not know the setting). 7: a final calibration stage by the prior's deviation from
@@ -33,12 +34,14 @@ averaged over frames. 9: the noise model records the values the recording clippe
 takes the timing term before the final stages (``final_calibration["timing"]``; an older
 calmdown would leave it out and state intervals too narrow where the signal changes). 11: the
 final stages bin pixels by the prior's variance without the timing term and scale the whole
-(``final_calibration["timing_binned"]`` false; an older calmdown would bin by the whole)."""
+(``final_calibration["timing_binned"]`` false; an older calmdown would bin by the whole). 12: the
+prior's departure from the mean image is corrected (``departure``; an older calmdown would leave
+the prior as the network gave it and its intervals too narrow where it departs)."""
 
-READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10, 11)
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 """Formats read (a format 3 file's single final stage is read as one stage; a format 3 or 4
 file's single guard null scale serves every evidence window; files before format 10 have no
-timing term)."""
+timing term, files before format 12 no departure correction)."""
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
@@ -70,6 +73,7 @@ def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
         "correction": None if model.correction is None else model.correction.to_dict(),
         "error_correlation": model.error_correlation.to_dict(),
         "final_calibration": model.final_calibration.to_dict(),
+        "departure": model.departure.to_dict(),
         "training": model.training,
         "heldout": model.heldout,
         "data_hash": model.data_hash,
@@ -138,6 +142,11 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             heldout=dict(data["heldout"]),
             error_correlation=ErrorCorrelation.from_dict(data["error_correlation"]),
             final_calibration=CalibrationStages.from_dict(data["final_calibration"]),
+            departure=(
+                DepartureCorrection.from_dict(data["departure"])
+                if "departure" in data
+                else DepartureCorrection.identity()
+            ),
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),
             path=str(path),

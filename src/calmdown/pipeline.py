@@ -51,6 +51,7 @@ from calmdown.context import (
     min_frames,
 )
 from calmdown.correction import ResidualCorrection, fit_correction
+from calmdown.departure import DepartureCorrection, fit_departure
 from calmdown.device import resolve_device, training_dtype
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
@@ -165,6 +166,9 @@ class TrainedModel:
     final_calibration : CalibrationStages
         Factors on the final prior variance by brightness and activity, fitted on held-out
         frames.
+    departure : DepartureCorrection
+        Share of the prior's departure from the mean image that held-out frames confirm
+        (identity for model files of format 11 and before).
     training : dict
         Steps, seconds, best held-out loss, why it stopped.
     heldout : dict
@@ -189,6 +193,7 @@ class TrainedModel:
     data_hash: str
     error_correlation: ErrorCorrelation = field(default_factory=ErrorCorrelation.independent)
     final_calibration: CalibrationStages = field(default_factory=CalibrationStages.identity)
+    departure: DepartureCorrection = field(default_factory=DepartureCorrection.identity)
     version: str = __version__
     path: str | None = field(default=None, compare=False)
     _net: ContextNet | None = field(default=None, repr=False)
@@ -672,6 +677,7 @@ def _guard_and_correct(
     frames: slice | None = None,
     average_frames: int = 1,
     timing: float | None = None,
+    untested: torch.Tensor | None = None,
 ) -> GuardOutput:
     """Apply the surprise guard, the fitted correction and the final variance calibration.
 
@@ -686,6 +692,12 @@ def _guard_and_correct(
     prior's variance after the correction; the stages scale it and bin by the rest (by the
     whole in a format 10 model); by default ``final.timing``, the weight they were fitted with
     (0 without ``final``).
+
+    ``untested`` is prior variance the guard and the correction do not test the data
+    against, added after them: the departure's (:mod:`calmdown.departure`), whose
+    alternative, a departure that was real, is what the guard looks for. Counted in the
+    guard's z-scores, it hid clear events from it (sparse movie, 0.5 photons: surprise
+    probability at their pixels 0.86 -> 0.46, coverage 0.90 -> 0.84).
     """
     if timing is None:
         timing = final.timing if final is not None else 0.0
@@ -725,6 +737,8 @@ def _guard_and_correct(
         loc_g = loc_g + shift
         prior_var = factor * prior_var + added
         del shift, factor, added
+    if untested is not None:
+        prior_var = prior_var + untested[g0:g1]
     inner = slice(f0 - g0, f1 - g0)
     loc_g, prior_var, p_surprise = loc_g[inner], prior_var[inner], p_surprise[inner]
     timing_var = timing_variance(loc, slice(f0, f1), timing) if timing else None
@@ -915,6 +929,7 @@ class _Calibration:
     final_calibration: CalibrationStages
     error_correlation: ErrorCorrelation
     heldout: dict[str, Any]
+    departure: DepartureCorrection
 
 
 def _fitted_pixels(
@@ -1080,6 +1095,19 @@ def _calibrate(
     if not memorised["memorised"]:
         fit_parts = fit_parts + trained_parts
     del trained_parts
+    # The prior's departure from the mean image at the share the held-out values confirm,
+    # and the variance of not knowing whether it was real (a seventh entry of each run: known,
+    # as the propagated noise is, and not tested by the guard, see _guard_and_correct).
+    departure = fit_departure([(p[0], p[1], p[5], p[3]) for p in fit_parts])
+    moved: dict[int, tuple[torch.Tensor, ...]] = {}
+    for x, loc, pvar, target, prop, mean in (*fit_parts, *check_parts):
+        if id(loc) not in moved:
+            new_loc, extra = departure.apply(loc, mean)
+            extra = torch.zeros_like(loc) if extra is None else extra
+            moved[id(loc)] = (x, new_loc, pvar, target, prop, mean, extra)
+    fit_parts = [moved[id(p[1])] for p in fit_parts]
+    check_parts = [moved[id(p[1])] for p in check_parts]
+    del moved, x, loc, pvar, target, prop, mean
 
     def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
         return (
@@ -1088,28 +1116,29 @@ def _calibrate(
             .numpy()
         )
 
-    x_f, loc_f, pvar_f, prop_f = (targets(fit_parts, k) for k in (0, 1, 2, 4))
+    x_f, loc_f, pvar_f, prop_f, extra_f = (targets(fit_parts, k) for k in (0, 1, 2, 4, 6))
     # The noise variance of each raw value, from the raw value itself: linear in the level,
     # so unbiased whatever the prior's bias (the prior's location would not be).
     calib = fit_scale_calibration(
         pvar_f,
         (x_f - loc_f) ** 2,
         noise.raw_variance_photons(x_f),
-        known_var=prop_f,
+        known_var=prop_f + extra_f,
         n_bins=5,
     )
     # Each fit below leaves its temporaries in the heap (large_arrays); handed back between
     # fits, they do not stack up on the held-out runs.
-    del x_f, loc_f, pvar_f, prop_f
+    del x_f, loc_f, pvar_f, prop_f, extra_f
     # From here on, each run's prior variance is one tensor: the calibrated network's plus the
-    # propagated noise's (runs the fit and the check share stay shared).
+    # propagated noise's (runs the fit and the check share stay shared); the departure's stays
+    # apart.
     folded: dict[int, tuple[torch.Tensor, ...]] = {}
-    for x, loc, pvar, target, prop, mean in (*fit_parts, *check_parts):
+    for x, loc, pvar, target, prop, mean, extra in (*fit_parts, *check_parts):
         if id(pvar) not in folded:
-            folded[id(pvar)] = (x, loc, calib.apply(pvar).add_(prop), target, mean)
+            folded[id(pvar)] = (x, loc, calib.apply(pvar).add_(prop), target, mean, extra)
     fit_parts = [folded[id(p[2])] for p in fit_parts]
     check_parts = [folded[id(p[2])] for p in check_parts]
-    del folded, x, loc, pvar, target, prop, mean
+    del folded, x, loc, pvar, target, prop, mean, extra
     release_freed_memory()
     null_scale = _guard_null_scales(fit_parts, noise, gcfg)
     release_freed_memory()
@@ -1123,7 +1152,7 @@ def _calibrate(
         # The guarded runs' tensors, each with its GuardOutput. One run at a time: each
         # consumer keeps only what it fits on, so the guard's outputs for all runs are never
         # held at once (the calibration's peak memory).
-        for x, loc, pvar, target, mean in parts:
+        for x, loc, pvar, target, mean, extra in parts:
             change = temporal_change(x)
             g = _guard_and_correct(
                 x,
@@ -1138,6 +1167,7 @@ def _calibrate(
                 change=change,
                 average_frames=config.inference.variance_frames,
                 timing=timing,
+                untested=extra,
             )
             loc_g, var_g, p_surprise = g.loc, g.var, g.p_surprise
             raw_nv = noise.raw_variance_photons(x)
@@ -1153,8 +1183,13 @@ def _calibrate(
 
     error_correlation = estimate_error_correlation(
         [  # built here, so that it is freed as soon as the fit is done
-            (_measured_residual(x, loc, noise), pvar, noise.pixel_variance_photons(loc), target)
-            for x, loc, pvar, target, _ in fit_parts
+            (
+                _measured_residual(x, loc, noise),
+                pvar + extra,
+                noise.pixel_variance_photons(loc),
+                target,
+            )
+            for x, loc, pvar, target, _, extra in fit_parts
         ],
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
@@ -1212,7 +1247,9 @@ def _calibrate(
     check = predictive_check(torch.cat(pits).cpu().numpy())
     check["memorisation"] = memorised
     check.update(resolution)
-    return _Calibration(calib, tuple(null_scale), correction, stratified, error_correlation, check)
+    return _Calibration(
+        calib, tuple(null_scale), correction, stratified, error_correlation, check, departure
+    )
 
 
 def _check_plane_context(config: Config, prep: Prepared) -> None:
@@ -1492,6 +1529,7 @@ def _train(
         guard_null_scales=fitted.guard_null_scales,
         correction=fitted.correction,
         final_calibration=fitted.final_calibration,
+        departure=fitted.departure,
         training={
             "steps": result.steps,
             "seconds": time.perf_counter() - t0,
@@ -1819,6 +1857,7 @@ def _denoise_chunks(
         rows = max(1, _BAND_PIXELS // ((t1 - t0) * x.shape[2]))
         for y0, y1, a0, a1 in _row_bands(x.shape[1], rows, s_halo):
             band = (slice(t0, t1), slice(a0, a1))
+            loc_b, extra = model.departure.apply(loc[band], level[band])
             pvar = model.calibration.apply(pred.var[band])
             if pred.probes is not None:  # averaged band by band: no array of the whole chunk
                 pvar += _average_probes(
@@ -1826,7 +1865,7 @@ def _denoise_chunks(
                 )
             g = _guard_and_correct(
                 x[band],
-                loc[band],
+                loc_b,
                 pvar,
                 noise,
                 gcfg,
@@ -1836,6 +1875,7 @@ def _denoise_chunks(
                 level=level[band],
                 frames=keep_t,
                 average_frames=cfg.inference.variance_frames,
+                untested=extra,
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
             xb, gb = x[band][keep_t][inner], g.take(inner)
