@@ -315,6 +315,28 @@ def test_factors_fitted_where_the_prior_is_in_charge_leave_the_guards_variance_a
     assert max(scaled) < 3 * shrink * shrink
 
 
+def test_untested_variance_widens_the_prior_but_does_not_hide_an_event_from_the_guard():
+    # The departure correction's variance (a departure that may or may not be real) is added
+    # to the prior's after the guard: the guard still sees the event the prior half saw, and
+    # the no-surprise component is wider by exactly that variance.
+    from calmdown.noise import NoiseModel
+    from calmdown.pipeline import _guard_and_correct
+
+    noise = NoiseModel(gain=1.0, offset=0.0, read_noise=0.0)
+    x, loc, pv, _, _ = _blurred_process_event(0, amplitude=3.0)
+    untested = torch.full_like(pv, 9.0)  # (the event's amplitude squared)
+    kw = {"null_scale": 1.0, "correction": None}
+    plain = _guard_and_correct(x, loc, pv, noise, GuardConfig(), **kw)
+    wide = _guard_and_correct(x, loc, pv, noise, GuardConfig(), **kw, untested=untested)
+    assert torch.equal(plain.p_surprise, wide.p_surprise)
+    inside = (slice(32, 42), slice(9, 14), 12)
+    assert float(wide.p_surprise[inside].mean()) > 0.5
+    torch.testing.assert_close(wide.components()[1], plain.components()[1] + untested)
+    # Counted in the guard's own variance instead, it would have hidden the event.
+    counted = _guard_and_correct(x, loc, pv + untested, noise, GuardConfig(), **kw)
+    assert float(counted.p_surprise[inside].mean()) < 0.5 * float(wide.p_surprise[inside].mean())
+
+
 def test_wide_spatial_window_sums_do_not_depend_on_where_the_band_starts():
     # The guard, correction and posterior run over row bands; a pixel's window sum must be the
     # same to the bit whichever row its band starts at (a last-bit difference near a bin edge
