@@ -125,10 +125,10 @@ def test_format_10_file_bins_by_the_variance_with_its_timing_term(tmp_path, smal
     assert old.final_calibration.timing == small_model.final_calibration.timing
 
 
-def test_departure_correction_round_trips_and_format_11_files_have_none(
+def test_departure_variance_round_trips_and_format_11_files_have_none(
     tmp_path, small_sim, small_model
 ):
-    # A model trained now fits the departure correction (its slopes are not all 1 on a
+    # A model trained now fits the departure's variance (its slopes are not all 1 on a
     # movie at 1.5 photons) and keeps it through a file; a format 11 file has none.
     assert not small_model.departure.is_identity
     path = save_model(small_model, tmp_path / "m.pt")

@@ -14,7 +14,7 @@ from calmdown import __version__
 from calmdown.calibration import CalibrationStages, ScaleCalibration
 from calmdown.config import Config
 from calmdown.correction import ResidualCorrection
-from calmdown.departure import DepartureCorrection
+from calmdown.departure import DepartureVariance
 from calmdown.errors import ModelFileError
 from calmdown.io.write import write_atomic
 from calmdown.noise import NoiseModel
@@ -35,13 +35,13 @@ takes the timing term before the final stages (``final_calibration["timing"]``; 
 calmdown would leave it out and state intervals too narrow where the signal changes). 11: the
 final stages bin pixels by the prior's variance without the timing term and scale the whole
 (``final_calibration["timing_binned"]`` false; an older calmdown would bin by the whole). 12: the
-prior's departure from the mean image is corrected (``departure``; an older calmdown would leave
-the prior as the network gave it and its intervals too narrow where it departs)."""
+prior's variance takes that of its departure from the mean image (``departure``; an older
+calmdown would leave it out and state intervals too narrow where the prior departs)."""
 
 READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10, 11, 12)
 """Formats read (a format 3 file's single final stage is read as one stage; a format 3 or 4
 file's single guard null scale serves every evidence window; files before format 10 have no
-timing term, files before format 12 no departure correction)."""
+timing term, files before format 12 no departure variance)."""
 
 
 def save_model(model: TrainedModel, path: str | os.PathLike[str]) -> Path:
@@ -143,9 +143,9 @@ def load_model(path: str | os.PathLike[str]) -> TrainedModel:
             error_correlation=ErrorCorrelation.from_dict(data["error_correlation"]),
             final_calibration=CalibrationStages.from_dict(data["final_calibration"]),
             departure=(
-                DepartureCorrection.from_dict(data["departure"])
+                DepartureVariance.from_dict(data["departure"])
                 if "departure" in data
-                else DepartureCorrection.identity()
+                else DepartureVariance.identity()
             ),
             data_hash=str(data["data_hash"]),
             version=str(data["calmdown_version"]),

@@ -51,7 +51,7 @@ from calmdown.context import (
     min_frames,
 )
 from calmdown.correction import ResidualCorrection, fit_correction
-from calmdown.departure import DepartureCorrection, fit_departure
+from calmdown.departure import DepartureVariance, fit_departure
 from calmdown.device import resolve_device, training_dtype
 from calmdown.errors import InputError
 from calmdown.io import MovieReader, open_movie
@@ -166,9 +166,9 @@ class TrainedModel:
     final_calibration : CalibrationStages
         Factors on the final prior variance by brightness and activity, fitted on held-out
         frames.
-    departure : DepartureCorrection
-        Share of the prior's departure from the mean image that held-out frames confirm
-        (identity for model files of format 11 and before).
+    departure : DepartureVariance
+        Variance of the prior's departure from the mean image that held-out frames doubt
+        (none for model files of format 11 and before).
     training : dict
         Steps, seconds, best held-out loss, why it stopped.
     heldout : dict
@@ -193,7 +193,7 @@ class TrainedModel:
     data_hash: str
     error_correlation: ErrorCorrelation = field(default_factory=ErrorCorrelation.independent)
     final_calibration: CalibrationStages = field(default_factory=CalibrationStages.identity)
-    departure: DepartureCorrection = field(default_factory=DepartureCorrection.identity)
+    departure: DepartureVariance = field(default_factory=DepartureVariance.identity)
     version: str = __version__
     path: str | None = field(default=None, compare=False)
     _net: ContextNet | None = field(default=None, repr=False)
@@ -929,7 +929,7 @@ class _Calibration:
     final_calibration: CalibrationStages
     error_correlation: ErrorCorrelation
     heldout: dict[str, Any]
-    departure: DepartureCorrection
+    departure: DepartureVariance
 
 
 def _fitted_pixels(
@@ -1095,19 +1095,18 @@ def _calibrate(
     if not memorised["memorised"]:
         fit_parts = fit_parts + trained_parts
     del trained_parts
-    # The prior's departure from the mean image at the share the held-out values confirm,
-    # and the variance of not knowing whether it was real (a seventh entry of each run: known,
-    # as the propagated noise is, and not tested by the guard, see _guard_and_correct).
+    # The variance of the prior's departure from the mean image that the held-out values
+    # doubt (a seventh entry of each run: known, as the propagated noise is, and not tested by
+    # the guard, see _guard_and_correct).
     departure = fit_departure([(p[0], p[1], p[5], p[3]) for p in fit_parts])
-    moved: dict[int, tuple[torch.Tensor, ...]] = {}
-    for x, loc, pvar, target, prop, mean in (*fit_parts, *check_parts):
-        if id(loc) not in moved:
-            new_loc, extra = departure.apply(loc, mean)
-            extra = torch.zeros_like(loc) if extra is None else extra
-            moved[id(loc)] = (x, new_loc, pvar, target, prop, mean, extra)
-    fit_parts = [moved[id(p[1])] for p in fit_parts]
-    check_parts = [moved[id(p[1])] for p in check_parts]
-    del moved, x, loc, pvar, target, prop, mean
+    doubts: dict[int, torch.Tensor] = {}
+    for p in (*fit_parts, *check_parts):
+        if id(p[1]) not in doubts:
+            extra = departure.apply(p[1], p[5])
+            doubts[id(p[1])] = torch.zeros_like(p[1]) if extra is None else extra
+    fit_parts = [(*p, doubts[id(p[1])]) for p in fit_parts]
+    check_parts = [(*p, doubts[id(p[1])]) for p in check_parts]
+    del doubts, extra
 
     def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
         return (
@@ -1857,7 +1856,7 @@ def _denoise_chunks(
         rows = max(1, _BAND_PIXELS // ((t1 - t0) * x.shape[2]))
         for y0, y1, a0, a1 in _row_bands(x.shape[1], rows, s_halo):
             band = (slice(t0, t1), slice(a0, a1))
-            loc_b, extra = model.departure.apply(loc[band], level[band])
+            extra = model.departure.apply(loc[band], level[band])
             pvar = model.calibration.apply(pred.var[band])
             if pred.probes is not None:  # averaged band by band: no array of the whole chunk
                 pvar += _average_probes(
@@ -1865,7 +1864,7 @@ def _denoise_chunks(
                 )
             g = _guard_and_correct(
                 x[band],
-                loc_b,
+                loc[band],
                 pvar,
                 noise,
                 gcfg,
