@@ -694,10 +694,11 @@ def _guard_and_correct(
     (0 without ``final``).
 
     ``untested`` is prior variance the guard and the correction do not test the data
-    against, added after them: the departure's (:mod:`calmdown.departure`), whose
-    alternative, a departure that was real, is what the guard looks for. Counted in the
-    guard's z-scores, it hid clear events from it (sparse movie, 0.5 photons: surprise
-    probability at their pixels 0.86 -> 0.46, coverage 0.90 -> 0.84).
+    against, added after them: the departure's (:mod:`calmdown.departure`), which stands for
+    "the departure may have been real", the guard's own alternative. Counted in the guard's
+    z-scores it shrinks them most where the prior departs, which is where an event it half
+    saw stands (a synthetic one in the tests: surprise probability 1.0 without it, 0.04-0.16
+    with it).
     """
     if timing is None:
         timing = final.timing if final is not None else 0.0
@@ -1096,48 +1097,48 @@ def _calibrate(
         fit_parts = fit_parts + trained_parts
     del trained_parts
     # The variance of the prior's departure from the mean image that the held-out values
-    # doubt (a seventh entry of each run: known, as the propagated noise is, and not tested by
-    # the guard, see _guard_and_correct).
+    # doubt: known, as the propagated noise is, and not tested by the guard (see
+    # _guard_and_correct). Computed where it is used, run by run (held for every run, it
+    # would add a tensor per run to the calibration's peak memory).
     departure = fit_departure([(p[0], p[1], p[5], p[3]) for p in fit_parts])
-    doubts: dict[int, torch.Tensor] = {}
-    for p in (*fit_parts, *check_parts):
-        if id(p[1]) not in doubts:
-            extra = departure.apply(p[1], p[5])
-            doubts[id(p[1])] = torch.zeros_like(p[1]) if extra is None else extra
-    fit_parts = [(*p, doubts[id(p[1])]) for p in fit_parts]
-    check_parts = [(*p, doubts[id(p[1])]) for p in check_parts]
-    del doubts, extra
 
-    def targets(parts: list[tuple[torch.Tensor, ...]], k: int) -> np.ndarray:
+    def doubt(loc: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        extra = departure.apply(loc, mean)
+        return torch.zeros_like(loc) if extra is None else extra
+
+    def targets(
+        parts: list[tuple[torch.Tensor, ...]],
+        value: Callable[[tuple[torch.Tensor, ...]], torch.Tensor],
+    ) -> np.ndarray:
         return (
-            torch.cat([p[k][_target_pixels(p[0], p[3], noise, p[1])].flatten() for p in parts])
+            torch.cat([value(p)[_target_pixels(p[0], p[3], noise, p[1])].flatten() for p in parts])
             .cpu()
             .numpy()
         )
 
-    x_f, loc_f, pvar_f, prop_f, extra_f = (targets(fit_parts, k) for k in (0, 1, 2, 4, 6))
+    x_f, loc_f, pvar_f = (targets(fit_parts, lambda p, k=k: p[k]) for k in (0, 1, 2))
+    known_f = targets(fit_parts, lambda p: p[4] + doubt(p[1], p[5]))
     # The noise variance of each raw value, from the raw value itself: linear in the level,
     # so unbiased whatever the prior's bias (the prior's location would not be).
     calib = fit_scale_calibration(
         pvar_f,
         (x_f - loc_f) ** 2,
         noise.raw_variance_photons(x_f),
-        known_var=prop_f + extra_f,
+        known_var=known_f,
         n_bins=5,
     )
     # Each fit below leaves its temporaries in the heap (large_arrays); handed back between
     # fits, they do not stack up on the held-out runs.
-    del x_f, loc_f, pvar_f, prop_f, extra_f
+    del x_f, loc_f, pvar_f, known_f
     # From here on, each run's prior variance is one tensor: the calibrated network's plus the
-    # propagated noise's (runs the fit and the check share stay shared); the departure's stays
-    # apart.
+    # propagated noise's (runs the fit and the check share stay shared).
     folded: dict[int, tuple[torch.Tensor, ...]] = {}
-    for x, loc, pvar, target, prop, mean, extra in (*fit_parts, *check_parts):
+    for x, loc, pvar, target, prop, mean in (*fit_parts, *check_parts):
         if id(pvar) not in folded:
-            folded[id(pvar)] = (x, loc, calib.apply(pvar).add_(prop), target, mean, extra)
+            folded[id(pvar)] = (x, loc, calib.apply(pvar).add_(prop), target, mean)
     fit_parts = [folded[id(p[2])] for p in fit_parts]
     check_parts = [folded[id(p[2])] for p in check_parts]
-    del folded, x, loc, pvar, target, prop, mean, extra
+    del folded, x, loc, pvar, target, prop, mean
     release_freed_memory()
     null_scale = _guard_null_scales(fit_parts, noise, gcfg)
     release_freed_memory()
@@ -1151,7 +1152,7 @@ def _calibrate(
         # The guarded runs' tensors, each with its GuardOutput. One run at a time: each
         # consumer keeps only what it fits on, so the guard's outputs for all runs are never
         # held at once (the calibration's peak memory).
-        for x, loc, pvar, target, mean, extra in parts:
+        for x, loc, pvar, target, mean in parts:
             change = temporal_change(x)
             g = _guard_and_correct(
                 x,
@@ -1166,7 +1167,7 @@ def _calibrate(
                 change=change,
                 average_frames=config.inference.variance_frames,
                 timing=timing,
-                untested=extra,
+                untested=doubt(loc, mean),
             )
             loc_g, var_g, p_surprise = g.loc, g.var, g.p_surprise
             raw_nv = noise.raw_variance_photons(x)
@@ -1181,15 +1182,15 @@ def _calibrate(
             yield (x, loc_g, var_g, nv, fit, raw_nv, mean, change, target, g)
 
     error_correlation = estimate_error_correlation(
-        [  # built here, so that it is freed as soon as the fit is done
+        (  # one run at a time: each run's residual and variances are freed after it
             (
                 _measured_residual(x, loc, noise),
-                pvar + extra,
+                pvar + doubt(loc, mean),
                 noise.pixel_variance_photons(loc),
                 target,
             )
-            for x, loc, pvar, target, _, extra in fit_parts
-        ],
+            for x, loc, pvar, target, mean in fit_parts
+        ),
         noise_correlation=noise.neighbour_correlation,
         context_frames=config.model.context_frames,
         mean_coupling=coupling.grid(),

@@ -37,6 +37,7 @@ are reproducible and do not depend on how the movie is chunked.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -223,7 +224,7 @@ class MeanNoiseCoupling:
 
 
 def estimate_error_correlation(
-    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
+    parts: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]],
     *,
     noise_correlation: tuple[float, float],
     context_frames: int,
@@ -234,10 +235,10 @@ def estimate_error_correlation(
 
     Parameters
     ----------
-    parts : list of tuple
-        ``(resid, prior_var, noise_var, target)`` per run of consecutive frames: the residual
-        ``x - loc`` of the prior, its calibrated variance, the noise variance (T, Y, X) and a
-        boolean (T,) tensor of held-out frames.
+    parts : iterable of tuple
+        ``(resid, prior_var, noise_var, target)`` per run of consecutive frames (read once):
+        the residual ``x - loc`` of the prior, its calibrated variance, the noise variance
+        (T, Y, X) and a boolean (T,) tensor of held-out frames.
     noise_correlation : (float, float)
         Neighbour correlation of the detector noise along y and x (from the noise model).
     context_frames : int
