@@ -132,26 +132,30 @@ def fit_departure(
     DepartureVariance
         Identity where no pixel is given.
     """
-    kept = [
-        (x[t], loc[t], torch.broadcast_to(level, x.shape)[t])
-        for x, loc, level, t in parts
-        if bool(t.any())
-    ]
-    if not kept:
+
+    # Run by run (the runs together are the calibration's largest arrays): the bins' edges
+    # from a subsample, then each cell's sums.
+    def fitted(part: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x, loc, level, t = part
+        return x[t], loc[t], torch.broadcast_to(level, x.shape)[t]
+
+    parts = [p for p in parts if bool(p[3].any())]
+    if not parts:
         return DepartureVariance.identity()
-    levels = torch.cat([lv.flatten()[::_SUBSAMPLE] for _, _, lv in kept]).double().cpu().numpy()
-    devs = (
-        torch.cat([deviation(lc, lv).flatten()[::_SUBSAMPLE] for _, lc, lv in kept])
-        .double()
-        .cpu()
-        .numpy()
+    levels, devs = [], []
+    for part in parts:
+        _, loc, level = fitted(part)
+        levels.append(level.flatten()[::_SUBSAMPLE].double().cpu())
+        devs.append(deviation(loc, level).flatten()[::_SUBSAMPLE].double().cpu())
+    level_edges, deviation_edges = (
+        [float(v) for v in np.unique(np.quantile(torch.cat(values).numpy(), quantiles))]
+        for values, quantiles in ((levels, level_quantiles), (devs, deviation_quantiles))
     )
-    level_edges = [float(v) for v in np.unique(np.quantile(levels, level_quantiles))]
-    deviation_edges = [float(v) for v in np.unique(np.quantile(devs, deviation_quantiles))]
     n_i, n_j = len(level_edges) + 1, len(deviation_edges) + 1
     # Per cell: sum d^2, sum y d, sum y^2 (y = x - level), count.
     sums = np.zeros((4, n_i * n_j))
-    for x, loc, level in kept:
+    for part in parts:
+        x, loc, level = fitted(part)
         cell = (
             bin_index(level, level_edges) * n_j + bin_index(deviation(loc, level), deviation_edges)
         ).flatten()
