@@ -78,6 +78,21 @@ def _stop_at(step: int, error: type[BaseException] = KeyboardInterrupt) -> Any:
     return progress
 
 
+def _inside_step(monkeypatch: pytest.MonkeyPatch, step: int, action: Any) -> None:
+    """Run ``action()`` inside the training loss of step ``step`` (mid-step, every run)."""
+    calls = {"n": 0}
+    loss = Trainer._loss
+
+    def patched(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
+        if self.net.training:
+            calls["n"] += 1
+            if calls["n"] == step:
+                action()
+        return loss(self, *batch)
+
+    monkeypatch.setattr(Trainer, "_loss", patched)
+
+
 def test_denoise_is_bitwise_reproducible(movie: SimulatedMovie) -> None:
     """Same seed, input and machine, a fixed step count: identical output, bit for bit."""
     a = calmdown.denoise(movie.raw, max_steps=10, seed=0, time_budget_s=1e6, threads=1)
@@ -101,17 +116,7 @@ def test_signal_mid_step_then_resume_matches_uninterrupted(
     it is raised at once and nothing is held).
     """
     ckpt = tmp_path / "run.checkpoint.pt"
-    calls = {"n": 0}
-    loss = Trainer._loss
-
-    def loss_then_signal(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
-        if self.net.training:
-            calls["n"] += 1
-            if calls["n"] == 7:
-                os.kill(os.getpid(), signal.SIGINT)
-        return loss(self, *batch)
-
-    monkeypatch.setattr(Trainer, "_loss", loss_then_signal)
+    _inside_step(monkeypatch, 7, lambda: os.kill(os.getpid(), signal.SIGINT))
     caplog.set_level(logging.DEBUG, logger="calmdown.checkpoint")
     with handle_signals(), pytest.raises(Interrupted):
         train(movie.raw, checkpoint=Checkpoint(ckpt), **OPTIONS)
@@ -137,17 +142,11 @@ def test_exception_inside_a_step_keeps_the_last_consistent_checkpoint(
     7 stays, and resuming from it still reproduces the uninterrupted run.
     """
     ckpt = Checkpoint(tmp_path / "run.checkpoint.pt", every_s=0.0)  # after every step
-    calls = {"n": 0}
-    loss = Trainer._loss
 
-    def failing_loss(self: Trainer, *batch: torch.Tensor) -> torch.Tensor:
-        if self.net.training:
-            calls["n"] += 1
-            if calls["n"] == 8:
-                raise KeyboardInterrupt
-        return loss(self, *batch)
+    def interrupt() -> None:
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(Trainer, "_loss", failing_loss)
+    _inside_step(monkeypatch, 8, interrupt)
     with pytest.raises(KeyboardInterrupt):
         train(movie.raw, checkpoint=ckpt, **OPTIONS)
     monkeypatch.undo()
