@@ -88,12 +88,8 @@ def intervals(
     m0, v0 = gaussian_posterior(t["x"], t["loc0"], var0, noise.pixel_variance_photons(t["loc0"]))
     m1, v1 = gaussian_posterior(t["x"], loc1, var1, noise.pixel_variance_photons(loc1))
     post = GuardedPosterior(t["p"], m0, v0, m1, v1)
-    # The denoised value as calmdown makes it: the mixture's moments, one Gaussian posterior.
-    p = t["p"]
-    loc = t["loc0"] + p * t["shift"]
-    var = var0 + p * t["slab"] + p * (1 - p) * t["shift"] ** 2
-    den, _ = gaussian_posterior(t["x"], loc, var, noise.pixel_variance_photons(loc))
-    return den.numpy(), post.quantile(0.05).numpy(), post.quantile(0.95).numpy()
+    # The denoised value as calmdown makes it: the mixture's mean.
+    return post.mean.numpy(), post.quantile(0.05).numpy(), post.quantile(0.95).numpy()
 
 
 def groups(prior: dict[str, np.ndarray], level: np.ndarray, features: tuple[str, ...]) -> Any:

@@ -316,3 +316,18 @@ def test_a_clipped_recording_keeps_its_intervals_calibrated():
     measured = raw < ceiling
     inside = (sim.clean >= lower) & (sim.clean <= upper)
     assert inside[measured].mean() >= 0.75, inside[measured].mean()  # 0.85; unclipped 0.86
+
+
+def test_denoised_value_is_what_the_joint_samples_average_to(small_sim, small_model):
+    # The denoised value is the mean of the posterior the samples are drawn from, also where
+    # the guard is unsure of a surprise (a single Gaussian with the mixture's moments put it
+    # elsewhere there: mean squared z of the samples' average 2.4 on these pixels).
+    chunks = list(calmdown.iter_apply(small_model, small_sim.raw[:100], samples=64))
+    den = np.concatenate([c.denoised for c in chunks])
+    draws = np.concatenate([c.samples for c in chunks], axis=1)
+    p = np.concatenate([c.p_surprise for c in chunks])
+    unsure = (p > 0.05) & (p < 0.95)
+    assert unsure.sum() > 500
+    z = (draws.mean(0) - den) / (draws.std(0, ddof=1) / np.sqrt(draws.shape[0]))
+    assert np.mean(z[unsure] ** 2) < 1.5
+    assert np.mean(z**2) < 1.2

@@ -406,6 +406,9 @@ def test_guarded_posterior_samples_follow_the_mixture_and_surprise_neighbours_to
             return _mixture_tails(x, *p)[0]
 
         assert stats.kstest(xs[:, j], cdf).pvalue > 1e-3
+    # The denoised value (the mixture's mean) is what the draws average to.
+    se = xs.std(0) / np.sqrt(xs.shape[0])
+    assert (np.abs(xs.mean(0) - post.mean.numpy()) < 4 * se).all()
     # Without a surprise, a draw is the component's mean plus u of its standard deviations.
     np.testing.assert_allclose(xs[:, 0], 1.0 + 0.2 * u[:, 0].numpy(), atol=1e-9)
     # Draws far out stay finite.

@@ -65,7 +65,6 @@ from calmdown.posterior import (
     average_in_time,
     evidence_windows,
     evidence_zscores,
-    gaussian_posterior,
     guard_halo,
     guarded_posterior,
     predictive_pit,
@@ -1879,20 +1878,17 @@ def _denoise_chunks(
             )
             inner = (slice(None), slice(y0 - a0, y1 - a0))
             xb, gb = x[band][keep_t][inner], g.take(inner)
-            post_mean, _ = gaussian_posterior(
-                xb, gb.loc, gb.var, noise.pixel_variance_photons(gb.loc)
-            )
+            # The denoised value is the mean of the posterior the intervals and samples come
+            # from: the guard's two components, each given the pixel's value, mixed.
+            post = guarded_posterior(xb, gb, noise.pixel_variance_photons)
             rows_out = (slice(None), slice(y0, y1))
-            out.denoised[rows_out] = noise.to_adu(post_mean.cpu().numpy())
+            out.denoised[rows_out] = noise.to_adu(post.mean.cpu().numpy())
             assert out.p_surprise is not None
             out.p_surprise[rows_out] = gb.p_surprise.cpu().numpy()
             # Samples to draw in this band: all its pixels, or the sampled ones it holds.
             draw = u is not None and (row_start is None or row_start[y1] > row_start[y0])
             if interval is None and not draw:
                 continue
-            # Intervals and samples from the guarded prior's two components, each given the
-            # pixel's value (the denoised value stays the single Gaussian's posterior mean).
-            post = guarded_posterior(xb, gb, noise.pixel_variance_photons)
             if interval is not None:
                 assert out.lower is not None and out.upper is not None
                 upper_q = 0.5 + interval / 2
