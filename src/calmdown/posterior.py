@@ -15,9 +15,10 @@ Two steps, both on one chunk of frames in photon units:
    the interval widens where the data, not the network, decide. Every window leaves out the
    frame being denoised: the pixel's own value enters only through the likelihood.
 2. **Posterior.** Each of the guard's two components (no surprise, surprise) times the
-   pixel's Gaussian likelihood (the noise variance taken at the component's location), mixed
-   with the surprise probability (:class:`GuardedPosterior`): its mean is the denoised value,
-   its quantiles the credible intervals, and the samples are drawn from it.
+   pixel's likelihood (Gaussian, with the Poisson-Gaussian noise variance taken at the
+   component's location), mixed with the surprise probability (:class:`GuardedPosterior`):
+   its mean is the denoised value, its quantiles the credible intervals, and the samples are
+   drawn from it.
 """
 
 from __future__ import annotations
