@@ -106,7 +106,7 @@ class DepartureVariance:
 
     @classmethod
     def identity(cls) -> DepartureVariance:
-        """No change (models trained before the correction existed)."""
+        """No added variance (models trained before the departure's variance existed)."""
         return cls(level_edges=[], deviation_edges=[], slopes=[[1.0]])
 
 
